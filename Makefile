@@ -1,0 +1,37 @@
+# Newcomer entry points: `make report` (the main job) and `make test` (the gate).
+# Both create .venv and install the project with its test extra on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU wheel of this release is what CI and the team measure with; override for a GPU box.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_WORKERS ?= auto
+
+.PHONY: install report test test-serial bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+report: $(STAMP)
+	$(PY) -m harness report
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS)
+
+test-serial: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-enable -p no:xdist
+
+lint: $(STAMP)
+	$(PY) -m ruff check harness tests conftest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks

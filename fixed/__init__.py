@@ -1,0 +1,1 @@
+"""The two replacements proposed by the fix guide, kept verbatim (defects included)."""
