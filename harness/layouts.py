@@ -8,10 +8,15 @@ module its forward uses): ``conv1``, ``res_block1..6``, ``skip2/4/6``, ``fc1``,
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch.nn as nn
+
+from harness.errors import HarnessError
 
 # Blocks whose stride or channel count changes; every other block keeps its shape.
 PROJECTION_BLOCKS = (2, 4, 6)
@@ -80,3 +85,85 @@ def canonical_modules(model: nn.Module) -> dict[str, nn.Module]:
     modules["fc1"] = model.fc1
     modules["fc2"] = model.fc2
     return modules
+
+
+# --- where each layout keeps each module in its state_dict -------------------------------
+
+LAYOUTS = ("legacy", "skip_modules", "tuple_blocks")
+
+# Canonical modules a layout's forward clears (sets to None) before they can contribute.
+# The legacy forward sets ``self.skip = None`` on its first call (``legacy_effective``
+# does so up front), which also unregisters it: a legacy state_dict saved after any
+# forward has 95 keys, one saved from a fresh model 102. Both are the legacy layout, and
+# the function the legacy model computes uses neither copy of ``skip``.
+_CLEARED_BY_FORWARD = {"legacy": (f"skip{LEGACY_SHARED_SKIP_BLOCK}",)}
+
+
+def state_dict_prefixes(model: nn.Module) -> dict[str, str | None]:
+    """Canonical module name -> the key prefix its tensors have in ``model.state_dict()``.
+
+    None where the model uses the module but does not register it (tuple_blocks'
+    tuple members), so its weights are never saved or loaded.
+    """
+    registered = {id(module): name for name, module in model.named_modules() if name}
+    return {canonical: registered.get(id(module)) for canonical, module in canonical_modules(model).items()}
+
+
+@dataclass(frozen=True)
+class StateDictLayout:
+    """How one variant's state_dict names the canonical modules.
+
+    ``prefixes`` maps each canonical module the state_dict holds to its key prefix
+    (``skip6`` -> ``skip`` for legacy); ``unsaved`` are the canonical modules its
+    forward uses that no state_dict of this layout can hold; ``cleared`` are held
+    modules its forward clears before use: a complete state_dict may lack them and the
+    function the model computes never depends on them.
+    """
+
+    name: str
+    prefixes: Mapping[str, str]
+    unsaved: tuple[str, ...]
+    cleared: tuple[str, ...]
+
+    def canonical_key(self, key: str) -> str | None:
+        """``skip.0.weight`` -> ``skip6.0.weight`` (legacy); None for a key this layout has no place for."""
+        head, dot, rest = key.partition(".")
+        canonical = self._canonical_of.get(head)
+        return None if canonical is None or not dot else f"{canonical}.{rest}"
+
+    def key(self, canonical_key: str) -> str | None:
+        """The inverse of ``canonical_key``; None where this layout cannot hold the module."""
+        head, dot, rest = canonical_key.partition(".")
+        prefix = self.prefixes.get(head)
+        return None if prefix is None or not dot else f"{prefix}.{rest}"
+
+    @property
+    def _canonical_of(self) -> dict[str, str]:
+        return {prefix: canonical for canonical, prefix in self.prefixes.items()}
+
+
+@functools.cache
+def state_dict_layout(name: str) -> StateDictLayout:
+    """The state_dict layout of a registered variant, read off a freshly built instance.
+
+    ======================  ========================================  ====================
+    layout                  holds (canonical -> key prefix)           never holds
+    ======================  ========================================  ====================
+    legacy                  conv1, res_block1-6, skip6 -> ``skip``,   skip2, skip4
+                            fc1, fc2 (``skip`` cleared)
+    skip_modules            conv1, res_block1-6, skip2/4/6, fc1, fc2  (nothing)
+    tuple_blocks            conv1, fc1, fc2                           res_block1-6,
+                                                                      skip2/4/6
+    ======================  ========================================  ====================
+    """
+    from harness.variants import build  # the registry builds the models this describes
+
+    if name not in LAYOUTS:
+        raise HarnessError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}")
+    found = state_dict_prefixes(build(name))
+    return StateDictLayout(
+        name=name,
+        prefixes=MappingProxyType({c: p for c, p in found.items() if p is not None}),
+        unsaved=tuple(c for c, p in found.items() if p is None),
+        cleared=_CLEARED_BY_FORWARD.get(name, ()),
+    )

@@ -1,0 +1,602 @@
+"""Checkpoints: one safe loader, layout detection, conversion between layouts, atomic saves.
+
+* ``load_checkpoint(path)`` is the only way the harness reads a checkpoint: ``torch.load``
+  with ``weights_only=True`` (a pickle payload is refused, never run) or safetensors,
+  wrappers (``{"state_dict": ...}``, ``{"model": ...}``, ``module.``) removed, every bad
+  input turned into a one-line ``HarnessError`` naming the file.
+* ``detect_layout`` / ``convert_state_dict`` map keys through the canonical module names
+  of ``harness.layouts`` (the one description of where each variant keeps what) and report
+  every key kept, renamed, added and dropped.
+* ``get_audio_model`` builds a variant and loads any convertible checkpoint strictly.
+* ``save_checkpoint`` writes atomically; ``cli_migrate`` is ``python -m harness migrate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import re
+import secrets
+import stat
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from harness.errors import HarnessError
+from harness.introspect import parameter_count
+from harness.layouts import LAYOUTS, canonical_modules, state_dict_layout
+from harness.variants import build
+
+POLICIES = ("preserve-function", "preserve-weights")
+DEFAULT_POLICY = "preserve-function"
+# Fresh shortcut weights come from a skip_modules model built under this seed, so the
+# same migration always writes the same bytes.
+FRESH_INIT_SEED = 0
+# Checkpoint wrappers unwrapped by the loader, outermost first (training loops, Lightning).
+WRAPPER_KEYS = ("state_dict", "model")
+# Prefix added by nn.DataParallel / DistributedDataParallel.
+DATA_PARALLEL_PREFIX = "module."
+
+# The layout that holds every canonical module under its canonical name.
+_CANONICAL_LAYOUT = "skip_modules"
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
+_MAX_LISTED = 6
+
+StateDict = dict[str, torch.Tensor]
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | os.PathLike) -> StateDict:
+    """The state_dict in ``path``, unwrapped; ``HarnessError`` naming the file for any bad input."""
+    return _read_checkpoint(Path(path))[0]
+
+
+def _read_checkpoint(path: Path) -> tuple[StateDict, list[str]]:
+    """The state_dict and notes on what was unwrapped (for the CLI to print)."""
+    head = _check_readable_file(path)
+    if path.suffix == ".safetensors" or _looks_like_safetensors(head, path.stat().st_size):
+        payload = _load_safetensors(path)
+    elif head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
+        payload = _torch_load(path)
+    else:
+        kind = "a text file" if _is_text(head) else f"an unrecognised format (starts with {head[:8]!r})"
+        raise HarnessError(f"{path}: not a PyTorch or safetensors checkpoint: {kind}")
+    return as_state_dict(payload, str(path))
+
+
+def _check_readable_file(path: Path) -> bytes:
+    """The file's first bytes, after refusing what is not a readable, non-empty regular file."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read: {exc.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise HarnessError(f"{path}: is a directory, not a checkpoint file")
+    if not stat.S_ISREG(info.st_mode):
+        # A FIFO or device would block or stream forever.
+        raise HarnessError(f"{path}: not a regular file")
+    if info.st_size == 0:
+        raise HarnessError(f"{path}: empty file (0 bytes)")
+    try:
+        with path.open("rb") as f:
+            return f.read(64)
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    # safetensors: 8-byte little-endian header length, then a JSON object.
+    header_len = int.from_bytes(head[:8], "little")
+    return len(head) > 8 and 2 <= header_len <= size - 8 and head[8:9] == b"{"
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c.isspace() for c in text)
+
+
+def _first_sentence(message: str) -> str:
+    text = " ".join(message.split())
+    return re.split(r"(?<=[a-z0-9)])\. ", text, maxsplit=1)[0].rstrip(".")[:200]
+
+
+def _torch_load(path: Path) -> object:
+    try:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols etc.; the one-line error is the message.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted bytes is a bad file
+        raise HarnessError(f"{path}: {_describe_load_error(exc)}") from None
+
+
+def _describe_load_error(exc: Exception) -> str:
+    message = str(exc)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if refused:
+        return (f"refused: the pickle asks for {refused.group(1)}, which weights-only loading "
+                "forbids (nothing in it was run; a checkpoint holds only tensors)")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", message, re.S)
+    if detail:
+        reason = _first_sentence(detail.group(1))
+        return f"corrupt or not a PyTorch checkpoint (weights-only unpickler: {reason})"
+    if isinstance(exc, EOFError) or "EOF" in message:
+        return "truncated (unexpected end of file)"
+    return f"truncated or corrupt ({type(exc).__name__}: {_first_sentence(message) or 'no detail'})"
+
+
+def _load_safetensors(path: Path) -> object:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise HarnessError(
+            f"{path}: is a safetensors file; install the extra: pip install 'rawnet2-harness[safetensors]'"
+        ) from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - SafetensorError and friends: a bad file
+        raise HarnessError(f"{path}: corrupt safetensors file ({_first_sentence(str(exc))})") from None
+
+
+def as_state_dict(payload: object, label: str = "checkpoint") -> tuple[StateDict, list[str]]:
+    """Unwrap a loaded payload into a plain ``{str: Tensor}`` dict; notes say what was removed.
+
+    Accepts ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers (other entries of the
+    wrapper, e.g. an optimizer, are ignored and noted) and ``module.`` key prefixes.
+    """
+    notes = []
+    while isinstance(payload, Mapping) and (key := _wrapper_key(payload)) is not None:
+        others = sorted(str(k) for k in payload if k != key)
+        notes.append(f"unwrapped {key!r}" + (f" (ignored: {', '.join(others)})" if others else ""))
+        payload = payload[key]
+    if not isinstance(payload, Mapping):
+        raise HarnessError(f"{label}: holds a {type(payload).__name__}, not a state_dict (a dict of tensors)")
+    if not payload:
+        raise HarnessError(f"{label}: holds an empty state_dict")
+    bad_keys = [k for k in payload if not isinstance(k, str)]
+    if bad_keys:
+        raise HarnessError(f"{label}: key {bad_keys[0]!r} is a {type(bad_keys[0]).__name__}, not a string")
+    not_tensors = [k for k, v in payload.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        more = f" (and {len(not_tensors) - 1} more)" if len(not_tensors) > 1 else ""
+        kind = type(payload[not_tensors[0]]).__name__
+        raise HarnessError(f"{label}: {not_tensors[0]!r} holds a {kind}, not a tensor{more}")
+    state = dict(payload)
+    while all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
+        state = {k[len(DATA_PARALLEL_PREFIX):]: v for k, v in state.items()}
+        notes.append(f"stripped the {DATA_PARALLEL_PREFIX!r} prefix")
+    return state, notes
+
+
+def _wrapper_key(payload: Mapping) -> str | None:
+    return next((k for k in WRAPPER_KEYS if isinstance(payload.get(k), Mapping)), None)
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, *,
+                    force: bool = False) -> None:
+    """Write ``state_dict`` to ``path`` atomically: a reader sees the old file or the whole new one.
+
+    Temp file in the target directory, flush, fsync, ``os.replace``; the temp file is
+    removed on any failure. ``.safetensors`` paths are written as safetensors. An
+    existing ``path`` is refused unless ``force``.
+    """
+    path = Path(path)
+    directory = path.parent
+    if not directory.is_dir():
+        raise HarnessError(f"{path}: directory {str(directory)!r} does not exist")
+    if path.is_dir():
+        raise HarnessError(f"{path}: is a directory")
+    if os.path.lexists(path) and not force:
+        raise HarnessError(f"{path}: already exists; use --force (force=True) to overwrite it")
+    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        # O_EXCL: never write through a link planted at the temp name; 0o666 lets umask decide.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            _serialize(dict(state_dict), f, safetensors=path.suffix == ".safetensors")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise HarnessError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise
+    _fsync_directory(directory)
+
+
+def _serialize(state_dict: StateDict, f, *, safetensors: bool) -> None:
+    if safetensors:
+        try:
+            from safetensors.torch import save
+        except ImportError:
+            raise HarnessError(
+                "writing .safetensors needs the extra: pip install 'rawnet2-harness[safetensors]'"
+            ) from None
+        f.write(save({k: v.contiguous() for k, v in state_dict.items()}))
+    else:
+        torch.save(state_dict, f)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform lets a directory be opened.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- layouts -------------------------------------------------------------------------------
+
+
+def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``legacy``, ``skip_modules`` or ``tuple_blocks``: the smallest layout with a place for every key.
+
+    Smallest, because the layouts nest by key prefix: a legacy state_dict saved after a
+    forward (no ``skip.*``) also fits skip_modules' prefixes but lacks its skipN, and
+    tuple_blocks' three modules fit both others.
+    """
+    if not state_dict:
+        raise HarnessError("holds an empty state_dict")
+    heads = {key.partition(".")[0] for key in state_dict}
+    fitting = [name for name in LAYOUTS if heads <= set(state_dict_layout(name).prefixes.values())]
+    if fitting:
+        return min(fitting, key=lambda name: len(state_dict_layout(name).prefixes))
+    known = set().union(*(state_dict_layout(name).prefixes.values() for name in LAYOUTS))
+    foreign = sorted(heads - known)
+    if foreign:
+        example = next(k for k in state_dict if k.partition(".")[0] == foreign[0])
+        raise HarnessError(
+            f"not a RawNet2 checkpoint: no variant layout ({', '.join(LAYOUTS)}) has a key like {example!r}"
+        )
+    raise HarnessError(
+        f"mixes layouts: keys under {', '.join(sorted(heads))} fit none of {', '.join(LAYOUTS)} "
+        "(e.g. legacy's shared 'skip.*' beside skip_modules' 'skipN.*')"
+    )
+
+
+def num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """The classifier width a state_dict was trained with (1 when it cannot tell)."""
+    weight = state_dict.get("fc2.weight")
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 1
+
+
+@functools.lru_cache(maxsize=16)
+def _reference_shapes(layout: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in build(layout, num_classes=num_classes).state_dict().items()}
+
+
+def check_fits(state_dict: Mapping[str, torch.Tensor], layout: str) -> None:
+    """Raise ``HarnessError`` naming the missing, unexpected and mis-shaped keys, if any.
+
+    Modules the layout's forward clears (legacy ``skip``) may be absent as a whole.
+    """
+    spec = state_dict_layout(layout)
+    expected = _reference_shapes(layout, num_classes_of(state_dict))
+    for canonical in spec.cleared:
+        keys = [k for k in expected if spec.canonical_key(k).partition(".")[0] == canonical]
+        if not any(k in state_dict for k in keys):
+            expected = {k: v for k, v in expected.items() if k not in keys}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} {list(state_dict[k].shape)} (expected {list(expected[k])})"
+        for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]
+    ]
+    problems = [f"{what} {_listing(keys)}" for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+    if problems:
+        raise HarnessError(f"does not fit the {layout} layout: {'; '.join(problems)}")
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+# --- conversion ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConversionReport:
+    """What happened to every key: each input key is kept, renamed or dropped (with why)."""
+
+    source: str
+    target: str
+    policy: str
+    kept: tuple[str, ...]
+    renamed: dict[str, str]  # input key -> output key
+    added: dict[str, str]  # output key -> why
+    dropped: dict[str, str]  # input key -> why
+
+    @property
+    def input_keys(self) -> set[str]:
+        return {*self.kept, *self.renamed, *self.dropped}
+
+    @property
+    def output_keys(self) -> set[str]:
+        return {*self.kept, *self.renamed.values(), *self.added}
+
+    def lines(self) -> list[str]:
+        """Human-readable summary: one line per renamed key, added and dropped keys grouped by reason."""
+        out = [f"{self.source} -> {self.target} (policy {self.policy}): {len(self.kept)} kept, "
+               f"{len(self.renamed)} renamed, {len(self.added)} added, {len(self.dropped)} dropped"]
+        out += [f"  renamed {old} -> {new}" for old, new in self.renamed.items()]
+        for verb, keys in (("added", self.added), ("dropped", self.dropped)):
+            for reason in dict.fromkeys(keys.values()):
+                grouped = [k for k, r in keys.items() if r == reason]
+                out.append(f"  {verb} {len(grouped)}: {reason}")
+                out += [f"    {k}" for k in grouped]
+        return out
+
+
+# Reasons, one per kind of change, so the report can group keys by them.
+_CLEARED_REASON = ("not part of the {source} function: its forward clears this shared shortcut "
+                   "before it can contribute to any output")
+_ZERO_GATED_ADDED = ("new shortcut, zero-gated (BatchNorm weight and bias 0) so it adds exactly 0 "
+                     "and the function is unchanged until training learns it")
+_FRESH_ADDED = "new shortcut, freshly initialised (seed {seed}): the function changes"
+_ZERO_GATED_DROPPED = "zero-gated shortcut (adds exactly 0); the {target} function has no shortcut here"
+_NO_PLACE_DROPPED = "the {target} layout has no place for {module}"
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    to: str,
+    *,
+    source: str | None = None,
+    policy: str = DEFAULT_POLICY,
+) -> tuple[StateDict, ConversionReport]:
+    """Convert a state_dict to layout ``to``; the report accounts for every key.
+
+    ``source`` defaults to ``detect_layout``. Policies, where the layouts' shortcuts differ:
+
+    * ``preserve-function`` (default): the result computes exactly what the source's
+      working forward computed. legacy -> skip_modules: the shared ``skip.*`` (never
+      used by the legacy effective forward) is dropped; skip2/4/6 are added zero-gated.
+      skip_modules -> legacy: allowed only if skip2/4/6 are zero-gated, which are dropped.
+    * ``preserve-weights``: every weight that has a place is carried: legacy ``skip.*``
+      <-> ``skip6.*``; skip2/skip4 are added freshly initialised, or dropped.
+
+    tuple_blocks is refused either way: its state_dict cannot hold the residual blocks.
+    """
+    if policy not in POLICIES:
+        raise HarnessError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+    if to not in LAYOUTS:
+        raise HarnessError(f"unknown target layout {to!r}; known: {', '.join(LAYOUTS)}")
+    if source in (None, "auto"):
+        source = detect_layout(state_dict)
+    elif source not in LAYOUTS:
+        raise HarnessError(f"unknown source layout {source!r}; known: auto, {', '.join(LAYOUTS)}")
+    check_fits(state_dict, source)
+    _refuse_tuple_blocks(source, to)
+    src, dst = state_dict_layout(source), state_dict_layout(to)
+
+    by_module: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}
+    for key, tensor in state_dict.items():
+        canonical = src.canonical_key(key)
+        by_module.setdefault(canonical.partition(".")[0], {})[canonical] = (key, tensor)
+
+    out: StateDict = {}
+    kept, renamed, added, dropped = [], {}, {}, {}
+    for module in dict.fromkeys([*dst.prefixes, *by_module]):  # target order first
+        entries = by_module.get(module, {})
+        # Under preserve-function a module either forward clears is no part of the function,
+        # so it is not carried; a module the target clears is never filled (it is optional).
+        cleared = module in src.cleared or module in dst.cleared
+        carried = bool(entries) and module in dst.prefixes and not (
+            policy == "preserve-function" and source != to and cleared
+        )
+        if carried:
+            for canonical, (key, tensor) in entries.items():
+                new_key = dst.key(canonical)
+                out[new_key] = tensor
+                if new_key == key:
+                    kept.append(key)
+                else:
+                    renamed[key] = new_key
+        elif entries:
+            reason = _drop_reason(module, entries, src, dst, policy)
+            dropped.update({key: reason for key, _ in entries.values()})
+        if module in dst.prefixes and not carried and module not in dst.cleared:
+            tensors, reason = _new_module(module, policy)
+            for canonical, tensor in tensors.items():
+                out[dst.key(canonical)] = tensor
+                added[dst.key(canonical)] = reason
+    report = ConversionReport(source, to, policy, tuple(kept), renamed, added, dropped)
+    return out, report
+
+
+def _drop_reason(module: str, entries: dict, src, dst, policy: str) -> str:
+    if module in src.cleared:
+        return _CLEARED_REASON.format(source=src.name)
+    if policy == "preserve-weights":
+        return _NO_PLACE_DROPPED.format(target=dst.name, module=module)
+    if _is_zero_gated(module, {canonical: t for canonical, (_, t) in entries.items()}):
+        return _ZERO_GATED_DROPPED.format(target=dst.name)
+    raise HarnessError(
+        f"cannot preserve the function converting {src.name} -> {dst.name}: {module} is a live shortcut "
+        f"(its BatchNorm weight or bias is non-zero) and the {dst.name} function has no shortcut there; "
+        "use policy preserve-weights to carry what fits and drop the rest (reported)"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _fresh_canonical_state() -> dict[str, torch.Tensor]:
+    """Freshly initialised weights of every canonical module, reproducibly (seeded)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(FRESH_INIT_SEED)
+        model = build(_CANONICAL_LAYOUT)
+    layout = state_dict_layout(_CANONICAL_LAYOUT)
+    return {layout.canonical_key(k): v for k, v in model.state_dict().items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _gate_keys(module: str) -> tuple[str, ...]:
+    """Canonical keys of the affine weight and bias of the BatchNorm that ends shortcut ``module``."""
+    shortcut = canonical_modules(build(_CANONICAL_LAYOUT))[module]
+    norms = [name for name, m in shortcut.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return (f"{module}.{norms[-1]}.weight", f"{module}.{norms[-1]}.bias")
+
+
+def _is_zero_gated(module: str, tensors: Mapping[str, torch.Tensor]) -> bool:
+    return all(not torch.any(tensors[k]) for k in _gate_keys(module))
+
+
+def _new_module(module: str, policy: str) -> tuple[dict[str, torch.Tensor], str]:
+    fresh = {k: v.clone() for k, v in _fresh_canonical_state().items() if k.partition(".")[0] == module}
+    if policy == "preserve-weights":
+        return fresh, _FRESH_ADDED.format(seed=FRESH_INIT_SEED)
+    for key in _gate_keys(module):
+        fresh[key].zero_()
+    return fresh, _ZERO_GATED_ADDED
+
+
+@functools.cache
+def _tuple_blocks_weight_share() -> tuple[int, int]:
+    """(parameters a tuple_blocks state_dict holds, parameters its forward uses), counted on a model."""
+    model = build("tuple_blocks")
+    used = sum(parameter_count(m.parameters()) for m in canonical_modules(model).values())
+    return parameter_count(model.parameters()), used
+
+
+def _refuse_tuple_blocks(source: str, target: str) -> None:
+    if "tuple_blocks" not in (source, target):
+        return
+    saved, used = _tuple_blocks_weight_share()
+    held = ", ".join(state_dict_layout("tuple_blocks").prefixes)
+    missing = f"{used - saved:,} of {used:,} weights ({(used - saved) / used:.1%})"
+    if source == "tuple_blocks":
+        raise HarnessError(
+            f"cannot convert from tuple_blocks: its state_dict holds only {held}; the residual blocks' "
+            f"{missing} live in plain tuples that state_dict() never saves"
+        )
+    raise HarnessError(
+        f"cannot convert to tuple_blocks: its state_dict has places only for {held}; the residual blocks' "
+        f"{missing} live in plain tuples that load_state_dict() never fills"
+    )
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def legacy_effective_state_dict(model: nn.Module) -> StateDict:
+    """The checkpoint of the legacy effective function, from a legacy model (fresh or after a forward).
+
+    A fresh legacy model's state_dict has 102 keys (with the shared ``skip.*``), one
+    that ran a forward 95 (the forward set ``skip = None``). The function the legacy
+    forward computes uses neither, so both give the same 95-key legacy checkpoint.
+    """
+    layout = state_dict_layout("legacy")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    check_fits(state, "legacy")
+    return {k: v for k, v in state.items() if layout.canonical_key(k).partition(".")[0] not in layout.cleared}
+
+
+def get_audio_model(
+    variant: str = "skip_modules",
+    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    policy: str = DEFAULT_POLICY,
+) -> nn.Module:
+    """Build ``variant``, load ``checkpoint`` (a path or a state_dict) converted to it, strictly; eval mode.
+
+    ``"legacy"`` returns the legacy effective model (``harness.legacy_effective``: the
+    legacy class with ``skip = None``), because that is the only form of the legacy
+    model whose forward runs: a fresh one raises on its first call, and every call
+    after that runs exactly this. ``"legacy_effective"`` is accepted as the same.
+    ``"tuple_blocks"`` can only be built fresh (its state_dict cannot hold the blocks).
+    A checkpoint that does not fit raises ``HarnessError`` naming the missing,
+    unexpected and mis-shaped keys.
+    """
+    layout = "legacy" if variant == "legacy_effective" else variant
+    if layout not in LAYOUTS:
+        build(variant)  # raises the registry's "unknown variant" error
+    if checkpoint is None:
+        model = build(variant)
+    else:
+        label = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
+        if isinstance(checkpoint, (str, os.PathLike)):
+            state = load_checkpoint(checkpoint)
+        else:
+            state, _ = as_state_dict(checkpoint, label)
+        with _about(label):
+            state, _ = convert_state_dict(state, layout, policy=policy)
+            check_fits(state, layout)
+        model = build(layout, num_classes=num_classes_of(state))
+        if layout == "legacy" and not any(k.startswith("skip.") for k in state):
+            model.skip = None  # a 95-key legacy checkpoint: the model as its forward left it
+        model.load_state_dict(state, strict=True)
+    if layout == "legacy":
+        model.skip = None  # the legacy effective form: see the docstring
+    return model.to(device).eval()
+
+
+class _about:
+    """Prefix a ``HarnessError`` raised inside with what it is about (a file name)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if isinstance(exc, HarnessError):
+            raise HarnessError(f"{self.label}: {exc}", exit_code=exc.exit_code) from None
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+def cli_migrate(args: argparse.Namespace) -> int:
+    """``python -m harness migrate SRC DST --to LAYOUT``: convert, print the report, write atomically."""
+    src, dst = Path(args.src), Path(args.dst)
+    if _same_file(src, dst):
+        raise HarnessError(f"{dst}: is the source checkpoint {src}; write the migration to a new file")
+    if os.path.lexists(dst) and not args.force:
+        raise HarnessError(f"{dst}: already exists; use --force to overwrite it")
+    state, notes = _read_checkpoint(src)
+    with _about(str(src)):
+        converted, report = convert_state_dict(
+            state, args.to, source=None if args.source == "auto" else args.source, policy=args.policy
+        )
+    save_checkpoint(converted, dst, force=args.force)
+    for note in notes:
+        print(f"{src}: {note}")
+    print("\n".join(report.lines()))
+    print(f"wrote {dst} ({len(converted)} keys)")
+    return 0
+
+
+def _same_file(src: Path, dst: Path) -> bool:
+    """True for the same path in any spelling, through symlinks, or a hard link to it."""
+    if os.path.realpath(src) == os.path.realpath(dst):
+        return True
+    try:
+        return os.path.samefile(src, dst)
+    except OSError:
+        return False
