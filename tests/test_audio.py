@@ -1,0 +1,264 @@
+"""The audio front end: decode, downmix, resample, fit to 64,600 samples, refuse bad files.
+
+No model runs here. Properties are checked on short synthetic clips written to memory
+with soundfile; facts about the fixtures (tests/data/audio, made by make_fixtures.sh)
+were read with ``soxi``, independently of this code.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.audio import (
+    MAX_DURATION_S,
+    NUM_SAMPLES,
+    SAMPLE_RATE,
+    UnusableAudio,
+    decode,
+    downmix,
+    fit_length,
+    load_clip,
+    resample,
+)
+from harness.tolerances import RESAMPLING_PATHS, assert_close
+
+AUDIO = Path(__file__).parent / "data" / "audio"
+# file -> (sample rate, channels, frames), as soxi reports them
+FIXTURES = {
+    "hello.wav": (22_050, 1, 21_289),
+    "numbers.wav": (22_050, 1, 34_524),
+    "hello_44k_stereo.wav": (44_100, 2, 42_578),
+    "hello_16k.flac": (16_000, 1, 15_448),
+}
+# Short clips only (the suite's rule for property tests); rates a recorder might write.
+lengths = st.integers(min_value=1, max_value=4000)
+rates = st.sampled_from([8_000, 11_025, 16_000, 22_050, 32_000, 44_100, 48_000, 96_000])
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+def written(data: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "FLOAT") -> io.BytesIO:
+    buf = io.BytesIO()
+    sf.write(buf, data, rate, format=fmt, subtype=subtype)
+    buf.seek(0)
+    return buf
+
+
+# --- fit_length: the ASVspoof repeat/crop ------------------------------------------------------
+
+
+@given(n=lengths, length=st.one_of(st.just(NUM_SAMPLES), lengths))
+def test_fit_length_repeats_or_crops_exactly(n: int, length: int):
+    # distinct values, so any sample taken from the wrong place shows
+    clip = np.arange(1, n + 1, dtype=np.float32)
+    fitted = fit_length(clip, length)
+    assert fitted.shape == (length,) and fitted.dtype == np.float32
+    # sample i of the fitted clip is sample i mod n of the clip: a crop when n >= length
+    # (the first `length` samples), whole repeats end to end otherwise
+    np.testing.assert_array_equal(fitted, clip[np.arange(length) % n])
+
+
+def test_fit_length_defaults_to_the_asvspoof_length():
+    assert NUM_SAMPLES == 64_600 and SAMPLE_RATE == 16_000
+    assert fit_length(np.ones(10, dtype=np.float32)).shape == (64_600,)
+    assert fit_length(np.ones(100_000, dtype=np.float32)).shape == (64_600,)
+
+
+def test_fit_length_refuses_an_empty_clip():
+    with pytest.raises(UnusableAudio, match="zero samples"):
+        fit_length(np.zeros(0, dtype=np.float32))
+
+
+# --- downmix ---------------------------------------------------------------------------------
+
+
+@given(frames=lengths, channels=st.integers(1, 8), seed=seeds)
+def test_downmix_of_identical_channels_is_the_channel(frames: int, channels: int, seed: int):
+    mono = np.random.default_rng(seed).uniform(-1, 1, frames).astype(np.float32)
+    np.testing.assert_array_equal(downmix(np.repeat(mono[:, None], channels, axis=1)), mono)
+
+
+@given(frames=lengths, channels=st.integers(1, 8), seed=seeds)
+def test_downmix_is_a_mean_within_each_frames_channel_range(frames: int, channels: int, seed: int):
+    data = np.random.default_rng(seed).uniform(-1, 1, (frames, channels)).astype(np.float32)
+    mono = downmix(data)
+    assert mono.shape == (frames,) and mono.dtype == np.float32
+    assert (mono >= data.min(axis=1)).all() and (mono <= data.max(axis=1)).all()
+
+
+def test_downmix_of_opposite_channels_is_silence():
+    left = np.linspace(-1, 1, 101, dtype=np.float32)
+    np.testing.assert_array_equal(downmix(np.stack([left, -left], axis=1)), np.zeros(101, np.float32))
+
+
+# --- decode ----------------------------------------------------------------------------------
+
+
+@given(frames=lengths, channels=st.integers(1, 4), rate=rates, seed=seeds)
+def test_decode_float_wav_round_trips(frames: int, channels: int, rate: int, seed: int):
+    data = np.random.default_rng(seed).uniform(-1, 1, (frames, channels)).astype(np.float32)
+    decoded = decode(written(data, rate))
+    assert (decoded.sample_rate, decoded.channels) == (rate, channels)
+    np.testing.assert_array_equal(decoded.samples, downmix(data))
+
+
+@given(frames=lengths, channels=st.integers(1, 2), rate=rates, seed=seeds)
+def test_decode_16bit_flac_round_trips(frames: int, channels: int, rate: int, seed: int):
+    ints = np.random.default_rng(seed).integers(-(2**15), 2**15, (frames, channels), dtype=np.int16)
+    decoded = decode(written(ints, rate, "FLAC", "PCM_16"))
+    assert (decoded.sample_rate, decoded.channels) == (rate, channels)
+    # libsndfile maps 16-bit PCM to float by dividing by 2**15, exactly
+    np.testing.assert_array_equal(decoded.samples, downmix(ints.astype(np.float32) / 2**15))
+
+
+# --- resample --------------------------------------------------------------------------------
+
+
+@given(n=lengths, seed=seeds)
+def test_resample_at_the_model_rate_is_the_identity(n: int, seed: int):
+    clip = np.random.default_rng(seed).uniform(-1, 1, n).astype(np.float32)
+    np.testing.assert_array_equal(resample(clip, SAMPLE_RATE), clip)
+
+
+@given(rate=rates, n=st.integers(400, 4000), cycles=st.floats(0.05, 0.4))
+def test_resample_keeps_duration_and_pitch(rate: int, n: int, cycles: float):
+    # a tone safely inside both rates' passband, `cycles` of the lower Nyquist
+    freq = cycles * min(rate, SAMPLE_RATE) / 2
+    tone = np.sin(2 * np.pi * freq * np.arange(n) / rate).astype(np.float32)
+    out = resample(tone, rate)
+    assert out.dtype == np.float32
+    assert abs(len(out) - n * SAMPLE_RATE / rate) <= 0.5  # as long as the input, to a sample
+    spectrum = np.abs(np.fft.rfft(out * np.hanning(len(out))))
+    peak_hz = np.argmax(spectrum) * SAMPLE_RATE / len(out)
+    assert abs(peak_hz - freq) <= SAMPLE_RATE / len(out)  # within one FFT bin
+
+
+def test_resample_refuses_a_clip_too_short_to_leave_a_sample():
+    with pytest.raises(UnusableAudio, match="1 frame.* at 44100 Hz resample to no samples"):
+        resample(np.ones(1, dtype=np.float32), 44_100)
+
+
+# --- the whole front end ---------------------------------------------------------------------
+
+
+@given(n=lengths, seed=seeds)
+def test_load_clip_of_16khz_mono_tiles_the_file_exactly(n: int, seed: int):
+    clip = np.random.default_rng(seed).uniform(-1, 1, n).astype(np.float32)
+    np.testing.assert_array_equal(load_clip(written(clip, SAMPLE_RATE)), clip[np.arange(NUM_SAMPLES) % n])
+
+
+@given(frames=lengths, channels=st.integers(1, 4), rate=rates, seed=seeds)
+def test_load_clip_always_gives_64600_finite_samples(frames: int, channels: int, rate: int, seed: int):
+    data = np.random.default_rng(seed).uniform(-1, 1, (frames, channels)).astype(np.float32)
+    try:
+        clip = load_clip(written(data, rate))
+    except UnusableAudio as exc:  # the one refusal a valid short clip can earn
+        assert "resample to no samples" in str(exc) and frames * SAMPLE_RATE / rate < 1
+        return
+    assert clip.shape == (NUM_SAMPLES,) and clip.dtype == np.float32 and np.isfinite(clip).all()
+
+
+# --- the fixtures ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(FIXTURES))
+def test_fixture_decodes_with_its_recorded_format(name: str):
+    decoded = decode(AUDIO / name)
+    assert (decoded.sample_rate, decoded.channels, len(decoded.samples)) == FIXTURES[name]
+    assert load_clip(AUDIO / name).shape == (NUM_SAMPLES,)
+
+
+@pytest.mark.parametrize("name", ["hello_44k_stereo.wav", "hello_16k.flac"])
+def test_one_utterance_through_three_decode_paths_gives_one_clip(name: str):
+    # sox made these from hello.wav; after downmix and resampling all three must agree
+    reference = torch.from_numpy(load_clip(AUDIO / "hello.wav"))
+    assert_close(torch.from_numpy(load_clip(AUDIO / name)), reference, RESAMPLING_PATHS, name)
+
+
+def test_different_utterances_give_different_clips():
+    hello, numbers = load_clip(AUDIO / "hello.wav"), load_clip(AUDIO / "numbers.wav")
+    assert np.abs(hello - numbers).max() > 0.1
+
+
+# --- refusals --------------------------------------------------------------------------------
+
+
+def with_header_sizes(wav: bytes, riff: int, data: int) -> bytes:
+    """A copy of a canonical 44-byte-header WAV with its RIFF and data sizes replaced."""
+    assert wav[36:40] == b"data"
+    return wav[:4] + struct.pack("<I", riff) + wav[8:40] + struct.pack("<I", data) + wav[44:]
+
+
+@pytest.mark.parametrize("placeholder", [0x7FFF_F000, 0xFFFF_FFFF])
+def test_streamed_wav_with_unknown_length_reads_to_the_end(placeholder: int):
+    # what espeak-ng --stdout and sox (0x7FFFF000) or ffmpeg (0xFFFFFFFF) write to a pipe
+    wav = (AUDIO / "hello.wav").read_bytes()
+    streamed = decode(io.BytesIO(with_header_sizes(wav, placeholder, placeholder)))
+    np.testing.assert_array_equal(streamed.samples, decode(AUDIO / "hello.wav").samples)
+
+
+def nan_wav(path: Path) -> None:
+    sf.write(path, np.full(800, np.nan, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
+
+
+def partly_infinite_wav(path: Path) -> None:
+    data = np.zeros((800, 2), dtype=np.float32)
+    data[10, 1], data[20, 0] = np.inf, np.nan
+    sf.write(path, data, SAMPLE_RATE, subtype="FLOAT")
+
+
+def too_long_wav(path: Path) -> None:
+    # a real header-and-data file just past the limit, kept small by a 10 Hz rate
+    sf.write(path, np.zeros(int(MAX_DURATION_S * 10) + 10, dtype=np.int16), 10)
+
+
+def header_only_wav(path: Path) -> None:
+    sf.write(path, np.zeros((0, 1), dtype=np.int16), SAMPLE_RATE)
+
+
+def truncated(name: str):
+    def make(path: Path) -> None:
+        data = (AUDIO / name).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+    return make
+
+
+# bad file -> (how to make it at a path, what the reason must say)
+BAD_FILES = {
+    "truncated.wav": (truncated("hello.wav"), "truncated: the header declares 42578 bytes of audio, the file holds"),
+    "truncated.flac": (truncated("hello_16k.flac"), "corrupt or truncated: libsndfile: flac decoder lost sync"),
+    "empty.wav": (lambda p: p.write_bytes(b""), "empty file \\(0 bytes\\)"),
+    "header_only.wav": (header_only_wav, "no audio: the file holds zero frames"),
+    "text.wav": (lambda p: p.write_text("not audio at all\n"), "not a readable audio file: libsndfile: Format"),
+    "random.flac": (
+        lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)),
+        "not a readable audio file: libsndfile",
+    ),
+    "missing.wav": (None, "no such file"),
+    "a_directory.wav": (lambda p: p.mkdir(), "is a directory"),
+    "nan.wav": (nan_wav, "all 800 samples are NaN"),
+    "inf.wav": (partly_infinite_wav, "2 of 800 samples are NaN or infinite"),
+    "too_long.wav": (too_long_wav, f"too long: 601.0 s; the limit is {MAX_DURATION_S:.0f} s"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_unusable_file_is_refused_with_its_reason(name: str, tmp_path: Path):
+    make, reason = BAD_FILES[name]
+    path = tmp_path / name
+    if make is not None:
+        make(path)
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(UnusableAudio, match=reason) as info:
+        load_clip(path)
+    assert "\n" not in str(info.value) and info.value.exit_code == 1
+    assert (path.read_bytes() if path.is_file() else None) == before  # never modified
