@@ -265,9 +265,9 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     if fitting:
         return min(fitting, key=lambda name: len(state_dict_layout(name).prefixes))
     known = set().union(*(state_dict_layout(name).prefixes.values() for name in LAYOUTS))
-    foreign = sorted(heads - known)
+    foreign = heads - known
     if foreign:
-        example = next(k for k in state_dict if k.partition(".")[0] == foreign[0])
+        example = next(k for k in state_dict if k.partition(".")[0] in foreign)
         raise HarnessError(
             f"not a RawNet2 checkpoint: no variant layout ({', '.join(LAYOUTS)}) has a key like {example!r}"
         )
@@ -401,6 +401,7 @@ def convert_state_dict(
 
     out: StateDict = {}
     kept, renamed, added, dropped = [], {}, {}, {}
+    live: list[str] = []  # shortcuts whose contribution the target cannot keep
     for module in dict.fromkeys([*dst.prefixes, *by_module]):  # target order first
         entries = by_module.get(module, {})
         # Under preserve-function a module either forward clears is no part of the function,
@@ -419,28 +420,34 @@ def convert_state_dict(
                     renamed[key] = new_key
         elif entries:
             reason = _drop_reason(module, entries, src, dst, policy)
+            if reason is None:
+                live.append(module)
             dropped.update({key: reason for key, _ in entries.values()})
         if module in dst.prefixes and not carried and module not in dst.cleared:
             tensors, reason = _new_module(module, policy)
             for canonical, tensor in tensors.items():
                 out[dst.key(canonical)] = tensor
                 added[dst.key(canonical)] = reason
+    if live:
+        raise HarnessError(
+            f"cannot preserve the function converting {source} -> {to}: {', '.join(sorted(live))} "
+            f"{'is a live shortcut' if len(live) == 1 else 'are live shortcuts'} (BatchNorm weight or bias "
+            f"non-zero) and the {to} function has no shortcut there; use policy preserve-weights to carry "
+            "what fits and drop the rest (reported)"
+        )
     report = ConversionReport(source, to, policy, tuple(kept), renamed, added, dropped)
     return out, report
 
 
-def _drop_reason(module: str, entries: dict, src, dst, policy: str) -> str:
+def _drop_reason(module: str, entries: dict, src, dst, policy: str) -> str | None:
+    """Why ``module``'s keys may be dropped; None when dropping would change the function."""
     if module in src.cleared:
         return _CLEARED_REASON.format(source=src.name)
     if policy == "preserve-weights":
         return _NO_PLACE_DROPPED.format(target=dst.name, module=module)
     if _is_zero_gated(module, {canonical: t for canonical, (_, t) in entries.items()}):
         return _ZERO_GATED_DROPPED.format(target=dst.name)
-    raise HarnessError(
-        f"cannot preserve the function converting {src.name} -> {dst.name}: {module} is a live shortcut "
-        f"(its BatchNorm weight or bias is non-zero) and the {dst.name} function has no shortcut there; "
-        "use policy preserve-weights to carry what fits and drop the rest (reported)"
-    )
+    return None
 
 
 @functools.lru_cache(maxsize=1)
