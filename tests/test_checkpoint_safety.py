@@ -1,0 +1,258 @@
+"""Hostile and broken checkpoints: each gives one clear line naming the file, and nothing else happens.
+
+The corpus is built by the tests in ``tmp_path``. Every case goes through the migrate
+CLI in-process (``harness.__main__.main``): non-zero exit, one ``error: <file>: ...``
+line on stderr, no traceback, nothing written, the source untouched, and a malicious
+pickle's payload never runs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import re
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness import HarnessError, build
+from harness.__main__ import main
+from harness.checkpoints import load_checkpoint, save_checkpoint
+
+MARKER = "pwned"  # the file a malicious pickle's payload would create
+
+
+class CreatesAFile:
+    """Unpickling this calls ``open(path, "w")``: a file appears if the payload ever runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def good_bytes() -> bytes:
+    """A small valid checkpoint (zip format)."""
+    buffer = io.BytesIO()
+    torch.save({"conv1.0.weight": torch.randn(32, 1, 3), "fc2.bias": torch.zeros(1)}, buffer)
+    return buffer.getvalue()
+
+
+def _write(data: bytes) -> Callable[[Path], None]:
+    return lambda path: path.write_bytes(data)
+
+
+def _torch_save(obj_factory: Callable[[Path], object], **kwargs) -> Callable[[Path], None]:
+    return lambda path: torch.save(obj_factory(path), path, **kwargs)
+
+
+def _raw_pickle(obj_factory: Callable[[Path], object]) -> Callable[[Path], None]:
+    # Protocol 2, as torch's own legacy format uses: the unpickler gets as far as the global.
+    return lambda path: path.write_bytes(pickle.dumps(obj_factory(path), protocol=2))
+
+
+def _legacy_with(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def make(path: Path) -> None:
+        state = build("legacy").state_dict()
+        change(state)
+        torch.save(state, path)
+
+    return make
+
+
+def _truncated_legacy_format(path: Path) -> None:
+    torch.save({"fc2.bias": torch.zeros(1000)}, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:-40])
+
+
+def _safetensors_bytes(cut: int) -> Callable[[Path], None]:
+    def make(path: Path) -> None:
+        from safetensors.torch import save
+
+        data = save({"fc2.bias": torch.zeros(100)})
+        path.write_bytes(data[:cut] if cut else b"\x10" + b"\0" * 7 + b"{not json at all")
+
+    return make
+
+
+# name -> (file name, how to make it (None: leave it missing), what the error must say)
+CORPUS: dict[str, tuple[str, Callable[[Path], None] | None, str]] = {
+    "missing": ("missing.pt", None, "no such file"),
+    "directory": ("a_directory", lambda p: p.mkdir(), "is a directory"),
+    "empty": ("empty.pt", _write(b""), r"empty file \(0 bytes\)"),
+    "truncated_zip": ("truncated.pt", lambda p: p.write_bytes(good_bytes()[:700]), "truncated or corrupt"),
+    "truncated_legacy_format": ("truncated_legacy.pt", _truncated_legacy_format, "truncated"),
+    "random_bytes": ("random.pt", _write(random.Random(0).randbytes(4096)), "unrecognised format"),
+    "random_after_pickle_header": ("random_pickle.pt", _write(b"\x80\x02" + random.Random(1).randbytes(4096)),
+                                   "corrupt or not a PyTorch checkpoint|truncated"),
+    "text": ("notes.pt", _write(b"epoch 3: loss 0.12\nthis is not a checkpoint\n"), "a text file"),
+    "malicious_pickle_zip": ("evil.pt", _torch_save(lambda p: CreatesAFile(p.parent / MARKER)),
+                             r"refused: the pickle asks for io\.open"),
+    "malicious_pickle_raw": ("evil.pkl", _raw_pickle(lambda p: CreatesAFile(p.parent / MARKER)),
+                             r"refused: the pickle asks for io\.open"),
+    "tensor_payload": ("tensor.pt", _torch_save(lambda p: torch.zeros(3)),
+                       "holds a Tensor, not a state_dict"),
+    "list_payload": ("list.pt", _torch_save(lambda p: [torch.zeros(3)]), "holds a list, not a state_dict"),
+    "non_tensor_values": ("numbers.pt", _torch_save(lambda p: {"conv1.0.weight": 1.5, "fc2.bias": "x"}),
+                          r"'conv1.0.weight' holds a float, not a tensor \(and 1 more\)"),
+    "empty_state_dict": ("empty_sd.pt", _torch_save(lambda p: {"state_dict": {}, "epoch": 3}),
+                         "holds an empty state_dict"),
+    "foreign_model": ("resnet.pt", _torch_save(lambda p: nn.Conv2d(3, 8, 3).state_dict()),
+                      "not a RawNet2 checkpoint.*'weight'"),
+    "mixed_layouts": ("mixed.pt", _legacy_with(lambda s: s.update({"skip2.0.bias": torch.zeros(64)})),
+                      "mixes layouts"),
+    "misshaped": ("misshaped.pt", _legacy_with(lambda s: s.update({"fc1.weight": s["fc1.weight"].t()})),
+                  r"does not fit the legacy layout: "
+                  r"mis-shaped fc1.weight \[256, 64\] \(expected \[64, 256\]\)"),
+    "missing_keys": ("partial.pt", _legacy_with(lambda s: s.pop("res_block3.0.weight")),
+                     "does not fit the legacy layout: missing res_block3.0.weight"),
+    "tuple_blocks": ("tuple_blocks.pt", _torch_save(lambda p: build("tuple_blocks").state_dict()),
+                     r"cannot convert from tuple_blocks: .*\(97\.1%\)"),
+    "corrupt_safetensors": ("bad.safetensors", _safetensors_bytes(0), "corrupt safetensors file"),
+    "truncated_safetensors": ("cut.safetensors", _safetensors_bytes(60), "corrupt safetensors file"),
+}
+if hasattr(os, "mkfifo"):  # reading a FIFO would block forever
+    CORPUS["fifo"] = ("pipe.pt", lambda p: os.mkfifo(p), "not a regular file")
+
+# Cases that fail while reading the file (the rest load, then fail to convert).
+UNREADABLE = [
+    name for name in CORPUS
+    if name not in ("foreign_model", "mixed_layouts", "misshaped", "missing_keys", "tuple_blocks")
+]
+
+
+def snapshot(directory: Path) -> dict[str, tuple]:
+    """Every entry in ``directory``: its bytes (files) and stat times; a FIFO or folder by its mode."""
+    out = {}
+    for entry in sorted(directory.iterdir()):
+        info = entry.lstat()
+        content = entry.read_bytes() if stat.S_ISREG(info.st_mode) else stat.S_IFMT(info.st_mode)
+        out[entry.name] = (content, info.st_mtime_ns, info.st_size)
+    return out
+
+
+@pytest.fixture
+def corpus_case(request, tmp_path: Path) -> tuple[Path, str]:
+    name, make, expected = CORPUS[request.param]
+    path = tmp_path / name
+    if make is not None:
+        make(path)
+    return path, expected
+
+
+@pytest.mark.parametrize("corpus_case", list(CORPUS), indirect=True)
+def test_migrate_refuses_a_bad_file_with_one_line_and_changes_nothing(corpus_case, tmp_path, capsys):
+    src, expected = corpus_case
+    dst = tmp_path / "out.pt"
+    before = snapshot(tmp_path)
+    code = main(["migrate", str(src), str(dst), "--to", "skip_modules"])
+    out, err = capsys.readouterr()
+    assert code != 0
+    assert out == ""
+    assert err.endswith("\n") and err.count("\n") == 1, err  # exactly one line
+    assert err.startswith(f"error: {src}: "), err
+    assert re.search(expected, err), f"{expected!r} not in {err!r}"
+    assert "Traceback" not in err
+    assert snapshot(tmp_path) == before  # nothing written, the source untouched
+    assert not (tmp_path / MARKER).exists()
+
+
+@pytest.mark.parametrize("corpus_case", UNREADABLE, indirect=True)
+def test_load_checkpoint_raises_harness_error_naming_the_file(corpus_case, tmp_path):
+    path, expected = corpus_case
+    with pytest.raises(HarnessError, match=f"^{re.escape(str(path))}: .*({expected})"):
+        load_checkpoint(path)
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_the_malicious_pickle_is_live_without_weights_only(tmp_path):
+    """The corpus' payload really runs under a plain unpickler, so its absence above means something."""
+    path = tmp_path / "evil.pt"
+    CORPUS["malicious_pickle_zip"][1](path)
+    torch.load(path, weights_only=False)
+    assert (tmp_path / MARKER).exists()
+
+
+# Each format's magic, so arbitrary bytes reach every parser, not only the format sniffing.
+MAGICS = [b"", b"PK\x03\x04", b"\x80\x02", b"\x20\0\0\0\0\0\0\0{"]
+
+
+@given(st.sampled_from(MAGICS), st.binary(max_size=2048))
+def test_arbitrary_bytes_load_or_raise_harness_error(tmp_path_factory, magic: bytes, data: bytes):
+    path = tmp_path_factory.mktemp("fuzz") / "fuzz.pt"
+    path.write_bytes(magic + data)
+    try:
+        state = load_checkpoint(path)
+    except HarnessError as exc:
+        assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+    else:
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+@given(st.data())
+def test_damaged_checkpoints_load_or_raise_harness_error(tmp_path_factory, data):
+    """Truncate or overwrite bytes of a real checkpoint anywhere: never an unhandled exception."""
+    blob = bytearray(good_bytes())
+    start = data.draw(st.integers(0, len(blob) - 1))
+    if data.draw(st.booleans()):
+        del blob[start:]
+    else:
+        patch = data.draw(st.binary(min_size=1, max_size=16))
+        blob[start:start + len(patch)] = patch
+    path = tmp_path_factory.mktemp("damaged") / "damaged.pt"
+    path.write_bytes(bytes(blob))
+    try:
+        load_checkpoint(path)
+    except HarnessError as exc:
+        assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+
+
+# --- writing: atomic, never clobbering --------------------------------------------------------
+
+
+def test_save_refuses_an_existing_file_without_force(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"keep me")
+    with pytest.raises(HarnessError, match="already exists"):
+        save_checkpoint({"fc2.bias": torch.zeros(1)}, path)
+    assert path.read_bytes() == b"keep me"
+    save_checkpoint({"fc2.bias": torch.ones(1)}, path, force=True)
+    assert torch.equal(load_checkpoint(path)["fc2.bias"], torch.ones(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temp file left behind
+
+
+def test_a_failed_save_leaves_neither_a_temp_file_nor_a_changed_target(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old")
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(HarnessError, match=f"^{path}: cannot write: No space left on device$"):
+        save_checkpoint({"fc2.bias": torch.zeros(1)}, path, force=True)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_save_refuses_a_missing_directory(tmp_path):
+    with pytest.raises(HarnessError, match="does not exist"):
+        save_checkpoint({"fc2.bias": torch.zeros(1)}, tmp_path / "nowhere" / "model.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_respects_the_umask_like_any_new_file(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint({"fc2.bias": torch.zeros(1)}, path)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
