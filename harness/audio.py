@@ -32,6 +32,7 @@ import soxr
 import torch
 import torch.nn as nn
 
+from harness.checkpoints import get_audio_model
 from harness.errors import HarnessError
 
 # The rate every RawNet2 / ASVspoof front end feeds the model.
@@ -285,19 +286,17 @@ def _progress_to_stderr(done: int, total: int, failed: int) -> None:
 
 def cli_score(args: argparse.Namespace) -> int:
     """``python -m harness score``: exit 0 when every file scored, 1 when any failed."""
-    from harness.checkpoints import get_audio_model
-
     if args.batch_size < 1:
         raise HarnessError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.checkpoint is None:
+        with torch.random.fork_rng():
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = get_audio_model(args.variant, None, policy=args.policy)
         print(
             f"warning: no --checkpoint: {args.variant} has random weights (seed {RANDOM_WEIGHTS_SEED}); "
             "the scores mean nothing",
             file=sys.stderr,
         )
-        with torch.random.fork_rng():
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = get_audio_model(args.variant, None, policy=args.policy)
     else:
         model = get_audio_model(args.variant, args.checkpoint, policy=args.policy)
     progress = _progress_to_stderr if len(args.files) >= PROGRESS_MIN_FILES else None
