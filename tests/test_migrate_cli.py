@@ -1,0 +1,301 @@
+"""``python -m harness migrate``: what it prints, what it refuses, and save -> migrate -> load sequences.
+
+Two cases run the real command in a subprocess (start-up costs seconds); the rest call
+``harness.__main__.main(argv)`` in-process, which is the same code path after argv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, rule
+
+from harness import build
+from harness.__main__ import main
+from harness.checkpoints import POLICIES, detect_layout, load_checkpoint, save_checkpoint
+from harness.layouts import state_dict_layout
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MODULES = ("conv1", *(f"res_block{i}" for i in range(1, 7)), "fc1", "fc2")
+SHORTCUTS = ("skip2", "skip4", "skip6")
+
+
+@functools.cache
+def fresh_state(layout: str) -> dict[str, torch.Tensor]:
+    return build(layout).state_dict()
+
+
+def random_state(layout: str, seed: int, *, gated: bool = False) -> dict[str, torch.Tensor]:
+    """Random values in a fresh model's shapes; ``gated`` zeroes skip_modules' shortcut gates."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=generator) if v.is_floating_point() else v.clone()
+             for k, v in fresh_state(layout).items()}
+    if gated:
+        for name in SHORTCUTS:
+            state[f"{name}.1.weight"].zero_()
+            state[f"{name}.1.bias"].zero_()
+    return state
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["migrate", *map(str, argv)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def file_state(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+# --- the real command, in a subprocess ----------------------------------------------------------
+
+
+def run_subprocess(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", "migrate", *map(str, argv)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_migrate_command_converts_a_wrapped_legacy_checkpoint(tmp_path: Path):
+    src, dst = tmp_path / "legacy.pt", tmp_path / "skip_modules.pt"
+    state = random_state("legacy", seed=0)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 7}, src)
+    result = run_subprocess(src, dst, "--to", "skip_modules")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[:3] == [
+        f"{src}: unwrapped 'state_dict' (ignored: epoch)",
+        f"{src}: stripped the 'module.' prefix",
+        "legacy -> skip_modules (policy preserve-function): 95 kept, 0 renamed, 21 added, 7 dropped",
+    ]
+    assert lines[-1] == f"wrote {dst} (116 keys)"
+    converted = load_checkpoint(dst)
+    assert detect_layout(converted) == "skip_modules" and len(converted) == 116
+    assert all(torch.equal(converted[k], v) for k, v in state.items() if not k.startswith("skip."))
+
+
+def test_migrate_command_refuses_a_malicious_pickle_without_running_it(tmp_path: Path):
+    marker = tmp_path / "pwned"
+
+    class CreatesAFile:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    src = tmp_path / "evil.pt"
+    torch.save(CreatesAFile(), src)
+    result = run_subprocess(src, tmp_path / "out.pt", "--to", "skip_modules")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert_one_line_error(result.stderr, f"error: {src}: refused: the pickle asks for io.open")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt"]
+
+
+# --- in-process ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def legacy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "legacy.pt"
+    torch.save(random_state("legacy", seed=1), path)
+    return path
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotted", "symlink", "hardlink"])
+@pytest.mark.parametrize("force", [False, True], ids=["", "force"])
+def test_dst_that_is_the_source_is_refused(legacy_file: Path, spelling: str, force: bool):
+    directory = legacy_file.parent
+    dst = {
+        "same": lambda: legacy_file,
+        "dotted": lambda: directory / "." / ".." / directory.name / legacy_file.name,
+        "symlink": lambda: (directory / "link.pt").symlink_to(legacy_file) or directory / "link.pt",
+        "hardlink": lambda: os.link(legacy_file, directory / "hard.pt") or directory / "hard.pt",
+    }[spelling]()
+    before = file_state(legacy_file)
+    code, out, err = run_cli(legacy_file, dst, "--to", "skip_modules", *(["--force"] if force else []))
+    assert code == 2 and out == ""
+    assert_one_line_error(err, f"error: {dst}: is the source checkpoint {legacy_file}")
+    assert file_state(legacy_file) == before
+
+
+def test_existing_dst_is_refused_without_force_and_replaced_with_it(legacy_file: Path):
+    dst = legacy_file.parent / "out.pt"
+    dst.write_bytes(b"an older migration")
+    code, out, err = run_cli(legacy_file, dst, "--to", "skip_modules")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, f"error: {dst}: already exists; use --force")
+    assert dst.read_bytes() == b"an older migration"
+    code, out, err = run_cli(legacy_file, dst, "--to", "skip_modules", "--force")
+    assert code == 0 and err == ""
+    assert len(load_checkpoint(dst)) == 116
+    assert sorted(p.name for p in legacy_file.parent.iterdir()) == ["legacy.pt", "out.pt"]  # no temp files
+
+
+def test_preserve_weights_prints_each_rename(legacy_file: Path):
+    dst = legacy_file.parent / "out.safetensors"
+    code, out, err = run_cli(legacy_file, dst, "--to", "skip_modules", "--policy", "preserve-weights")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == ("legacy -> skip_modules (policy preserve-weights): "
+                        "95 kept, 7 renamed, 14 added, 0 dropped")
+    assert "  renamed skip.1.running_var -> skip6.1.running_var" in lines
+    assert "  added 14: new shortcut, freshly initialised (seed 0): the function changes" in lines
+    source, converted = load_checkpoint(legacy_file), load_checkpoint(dst)
+    assert torch.equal(converted["skip6.0.weight"], source["skip.0.weight"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["--to", "tuple_blocks"], ["cannot convert to tuple_blocks", "(97.1%)"]),
+        (["--to", "resnet"], ["unknown target layout 'resnet'"]),
+        (["--to", "skip_modules", "--from", "skip_modules"],
+         ["does not fit the skip_modules layout: missing skip2"]),
+    ],
+    ids=["to-tuple_blocks", "unknown-layout", "wrong-from"],
+)
+def test_impossible_requests_are_refused_naming_the_source(legacy_file: Path, argv, fragments):
+    dst = legacy_file.parent / "out.pt"
+    code, out, err = run_cli(legacy_file, dst, *argv)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, f"error: {legacy_file}: ", *fragments)
+    assert not dst.exists()
+
+
+def test_dst_in_a_missing_directory_is_refused(legacy_file: Path):
+    dst = legacy_file.parent / "no" / "such" / "dir" / "out.pt"
+    code, _, err = run_cli(legacy_file, dst, "--to", "skip_modules")
+    assert code == 2
+    assert_one_line_error(err, f"error: {dst}: directory", "does not exist")
+
+
+# --- save -> migrate -> load -> save sequences ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a file on disk must hold."""
+
+    layout: str
+    shared: dict[str, torch.Tensor]  # canonical key -> tensor, for modules every layout keeps
+    function_movable: bool  # can go to legacy under preserve-function (no live shortcuts)
+
+
+def shared_of(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    spec = state_dict_layout(layout)
+    canonical = {spec.canonical_key(k): v for k, v in state.items()}
+    return {k: v for k, v in canonical.items() if k.partition(".")[0] in SHARED_MODULES}
+
+
+class SaveMigrateLoad(RuleBasedStateMachine):
+    """Checkpoints written by users and by migrate; every one must hold what its history says."""
+
+    files = Bundle("files")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="migrate-machine-"))
+        self.expected: dict[Path, Expected] = {}
+        self.count = 0
+
+    def new_path(self, suffix: str = ".pt") -> Path:
+        self.count += 1
+        return self.dir / f"checkpoint{self.count}{suffix}"
+
+    def check(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        expected = self.expected[path]
+        assert detect_layout(state) == expected.layout
+        shared = shared_of(state, expected.layout)
+        assert shared.keys() == expected.shared.keys()
+        assert all(torch.equal(shared[k], v) for k, v in expected.shared.items())
+
+    USER_FILES = {
+        "layout": st.sampled_from(["legacy", "skip_modules"]),
+        "seed": st.integers(0, 99),
+        "wrapper": st.sampled_from(["plain", "state_dict", "model", "module."]),
+        "variant": st.booleans(),
+    }
+
+    @initialize(target=files, **USER_FILES)
+    def first_user_file(self, **kwargs):
+        return self.user_saves(**kwargs)
+
+    @rule(target=files, **USER_FILES)
+    def user_saves(self, layout, seed, wrapper, variant):
+        # variant: a legacy state_dict saved after a forward (no skip.*), or gated skip_modules shortcuts
+        state = random_state(layout, seed, gated=variant and layout == "skip_modules")
+        if variant and layout == "legacy":
+            state = {k: v for k, v in state.items() if not k.startswith("skip.")}
+        payload = {
+            "plain": state, "state_dict": {"state_dict": state, "step": 3}, "model": {"model": state},
+            "module.": {f"module.{k}": v for k, v in state.items()},
+        }[wrapper]
+        path = self.new_path()
+        torch.save(payload, path)
+        self.expected[path] = Expected(layout, shared_of(state, layout), layout == "legacy" or variant)
+        return path
+
+    @rule(target=files, src=files, to=st.sampled_from(["legacy", "skip_modules"]),
+          policy=st.sampled_from(POLICIES), suffix=st.sampled_from([".pt", ".safetensors"]))
+    def migrate(self, src, to, policy, suffix):
+        before = file_state(src)
+        dst = self.new_path(suffix)
+        code, out, err = run_cli(src, dst, "--to", to, "--policy", policy)
+        source = self.expected[src]
+        assert file_state(src) == before
+        if policy == "preserve-function" and to == "legacy" and not source.function_movable:
+            assert code == 2 and not dst.exists()
+            assert_one_line_error(err, "are live shortcuts")
+            return multiple()
+        assert code == 0 and err == "" and out.endswith(f"wrote {dst} ({len(load_checkpoint(dst))} keys)\n")
+        # Only preserve-function writes zero-gated shortcuts; legacy files have none to keep.
+        same = source.layout == to
+        movable = to == "legacy" or (source.function_movable if same else policy == "preserve-function")
+        self.expected[dst] = Expected(to, source.shared, movable)
+        self.check(dst)
+        return dst
+
+    @rule(target=files, src=files)
+    def load_and_save(self, src):
+        dst = self.new_path()
+        save_checkpoint(load_checkpoint(src), dst)
+        self.expected[dst] = self.expected[src]
+        self.check(dst)
+        return dst
+
+    @rule(src=files, dst=files)
+    def migrate_onto_an_existing_file_is_refused(self, src, dst):
+        before = file_state(dst)
+        code, _, err = run_cli(src, dst, "--to", "skip_modules")
+        assert code == 2
+        assert_one_line_error(err, "is the source checkpoint" if src == dst else "already exists")
+        assert file_state(dst) == before
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+SaveMigrateLoad.TestCase.settings = settings(
+    settings.default, max_examples=max(3, settings.default.max_examples // 3), stateful_step_count=6
+)
+TestSaveMigrateLoad = SaveMigrateLoad.TestCase
