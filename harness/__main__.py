@@ -42,11 +42,16 @@ def _migrate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("migrate", help="convert a checkpoint between variant layouts")
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
-    p.add_argument("--to", required=True, help="target layout")
-    p.add_argument("--from", dest="source", default="auto", help="source layout (default: detect)")
+    # Layout names are validated by harness.checkpoints, which explains each refusal in one line.
+    p.add_argument("--to", required=True, metavar="LAYOUT",
+                   help="target layout: skip_modules or legacy (tuple_blocks cannot hold a checkpoint)")
+    p.add_argument("--from", dest="source", default="auto", metavar="LAYOUT",
+                   help="source layout: auto (detect from the keys, default), legacy or skip_modules")
     p.add_argument("--policy", default="preserve-function",
-                   choices=("preserve-function", "preserve-weights"))
-    p.add_argument("--force", action="store_true", help="overwrite an existing DST")
+                   choices=("preserve-function", "preserve-weights"),
+                   help="preserve-function (default): the result computes what the source computed; "
+                        "preserve-weights: carry every weight that has a place")
+    p.add_argument("--force", action="store_true", help="overwrite an existing DST (never SRC itself)")
 
 
 def _score_parser(sub: argparse._SubParsersAction) -> None:

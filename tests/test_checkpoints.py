@@ -295,13 +295,12 @@ def logits_and_scores(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
 
 @given(
     seed=st.integers(0, 2**16),
-    batch=st.integers(2, 3),
     length=st.integers(16, 4000),
     train=st.booleans(),
     with_shared_skip=st.booleans(),
 )
 def test_legacy_to_skip_modules_preserve_function_computes_the_legacy_effective_function(
-    seed, batch, length, train, with_shared_skip
+    seed, length, train, with_shared_skip
 ):
     state = random_state_dict("legacy", seed)
     effective_weights = {k: v for k, v in state.items() if not k.startswith("skip.")}
@@ -313,7 +312,7 @@ def test_legacy_to_skip_modules_preserve_function_computes_the_legacy_effective_
     assert not converted.training
     reference.train(train)
     converted.train(train)
-    x = torch.randn(batch, 1, length, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(2, 1, length, generator=torch.Generator().manual_seed(seed))  # a batch: train-mode BN
     with torch.no_grad():
         expected_logits, expected = logits_and_scores(reference, x)
         actual_logits, actual = logits_and_scores(converted, x)
