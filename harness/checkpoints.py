@@ -353,8 +353,8 @@ class ConversionReport:
 
 
 # Reasons, one per kind of change, so the report can group keys by them.
-_CLEARED_REASON = ("not part of the {source} function: its forward clears this shared shortcut "
-                   "before it can contribute to any output")
+_CLEARED_REASON = ("not part of the {source} function: its forward raises while this shared shortcut "
+                   "is set and clears it, so it never contributes to an output")
 _ZERO_GATED_ADDED = ("new shortcut, zero-gated (BatchNorm weight and bias 0) so it adds exactly 0 "
                      "and the function is unchanged until training learns it")
 _FRESH_ADDED = "new shortcut, freshly initialised (seed {seed}): the function changes"
