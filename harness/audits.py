@@ -5,8 +5,8 @@ instances built by ``factory`` and returns an ``AuditReport``: one result per ch
 ("pass" / "fail" / "n/a"), findings that name the module path, parameter or block
 concerned, and the reason for every "n/a".
 
-Every check has the same shape, ``check(ctx) -> list[str]`` (one message per finding;
-an empty list is a pass), and raises ``NotApplicable(reason)`` when it cannot apply.
+Every check has the same shape, ``check(ctx) -> list[Finding]`` (an empty list is a
+pass), and raises ``NotApplicable(reason)`` when it cannot apply.
 A model that fails in a way a check cannot get past (its forward raises, the factory
 raises, the forward returns something other than a tensor) fails that check with a
 message saying so; it never passes silently and never crashes the audit.
@@ -48,10 +48,15 @@ BUILD_SEED, OTHER_SEED = 0, 1
 
 @dataclass(frozen=True)
 class Finding:
-    """One broken contract: which check, and a message naming where."""
+    """One broken contract: which check, a message naming where, and every path concerned.
+
+    ``paths`` lists in full the module paths, tensors or blocks the (compact) message
+    names, e.g. ``res_block2[0].0.weight``; empty when the finding concerns the whole model.
+    """
 
     check: str
     message: str
+    paths: tuple[str, ...] = ()
 
 
 @dataclass
@@ -147,7 +152,11 @@ class AuditContext:
         self.example = example
         self._built: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._used: list[Held] | None = None
+        self.check = ""  # the check running now; names its findings
         self.notes: list[str] = []
+
+    def finding(self, message: str, paths: Iterable[str] = ()) -> Finding:
+        return Finding(self.check, message, tuple(paths))
 
     def build(self, seed: int = BUILD_SEED) -> nn.Module:
         """A fresh instance, initialised under ``seed`` (the global RNG is left as it was)."""
@@ -259,7 +268,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> bool:
 # --- the checks ---------------------------------------------------------------------------------
 
 
-def check_registration(ctx: AuditContext) -> list[str]:
+def check_registration(ctx: AuditContext) -> list[Finding]:
     """Every tensor and module the model holds is registered (also inside lists, tuples, dicts)."""
     model = ctx.build()
     hidden = [h for h in held(model) if not h.registered]
@@ -278,8 +287,9 @@ def check_registration(ctx: AuditContext) -> list[str]:
             params = _values(h.obj for h in tensors if isinstance(h.obj, nn.Parameter))
             parts.append(f"{_count(len(tensors), 'tensor')} ({params:,} parameter values): "
                          f"{_compact(h.path for h in tensors)}")
-        findings.append(f"{container} ({kind}) is not registered, so parameters(), state_dict(), "
-                        f".to() and .eval() never see its {'; '.join(parts)}")
+        findings.append(ctx.finding(f"{container} ({kind}) is not registered, so parameters(), "
+                                    f"state_dict(), .to() and .eval() never see its {'; '.join(parts)}",
+                                    paths))
     return findings
 
 
@@ -307,7 +317,7 @@ def _module_calls() -> Iterator[list[tuple[nn.Module, bool]]]:
         handle.remove()
 
 
-def check_mode_propagation(ctx: AuditContext) -> list[str]:
+def check_mode_propagation(ctx: AuditContext) -> list[Finding]:
     """``eval()`` / ``train()`` reach every module the forward calls.
 
     Each direction starts from the opposite flag on every held module (set directly,
@@ -338,9 +348,10 @@ def check_mode_propagation(ctx: AuditContext) -> list[str]:
                 f"{p} ({type(m).__name__}{f' and its {below[p]} submodules' if below[p] else ''})"
                 for p, m in wrong if p in below)
             state = "training" if not target else "eval"
-            findings.append(
+            findings.append(ctx.finding(
                 f"{method}() does not reach {_count(len(wrong), 'module')} the forward calls"
-                f"{f' ({sensitive} among them)' if sensitive else ''}; still in {state} mode: {listed}")
+                f"{f' ({sensitive} among them)' if sensitive else ''}; still in {state} mode: {listed}",
+                names))
     if not checked:
         raise NotApplicable("the forward calls no submodules, so no mode can fail to reach one")
     return findings
@@ -360,7 +371,7 @@ def _moves() -> list[tuple[str, torch.device | torch.dtype]]:
     return moves
 
 
-def check_device_transfer(ctx: AuditContext) -> list[str]:
+def check_device_transfer(ctx: AuditContext) -> list[Finding]:
     """After ``.to()``, every tensor the forward uses has moved.
 
     CPU-only machines check a dtype move and a move to the meta device; with CUDA,
@@ -387,16 +398,16 @@ def check_device_transfer(ctx: AuditContext) -> list[str]:
             try:
                 ctx.forward(model.eval(), ctx.example.to(target))
             except ModelFailure as exc:
-                findings.append(f"after .to('cuda'): {exc}")
+                findings.append(ctx.finding(f"after .to('cuda'): {exc}"))
     for container, by_move in stayed.items():
         every = list(dict.fromkeys(p for paths in by_move.values() for p in paths))
         per_move = ", ".join(f"{label} leaves {len(paths)}" for label, paths in by_move.items())
-        findings.append(f"{container}: {_count(len(every), 'tensor')} the forward uses stay behind "
-                        f"({per_move}): {_compact(every)}")
+        findings.append(ctx.finding(f"{container}: {_count(len(every), 'tensor')} the forward uses stay "
+                                    f"behind ({per_move}): {_compact(every)}", every))
     return findings
 
 
-def check_state_dict_roundtrip(ctx: AuditContext) -> list[str]:
+def check_state_dict_roundtrip(ctx: AuditContext) -> list[Finding]:
     """Save the state_dict, load it (weights_only) into an instance built under another seed.
 
     The saved instance first runs one train-mode forward so its running statistics are
@@ -420,29 +431,40 @@ def check_state_dict_roundtrip(ctx: AuditContext) -> list[str]:
     try:
         state = torch.load(buffer, weights_only=True)
     except Exception as exc:
-        return [f"torch.load(weights_only=True) rejects the saved state_dict: {_error_line(exc)}"]
+        return [ctx.finding(f"torch.load(weights_only=True) rejects the saved state_dict: "
+                            f"{_error_line(exc)}")]
     target = ctx.build(OTHER_SEED)
     try:
         target.load_state_dict(state)
     except Exception as exc:
-        return [f"load_state_dict into a fresh instance raises {_error_line(exc)}"]
+        return [ctx.finding(f"load_state_dict into a fresh instance raises {_error_line(exc)}")]
     with torch.no_grad():
         actual = ctx.forward(target.eval())
     if _close(actual, expected, EXACT):
         return []
-    findings = [f"a fresh instance (seed {OTHER_SEED}) loaded from the saved state_dict gives different "
-                f"eval outputs: max abs diff {_max_abs_diff(actual, expected):.3g}"]
+    findings = [ctx.finding(f"a fresh instance (seed {OTHER_SEED}) loaded from the saved state_dict gives "
+                            f"different eval outputs: max abs diff {_max_abs_diff(actual, expected):.3g}")]
     saved = {id(t) for t in target.state_dict(keep_vars=True).values()}
+    constants = {id(b) for b in target.buffers()} - saved  # non-persistent buffers: rebuilt, not saved
     tensors = {h.path: h.obj for h in held_tensors(target)}
-    unsaved = [h.path for h in ctx.used() if h.path in tensors and id(tensors[h.path]) not in saved]
+    originals = {h.path: h.obj for h in held_tensors(source)}
+
+    def lost(path: str) -> bool:
+        tensor = tensors[path]
+        if id(tensor) in constants:
+            return not torch.equal(tensor, originals[path])
+        return id(tensor) not in saved
+
+    unsaved = [h.path for h in ctx.used() if h.path in tensors and h.path in originals and lost(h.path)]
     for container, paths in _by_container(target, unsaved).items():
-        findings.append(f"{container}: {_count(len(paths), 'tensor')} the forward uses "
-                        f"{'is' if len(paths) == 1 else 'are'} not in the state_dict, so a loaded instance "
-                        f"keeps its own: {_compact(paths)}")
+        verb = "is" if len(paths) == 1 else "are"
+        findings.append(ctx.finding(f"{container}: {_count(len(paths), 'tensor')} the forward uses {verb} "
+                                    f"not in the state_dict, so a loaded instance keeps its own: "
+                                    f"{_compact(paths)}", paths))
     return findings
 
 
-def check_batch_independence(ctx: AuditContext) -> list[str]:
+def check_batch_independence(ctx: AuditContext) -> list[Finding]:
     """In eval mode every sample's output alone equals its row in the batched output."""
     x = ctx.example
     if x.shape[0] < 2:
@@ -454,7 +476,8 @@ def check_batch_independence(ctx: AuditContext) -> list[str]:
     with torch.no_grad():
         batched = ctx.forward(model)
         if batched.dim() == 0 or batched.shape[0] != x.shape[0]:
-            return [f"output shape {tuple(batched.shape)} has no batch dimension of {x.shape[0]}"]
+            return [ctx.finding(f"output shape {tuple(batched.shape)} has no batch dimension of "
+                                f"{x.shape[0]}")]
         differing = []
         for i in range(x.shape[0]):
             alone = ctx.forward(model, x[i:i + 1])
@@ -465,11 +488,12 @@ def check_batch_independence(ctx: AuditContext) -> list[str]:
         return []
     details = ", ".join(f"{i} (max abs diff {d:.3g})" if d is not None else f"{i} (shape differs)"
                         for i, d in differing)
-    return [f"{len(differing)} of {x.shape[0]} samples give a different output alone than inside the batch "
-            f"(tolerance BATCHING: rtol={BATCHING.rtol:g}, atol={BATCHING.atol:g}): samples {details}"]
+    return [ctx.finding(f"{len(differing)} of {x.shape[0]} samples give a different output alone than inside "
+                        f"the batch (tolerance BATCHING: rtol={BATCHING.rtol:g}, atol={BATCHING.atol:g}): "
+                        f"samples {details}")]
 
 
-def check_gradient_coverage(ctx: AuditContext) -> list[str]:
+def check_gradient_coverage(ctx: AuditContext) -> list[Finding]:
     """Train mode: every trainable parameter gets a finite, non-zero gradient from a scalar loss,
     and every parameter the forward uses is in ``model.parameters()``.
 
@@ -486,10 +510,10 @@ def check_gradient_coverage(ctx: AuditContext) -> list[str]:
     outside = [p for p in used_params if id(tensors[p]) not in registered]
     for container, group in _by_container(model, outside).items():
         values = _values(tensors[p] for p in group)
-        findings.append(f"{container}: {_count(len(group), 'parameter')} the forward uses "
-                        f"({values:,} values) {'is' if len(group) == 1 else 'are'} not in "
-                        f"model.parameters(), so an optimizer built from it never updates them: "
-                        f"{_compact(group)}")
+        findings.append(ctx.finding(f"{container}: {_count(len(group), 'parameter')} the forward uses "
+                                    f"({values:,} values) {'is' if len(group) == 1 else 'are'} not in "
+                                    f"model.parameters(), so an optimizer built from it never updates them: "
+                                    f"{_compact(group)}", group))
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable and not outside:
         raise NotApplicable("the model has no trainable parameters")
@@ -506,14 +530,14 @@ def check_gradient_coverage(ctx: AuditContext) -> list[str]:
                  if g is not None and not bool(g.isfinite().all())]
     zeros = [name for name, _ in zero if name not in cancelled and name not in nonfinite]
     if missing:
-        findings.append(f"{_count(len(missing), 'trainable parameter')} get no gradient "
-                        f"(not reached by the loss): {_compact(missing)}")
+        findings.append(ctx.finding(f"{_count(len(missing), 'trainable parameter')} get no gradient "
+                                    f"(not reached by the loss): {_compact(missing)}", missing))
     if nonfinite:
-        findings.append(f"{_count(len(nonfinite), 'parameter')} get a non-finite gradient: "
-                        f"{_compact(nonfinite)}")
+        findings.append(ctx.finding(f"{_count(len(nonfinite), 'parameter')} get a non-finite gradient: "
+                                    f"{_compact(nonfinite)}", nonfinite))
     if zeros:
-        findings.append(f"{_count(len(zeros), 'parameter')} get an all-zero gradient in train and eval mode: "
-                        f"{_compact(zeros)}")
+        findings.append(ctx.finding(f"{_count(len(zeros), 'parameter')} get an all-zero gradient in train "
+                                    f"and eval mode: {_compact(zeros)}", zeros))
     return findings
 
 
@@ -533,7 +557,7 @@ def _gradients(ctx: AuditContext, model: nn.Module, params: list[torch.Tensor]) 
     return [None if p.grad is None else p.grad.detach().clone() for p in params]
 
 
-def check_determinism(ctx: AuditContext) -> list[str]:
+def check_determinism(ctx: AuditContext) -> list[Finding]:
     """The same input twice in eval mode gives identical outputs."""
     model = ctx.build().eval()
     with torch.no_grad():
@@ -542,11 +566,11 @@ def check_determinism(ctx: AuditContext) -> list[str]:
     if _close(second, first, EXACT):
         return []
     if first.shape != second.shape:
-        return [f"two eval forwards of the same input give shapes {tuple(first.shape)} "
-                f"and {tuple(second.shape)}"]
+        return [ctx.finding(f"two eval forwards of the same input give shapes {tuple(first.shape)} "
+                            f"and {tuple(second.shape)}")]
     rows = _rows_differing(first, second)
-    return [f"two eval forwards of the same input differ: max abs diff {_max_abs_diff(first, second):.3g} "
-            f"(samples {rows})"]
+    return [ctx.finding(f"two eval forwards of the same input differ: max abs diff "
+                        f"{_max_abs_diff(first, second):.3g} (samples {rows})")]
 
 
 def _rows_differing(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -557,7 +581,7 @@ def _rows_differing(a: torch.Tensor, b: torch.Tensor) -> str:
     return ", ".join(str(i) for i in (~same).nonzero().flatten().tolist())
 
 
-def check_output_contract(ctx: AuditContext) -> list[str]:
+def check_output_contract(ctx: AuditContext) -> list[Finding]:
     """Output shape ``[B, num_classes]``, finite, within [0, 1] (probabilities)."""
     model = ctx.build().eval()
     with torch.no_grad():
@@ -565,18 +589,19 @@ def check_output_contract(ctx: AuditContext) -> list[str]:
     batch = ctx.example.shape[0]
     findings = []
     if out.dim() != 2 or out.shape[0] != batch or out.shape[1] < 1:
-        findings.append(f"output shape {tuple(out.shape)} is not [B, num_classes] with B = {batch}")
+        findings.append(ctx.finding(f"output shape {tuple(out.shape)} is not [B, num_classes] "
+                                    f"with B = {batch}"))
     if not out.is_floating_point():
-        return [*findings, f"output dtype {out.dtype} is not floating point"]
+        return [*findings, ctx.finding(f"output dtype {out.dtype} is not floating point")]
     finite = out.isfinite()
     if not bool(finite.all()):
         rows = (~finite).reshape(out.shape[0], -1).any(1).nonzero().flatten().tolist() if out.dim() else []
-        findings.append(f"output has {int((~finite).sum())} non-finite values (samples {rows})")
+        findings.append(ctx.finding(f"output has {int((~finite).sum())} non-finite values (samples {rows})"))
     values = out[finite]
     if values.numel() and (values.min() < 0 or values.max() > 1):
         low, high = float(values.min()), float(values.max())
-        findings.append(f"output outside [0, 1]: min {low:.4g}, max {high:.4g} "
-                        "(logits or log-probabilities, not probabilities)")
+        findings.append(ctx.finding(f"output outside [0, 1]: min {low:.4g}, max {high:.4g} "
+                                    "(logits or log-probabilities, not probabilities)"))
     return findings
 
 
@@ -649,7 +674,7 @@ def observe_blocks(model: nn.Module, x: torch.Tensor) -> list[BlockObservation]:
     return observations
 
 
-def check_skip_wiring(ctx: AuditContext) -> list[str]:
+def check_skip_wiring(ctx: AuditContext) -> list[Finding]:
     """For ``res_blockN`` (+ ``skipN`` or ``(main, skip)``) layouts: output == main(in) + shortcut(in).
 
     The shortcut is the block's own projection module when the model holds one, the
@@ -668,7 +693,8 @@ def check_skip_wiring(ctx: AuditContext) -> list[str]:
     ran = {o.block.index for o in observations}
     never = [b.index for b in residual_blocks(model) if b.index not in ran]
     if never:
-        findings.extend(f"block {i}: its main path res_block{i} never runs" for i in never)
+        findings.extend(ctx.finding(f"block {b.index}: its main path {b.main_path} never runs", [b.main_path])
+                        for b in residual_blocks(model) if b.index in never)
     if unobserved:
         ctx.notes.append(f"output of block(s) {', '.join(map(str, unobserved))} not observable "
                          "(no module with a same-shaped input runs after them); not checked")
@@ -677,7 +703,9 @@ def check_skip_wiring(ctx: AuditContext) -> list[str]:
                                 "runs after any block")
     for o in observations:
         if o.output is not None:
-            findings.extend(_wiring_findings(o))
+            problem = _wiring_problem(o)
+            if problem:
+                findings.append(ctx.finding(problem, [o.block.main_path]))
     return findings
 
 
@@ -688,7 +716,8 @@ def _shape_change(before: torch.Tensor, after: torch.Tensor) -> str:
     return f"{tuple(before.shape)}->{tuple(after.shape)}"
 
 
-def _wiring_findings(o: BlockObservation) -> list[str]:
+def _wiring_problem(o: BlockObservation) -> str | None:
+    """What is wrong with one observed block, or None when output == main(input) + shortcut(input)."""
     b, x, main, out = o.block, o.input, o.main_output, o.output
     assert out is not None
     label = f"block {b.index}"
@@ -700,21 +729,21 @@ def _wiring_findings(o: BlockObservation) -> list[str]:
         shortcut, name = x, "input"
     else:
         alone = " and its output is main(input) alone" if _close(out, main, EXACT) else ""
-        return [f"{label}: shape changes ({_shape_change(x, main)}) but the model holds no projection "
-                f"shortcut for it{alone}: nothing is added on the shortcut path"]
+        return (f"{label}: shape changes ({_shape_change(x, main)}) but the model holds no projection "
+                f"shortcut for it{alone}: nothing is added on the shortcut path")
     if shortcut.shape == main.shape and _close(out, main + shortcut, EXACT):
-        return []
+        return None
     if _close(out, main, EXACT):
-        return [f"{label}: output == main(input) alone; {name} is never added"]
+        return f"{label}: output == main(input) alone; {name} is never added"
     if b.shortcut is not None and x.shape == main.shape and _close(out, main + x, EXACT):
-        return [f"{label}: output == main(input) + input: the identity is added instead of {name}"]
+        return f"{label}: output == main(input) + input: the identity is added instead of {name}"
     diff = f"max abs diff {_max_abs_diff(out, main + shortcut):.3g}" if shortcut.shape == main.shape \
         else f"{name} has shape {tuple(shortcut.shape)}, main(input) {tuple(main.shape)}"
-    return [f"{label}: output != {b.main_path}(input) + {name}, {diff} (output observed at {o.observed_at})"]
+    return f"{label}: output != {b.main_path}(input) + {name}, {diff} (output observed at {o.observed_at})"
 
 
 # The registry: names exactly as the issue defines them, in report order.
-CHECKS: Mapping[str, Callable[[AuditContext], list[str]]] = MappingProxyType({
+CHECKS: Mapping[str, Callable[[AuditContext], list[Finding]]] = MappingProxyType({
     "registration": check_registration,
     "mode_propagation": check_mode_propagation,
     "device_transfer": check_device_transfer,
@@ -758,17 +787,17 @@ def audit(factory: Callable[[], nn.Module], example_input: torch.Tensor, *,
     with torch.random.fork_rng(devices=devices):
         for name in names:
             torch.manual_seed(BUILD_SEED)
-            ctx.notes = []
+            ctx.check, ctx.notes = name, []
             try:
-                messages = CHECKS[name](ctx)
+                findings = CHECKS[name](ctx)
             except NotApplicable as exc:
                 report.results[name] = NOT_APPLICABLE
                 report.notes[name] = str(exc)
                 continue
             except ModelFailure as exc:
-                messages = [str(exc)]
-            report.results[name] = FAIL if messages else PASS
-            report.findings.extend(Finding(name, m) for m in messages)
+                findings = [ctx.finding(str(exc))]
+            report.results[name] = FAIL if findings else PASS
+            report.findings.extend(findings)
             if ctx.notes:
                 report.notes[name] = "; ".join(ctx.notes)
     return report
