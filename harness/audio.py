@@ -107,22 +107,39 @@ def downmix(samples: np.ndarray) -> np.ndarray:
 def decode(source: str | os.PathLike | BinaryIO) -> Decoded:
     """Decode a file (path or binary file object) to mono float32 at its own rate.
 
-    Raises ``UnusableAudio`` for a missing, empty, unreadable, truncated or too long
-    file, or one with NaN or infinite samples.
+    The format comes from the content, never from the file name. Raises
+    ``UnusableAudio`` for a missing, empty, unreadable, truncated or too long file, or
+    one with NaN or infinite samples.
     """
-    if isinstance(source, (str, os.PathLike)):
-        if os.path.isdir(source):
-            raise UnusableAudio("is a directory, not an audio file")
-        if not os.path.exists(source):
-            raise UnusableAudio("no such file")
+    if not isinstance(source, (str, os.PathLike)):
+        return _decode_stream(source)
+    if os.path.isdir(source):
+        raise UnusableAudio("is a directory, not an audio file")
+    if not os.path.exists(source):
+        raise UnusableAudio("no such file")
+    if not os.path.isfile(source):  # a FIFO or device would block or never end
+        raise UnusableAudio("not a regular file")
+    try:
         if os.path.getsize(source) == 0:
             raise UnusableAudio("empty file (0 bytes)")
-    try:
-        f = sf.SoundFile(source)
-    except sf.LibsndfileError as exc:
-        raise UnusableAudio(f"not a readable audio file: {_libsndfile_reason(exc)}") from None
+        # a bare descriptor, not the name: soundfile would take a ".raw" name as a demand
+        # for headerless audio and refuse before libsndfile looks at the bytes
+        fd = os.open(source, os.O_RDONLY)
     except OSError as exc:
         raise UnusableAudio(f"cannot open: {exc.strerror or exc}") from None
+    try:
+        return _decode_stream(fd)
+    except OSError as exc:
+        raise UnusableAudio(f"unreadable: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _decode_stream(stream: int | BinaryIO) -> Decoded:
+    try:
+        f = sf.SoundFile(stream, closefd=False)
+    except sf.LibsndfileError as exc:
+        raise UnusableAudio(f"not a readable audio file: {_libsndfile_reason(exc)}") from None
     with f:
         rate, channels, declared = f.samplerate, f.channels, f.frames
         _check_header(f)

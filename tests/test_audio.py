@@ -8,6 +8,7 @@ were read with ``soxi``, independently of this code.
 from __future__ import annotations
 
 import io
+import os
 import struct
 from pathlib import Path
 
@@ -205,6 +206,13 @@ def test_streamed_wav_with_unknown_length_reads_to_the_end(placeholder: int):
     np.testing.assert_array_equal(streamed.samples, decode(AUDIO / "hello.wav").samples)
 
 
+def test_the_format_comes_from_the_content_not_the_name(tmp_path: Path):
+    # soundfile alone would refuse any ".raw" name as headerless audio of unknown rate
+    renamed = tmp_path / "hello.raw"
+    renamed.write_bytes((AUDIO / "hello.wav").read_bytes())
+    np.testing.assert_array_equal(decode(renamed).samples, decode(AUDIO / "hello.wav").samples)
+
+
 def nan_wav(path: Path) -> None:
     sf.write(path, np.full(800, np.nan, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
 
@@ -234,17 +242,19 @@ def truncated(name: str):
 
 # bad file -> (how to make it at a path, what the reason must say)
 BAD_FILES = {
-    "truncated.wav": (truncated("hello.wav"), "truncated: the header declares 42578 bytes of audio, the file holds"),
-    "truncated.flac": (truncated("hello_16k.flac"), "corrupt or truncated: libsndfile: flac decoder lost sync"),
+    "truncated.wav": (truncated("hello.wav"), "truncated: the header declares 42578 bytes of audio"),
+    "truncated.flac": (truncated("hello_16k.flac"), "corrupt or truncated: libsndfile: flac decoder lost"),
     "empty.wav": (lambda p: p.write_bytes(b""), "empty file \\(0 bytes\\)"),
     "header_only.wav": (header_only_wav, "no audio: the file holds zero frames"),
-    "text.wav": (lambda p: p.write_text("not audio at all\n"), "not a readable audio file: libsndfile: Format"),
+    "text.wav": (lambda p: p.write_text("not audio at all\n"), "not a readable audio file: libsndfile"),
+    "text.raw": (lambda p: p.write_text("not audio at all\n"), "not a readable audio file: libsndfile"),
     "random.flac": (
         lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)),
         "not a readable audio file: libsndfile",
     ),
     "missing.wav": (None, "no such file"),
     "a_directory.wav": (lambda p: p.mkdir(), "is a directory"),
+    "fifo.wav": (os.mkfifo, "not a regular file"),
     "nan.wav": (nan_wav, "all 800 samples are NaN"),
     "inf.wav": (partly_infinite_wav, "2 of 800 samples are NaN or infinite"),
     "too_long.wav": (too_long_wav, f"too long: 601.0 s; the limit is {MAX_DURATION_S:.0f} s"),
