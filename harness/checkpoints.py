@@ -381,6 +381,7 @@ def convert_state_dict(
       <-> ``skip6.*``; skip2/skip4 are added freshly initialised, or dropped.
 
     tuple_blocks is refused either way: its state_dict cannot hold the residual blocks.
+    Carried tensors are the input's own (not copies); added ones take the input's float dtype.
     """
     if policy not in POLICIES:
         raise HarnessError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
@@ -424,11 +425,11 @@ def convert_state_dict(
                 live.append(module)
             dropped.update({key: reason for key, _ in entries.values()})
         if module in dst.prefixes and not carried and module not in dst.cleared:
-            tensors, reason = _new_module(module, policy)
+            tensors, reason = _new_module(module, policy, _float_dtype(state_dict))
             for canonical, tensor in tensors.items():
                 out[dst.key(canonical)] = tensor
                 added[dst.key(canonical)] = reason
-    if live:
+    if live:  # checked after the loop so that the message names every live shortcut
         raise HarnessError(
             f"cannot preserve the function converting {source} -> {to}: {', '.join(sorted(live))} "
             f"{'is a live shortcut' if len(live) == 1 else 'are live shortcuts'} (BatchNorm weight or bias "
@@ -472,8 +473,13 @@ def _is_zero_gated(module: str, tensors: Mapping[str, torch.Tensor]) -> bool:
     return all(not torch.any(tensors[k]) for k in _gate_keys(module))
 
 
-def _new_module(module: str, policy: str) -> tuple[dict[str, torch.Tensor], str]:
-    fresh = {k: v.clone() for k, v in _fresh_canonical_state().items() if k.partition(".")[0] == module}
+def _float_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:
+    return next((v.dtype for v in state_dict.values() if v.is_floating_point()), torch.float32)
+
+
+def _new_module(module: str, policy: str, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], str]:
+    fresh = {k: v.to(dtype, copy=True) if v.is_floating_point() else v.clone()
+             for k, v in _fresh_canonical_state().items() if k.partition(".")[0] == module}
     if policy == "preserve-weights":
         return fresh, _FRESH_ADDED.format(seed=FRESH_INIT_SEED)
     for key in _gate_keys(module):

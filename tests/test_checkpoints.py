@@ -413,3 +413,12 @@ def test_get_audio_model_from_a_saved_file(tmp_path, suffix: str):
 def test_get_audio_model_moves_to_the_device(device: torch.device):
     model = get_audio_model("skip_modules", build("skip_modules").state_dict(), device=device)
     assert {p.device.type for p in model.parameters()} == {device.type}
+
+
+def test_added_tensors_take_the_checkpoint_float_dtype_and_are_fresh_copies():
+    half = {k: v.half() if v.is_floating_point() else v for k, v in build("legacy").state_dict().items()}
+    out, report = convert_state_dict(half, "skip_modules")
+    assert {out[k].dtype for k in report.added if out[k].is_floating_point()} == {torch.float16}
+    out["skip2.0.weight"].add_(1)  # a caller training the result must not change the next conversion
+    again, _ = convert_state_dict(half, "skip_modules")
+    assert not torch.equal(again["skip2.0.weight"], out["skip2.0.weight"])
