@@ -243,14 +243,18 @@ def test_cli_table_without_checkpoint_scores_with_seeded_random_weights(capsys: 
     [
         (["--batch-size", "0"], "error: --batch-size must be at least 1, got 0"),
         (["--variant", "resnet"], "error: unknown variant 'resnet'"),
-        (["--checkpoint", str(AUDIO / "hello.wav")], "error: "),
-        (["--variant", "tuple_blocks", "--checkpoint", "{ckpt}"], "error: "),
+        (["--checkpoint", HELLO], f"error: {HELLO}: not a PyTorch or safetensors checkpoint"),
+        (
+            ["--variant", "tuple_blocks", "--checkpoint", "{ckpt}"],
+            "error: {ckpt}: cannot convert to tuple_blocks",
+        ),
     ],
 )
 def test_cli_refuses_an_impossible_run_before_scoring(
     argv: list[str], message: str, legacy_checkpoint: Path, capsys: pytest.CaptureFixture
 ):
     argv = [a.replace("{ckpt}", str(legacy_checkpoint)) for a in argv]
+    message = message.replace("{ckpt}", str(legacy_checkpoint))
     assert main(["score", HELLO, *argv]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
