@@ -1,0 +1,193 @@
+"""Properties of the runnable forms over random inputs, weights, shapes and modes.
+
+Why train mode has a minimum length: each projection block's stride-2 conv (kernel 3,
+padding 1) maps L to ceil(L / 2) and nothing else changes the length, so the last
+block's BatchNorms see B * ceil(T / 8) values per channel. Train-mode BatchNorm needs
+more than one, so a batch of one needs T >= 9 and any larger batch runs from T = 1.
+Eval mode has no minimum, except for tuple_blocks, whose block BatchNorms never leave
+training mode. ``harness.inputs`` holds that rule; the tests below check it against
+the model itself and pin the exact boundary for every batch size and mode.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness import SUBJECTS
+from harness.audits import FAIL, audit, declared_results, observe_blocks
+from harness.inputs import last_norm_values, min_train_length
+from harness.introspect import batchnorms
+from harness.layouts import PROJECTION_BLOCKS, residual_blocks
+from harness.tolerances import EXACT, assert_close
+
+RUNNABLE = ("tuple_blocks", "skip_modules", "legacy_effective")
+BATCHNORM_ERROR = "Expected more than 1 value per channel when training"
+
+names = st.sampled_from(RUNNABLE)
+seeds = st.integers(0, 2**16)
+# A single example here costs whole forwards; scale with the profile but spend less.
+few = settings(max_examples=max(3, settings.default.max_examples // 2))
+
+
+def randomized(name: str, seed: int, num_classes: int = 1) -> nn.Module:
+    """A fresh instance with weights drawn under ``seed`` and BatchNorm state away from its defaults."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SUBJECTS[name].factory(num_classes=num_classes)
+    with torch.no_grad():
+        for held in batchnorms(model):  # tuple members too
+            bn = held.obj
+            bn.running_mean.normal_(0.0, 0.1, generator=generator)
+            bn.running_var.uniform_(0.5, 2.0, generator=generator)
+            bn.weight.uniform_(0.5, 1.5, generator=generator)
+            bn.bias.normal_(0.0, 0.1, generator=generator)
+    return model
+
+
+def uses_batch_statistics(name: str, train: bool) -> bool:
+    return train or name == "tuple_blocks"  # tuple_blocks' eval() misses its block BatchNorms
+
+
+def runnable_length(name: str, train: bool, batch: int, length: int) -> int:
+    return max(length, min_train_length(batch)) if uses_batch_statistics(name, train) else length
+
+
+def waveform(seed: int, batch: int, length: int) -> torch.Tensor:
+    return torch.randn(batch, 1, length, generator=torch.Generator().manual_seed(seed))
+
+
+# --- shapes ---------------------------------------------------------------------------------------
+
+
+@given(name=names, batch=st.integers(1, 8), length=st.integers(1, 4000), num_classes=st.integers(1, 4),
+       train=st.booleans(), seed=seeds)
+def test_output_is_batch_by_classes_probabilities(name: str, batch: int, length: int, num_classes: int,
+                                                  train: bool, seed: int):
+    length = runnable_length(name, train, batch, length)
+    model = randomized(name, seed, num_classes).train(train)
+    with torch.no_grad():
+        out = model(waveform(seed, batch, length))
+    assert out.shape == (batch, num_classes)
+    assert bool(torch.isfinite(out).all()) and bool(((out >= 0) & (out <= 1)).all())
+
+
+# --- the train-mode minimum length ------------------------------------------------------------------
+
+
+@given(name=names, batch=st.integers(1, 8), length=st.integers(1, 40), train=st.booleans())
+def test_forward_raises_exactly_below_the_batchnorm_boundary(name: str, batch: int, length: int, train: bool):
+    model = randomized(name, 0).train(train)
+    x = torch.randn(batch, 1, length)
+    # The rule written out from the strides, independently of harness.inputs:
+    raises = uses_batch_statistics(name, train) and batch * math.ceil(length / 8) == 1
+    assert raises == (length < runnable_length(name, train, batch, 1))
+    if raises:
+        with pytest.raises(ValueError, match=BATCHNORM_ERROR), torch.no_grad():
+            model(x)
+    else:
+        with torch.no_grad():
+            assert model(x).shape == (batch, 1)
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_batch_of_one_boundary_is_nine_samples_in_train_mode(name: str):
+    model = randomized(name, 0).train()
+    with torch.no_grad():
+        too_short = rf"{BATCHNORM_ERROR}, got input size torch.Size\(\[1, 256, 1\]\)"
+        with pytest.raises(ValueError, match=too_short):
+            model(torch.randn(1, 1, 8))
+        assert model(torch.randn(1, 1, 9)).shape == (1, 1)
+        assert model(torch.randn(2, 1, 1)).shape == (2, 1)  # two samples: two values per channel
+        model.eval()
+        if name == "tuple_blocks":
+            with pytest.raises(ValueError, match=BATCHNORM_ERROR):
+                model(torch.randn(1, 1, 8))
+        else:
+            assert model(torch.randn(1, 1, 1)).shape == (1, 1)
+
+
+@given(name=st.sampled_from(("skip_modules", "tuple_blocks")), batch=st.integers(1, 8),
+       length=st.integers(1, 4000))
+def test_last_batchnorm_sees_batch_times_ceil_length_over_8(name: str, batch: int, length: int):
+    model = randomized(name, 0).eval()
+    seen: list[int] = []
+    def record(module: nn.Module, args: tuple) -> None:
+        seen.append(args[0].shape[0] * args[0].shape[2])  # values per channel: N * L
+
+    handles = [h.obj.register_forward_pre_hook(record) for h in batchnorms(model)]
+    with torch.no_grad():
+        model(torch.randn(batch, 1, runnable_length(name, False, batch, length)))
+    for handle in handles:
+        handle.remove()
+    assert len(seen) == 1 + 6 * 2 + len(PROJECTION_BLOCKS)  # conv1, two per block, one per projection
+    assert min(seen) == last_norm_values(batch, runnable_length(name, False, batch, length))
+
+
+# --- the audit's properties over random inputs and weights --------------------------------------------
+
+PROPERTY_CHECKS = ("batch_independence", "gradient_coverage", "determinism", "skip_wiring")
+
+
+@few
+@given(name=names, seed=seeds, batch=st.integers(2, 6), length=st.integers(16, 1024))
+def test_declared_results_hold_for_random_inputs_and_weights(name: str, seed: int, batch: int, length: int):
+    report = audit(lambda: randomized(name, seed), waveform(seed + 1, batch, length), checks=PROPERTY_CHECKS)
+    assert report.results == declared_results(SUBJECTS[name].expected_defects, PROPERTY_CHECKS)
+    if name == "tuple_blocks":
+        grads = [f for f in report.findings if f.check == "gradient_coverage"]
+        assert [f.message.split(":")[0] for f in grads] == [f"res_block{i}" for i in range(1, 7)]
+        # 8 parameters per main path, 4 per projection shortcut
+        assert sum(len(f.paths) for f in grads) == 6 * 8 + len(PROJECTION_BLOCKS) * 4
+    if name == "legacy_effective":
+        wiring = [f.paths for f in report.findings if f.check == "skip_wiring"]
+        assert wiring == [(f"res_block{i}",) for i in PROJECTION_BLOCKS]
+
+
+@few
+@given(seed=seeds, batch=st.integers(1, 8), length=st.integers(1, 4000))
+def test_legacy_forward_raises_for_every_input(seed: int, batch: int, length: int):
+    report = audit(SUBJECTS["legacy"].factory, waveform(seed, batch, length), checks=["determinism"])
+    (message,) = report.messages("determinism")
+    assert report.results == {"determinism": FAIL}
+    assert message.startswith("forward raises RuntimeError: ")
+    assert f"expected input[{batch}, 32, {length}] to have 128 channels, but got 32" in message
+
+
+# --- zero-main-path: a second, independent proof of the wiring ----------------------------------------
+
+
+@few
+@given(name=names, seed=seeds, batch=st.integers(1, 4), length=st.integers(1, 1024), train=st.booleans())
+def test_zeroing_each_last_batchnorm_leaves_a_pure_shortcut(name: str, seed: int, batch: int, length: int,
+                                                           train: bool):
+    model = randomized(name, seed).train(train)
+    with torch.no_grad():
+        for block in residual_blocks(model):
+            last = [m for m in block.main.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)][-1]
+            last.weight.zero_()
+            last.bias.zero_()
+    x = waveform(seed, batch, runnable_length(name, train, batch, length))
+    observations = observe_blocks(model, x)
+    assert [o.block.index for o in observations] == list(range(1, 7))
+    bare = []
+    for o in observations:
+        assert o.output is not None and not o.main_output.any(), f"block {o.block.index}: main path not zero"
+        if o.block.shortcut is not None:
+            with torch.no_grad():
+                expected = o.block.shortcut(o.input)
+        elif o.input.shape == o.output.shape:
+            expected = o.input
+        else:
+            expected, _ = torch.zeros_like(o.output), bare.append(o.block.index)
+        assert_close(o.output, expected, EXACT, f"{name} block {o.block.index}: not a pure shortcut")
+    # legacy_effective's projection blocks add nothing at all: they become exactly zero
+    assert bare == (list(PROJECTION_BLOCKS) if name == "legacy_effective" else [])
+    projections = [o.block.index for o in observations if o.block.shortcut is not None]
+    assert projections == ([] if name == "legacy_effective" else list(PROJECTION_BLOCKS))
