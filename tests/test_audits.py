@@ -101,6 +101,19 @@ def test_tuple_blocks_findings_name_every_block_member():
     assert eval_finding.startswith("eval() does not reach 51 modules") and "15 BatchNorm1d" in eval_finding
     (batch,) = report.messages("batch_independence")
     assert "2 of 2 samples" in batch and "samples 0 (" in batch and ", 1 (" in batch
+    # block 1's tuple: 14 tensors; the dtype move concerns the 12 floating-point ones
+    assert report.messages("device_transfer")[0].startswith(
+        "res_block1: 14 tensors the forward uses stay behind "
+        "(.to(torch.float64) leaves 12, .to('meta') leaves 14")
+
+
+@pytest.mark.cuda
+def test_device_transfer_moves_to_a_real_gpu_too():
+    assert audit(SUBJECTS["skip_modules"].factory, EXAMPLE, checks=["device_transfer"]).ok
+    messages = audit(SUBJECTS["tuple_blocks"].factory, EXAMPLE, checks=["device_transfer"]).messages(
+        "device_transfer")
+    assert messages[0].startswith("after .to('cuda'): forward raises RuntimeError")
+    assert ".to('meta') leaves 14, .to('cuda') leaves 14)" in messages[1]
 
 
 def test_legacy_effective_skip_wiring_names_blocks_2_4_6():
