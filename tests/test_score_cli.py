@@ -75,25 +75,38 @@ def legacy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+class FixtureScores(dict):
+    """Runnable form of the legacy checkpoint -> (model, its scores of all the fixtures in
+    one batch). Filled on first use: the most expensive step here, so each xdist worker
+    pays only for the forms its tests need."""
+
+    FORMS = ("legacy_effective", "skip_modules")
+
+    def __init__(self, checkpoint: Path) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint
+
+    def __missing__(self, form: str) -> tuple[nn.Module, torch.Tensor]:
+        if form == "legacy_effective":
+            # the reference, built without the converter: the legacy class, its weights, skip cleared
+            model = build("legacy")
+            model.load_state_dict(torch.load(self.checkpoint, weights_only=True))
+            model.skip = None
+            model.eval()
+        elif form == "skip_modules":
+            model = get_audio_model("skip_modules", self.checkpoint, policy="preserve-function")
+        else:
+            raise KeyError(form)
+        self[form] = model, scores_of(score_files(model, FIXTURES, batch_size=len(FIXTURES)))
+        return self[form]
+
+
 @pytest.fixture(scope="module")
-def fixture_scores(legacy_checkpoint: Path) -> dict[str, tuple[nn.Module, torch.Tensor]]:
-    """Both runnable forms of the legacy checkpoint, each with its scores of all the
-    fixtures in one batch (the test suite's most expensive step: computed once)."""
-    # the reference, built without the converter: the legacy class, its weights, skip cleared
-    reference = build("legacy")
-    reference.load_state_dict(torch.load(legacy_checkpoint, weights_only=True))
-    reference.skip = None
-    models = {
-        "legacy_effective": reference.eval(),
-        "skip_modules": get_audio_model("skip_modules", legacy_checkpoint, policy="preserve-function"),
-    }
-    return {
-        name: (model, scores_of(score_files(model, FIXTURES, batch_size=len(FIXTURES))))
-        for name, model in models.items()
-    }
+def fixture_scores(legacy_checkpoint: Path) -> FixtureScores:
+    return FixtureScores(legacy_checkpoint)
 
 
-def test_converted_legacy_checkpoint_scores_real_audio_like_legacy_effective(fixture_scores: dict):
+def test_converted_legacy_checkpoint_scores_real_audio_like_legacy_effective(fixture_scores: FixtureScores):
     legacy, converted = fixture_scores["legacy_effective"][1], fixture_scores["skip_modules"][1]
     assert_close(converted, legacy, EXACT, "skip_modules (preserve-function) vs legacy_effective")
     # the scores come from the audio: the two utterances differ, each lies strictly in (0, 1)
@@ -101,8 +114,8 @@ def test_converted_legacy_checkpoint_scores_real_audio_like_legacy_effective(fix
 
 
 @pytest.mark.parametrize("variant", SCORED_VARIANTS)
-def test_a_files_score_does_not_depend_on_its_batch_mates(variant: str, fixture_scores: dict):
-    if variant in fixture_scores:  # trained-like weights, hello's score among all four fixtures
+def test_a_files_score_does_not_depend_on_its_batch_mates(variant: str, fixture_scores: FixtureScores):
+    if variant in FixtureScores.FORMS:  # trained-like weights, hello's score among all four fixtures
         model, scores = fixture_scores[variant]
         in_batch = scores[:1]
     else:
@@ -202,7 +215,7 @@ def bad_files(root: Path) -> list[str]:
 
 
 def test_cli_json_reports_each_bad_file_and_scores_the_rest(
-    tmp_path: Path, legacy_checkpoint: Path, fixture_scores: dict, capsys: pytest.CaptureFixture
+    tmp_path: Path, legacy_checkpoint: Path, fixture_scores: FixtureScores, capsys: pytest.CaptureFixture
 ):
     truncated, empty, text, missing = bad_files(tmp_path)
     files = [truncated, empty, HELLO, text, missing]
