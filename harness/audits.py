@@ -274,7 +274,8 @@ def check_registration(ctx: AuditContext) -> list[Finding]:
     hidden = [h for h in held(model) if not h.registered]
     findings = []
     for container, paths in _by_container(model, [h.path for h in hidden]).items():
-        items = [h for h in hidden if h.path in set(paths)]
+        members = set(paths)
+        items = [h for h in hidden if h.path in members]
         modules = [h.path for h in items if isinstance(h.obj, nn.Module)]
         tensors = [h for h in items if isinstance(h.obj, torch.Tensor)]
         kind = _attribute_type(model, container)
@@ -388,10 +389,11 @@ def check_device_transfer(ctx: AuditContext) -> list[Finding]:
         floating = {p for p in used if p in before and before[p].is_floating_point()}
         model.to(target)
         after = {h.path: h.obj for h in held_tensors(model)}
+        moved = [p for p in used if p in after]
         if isinstance(target, torch.dtype):
-            missed = [p for p in used if p in floating and after[p].dtype != target]
+            missed = [p for p in moved if p in floating and after[p].dtype != target]
         else:
-            missed = [p for p in used if after[p].device.type != target.type]
+            missed = [p for p in moved if after[p].device.type != target.type]
         for container, paths in _by_container(model, missed).items():
             stayed.setdefault(container, {})[label] = paths
         if isinstance(target, torch.device) and target.type == "cuda":

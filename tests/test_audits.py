@@ -116,6 +116,19 @@ def test_device_transfer_moves_to_a_real_gpu_too():
     assert ".to('meta') leaves 14, .to('cuda') leaves 14)" in messages[1]
 
 
+def test_example_too_short_for_train_mode_fails_the_train_mode_checks():
+    # One sample of 8: the last BatchNorm sees one value per channel in train mode.
+    report = audit(SUBJECTS["skip_modules"].factory, torch.randn(1, 1, 8))
+    assert report.failed == ["mode_propagation", "gradient_coverage"]
+    for check in report.failed:
+        (message,) = report.messages(check)
+        assert message.startswith("forward raises ValueError: Expected more than 1 value per channel "
+                                  "when training") and message.endswith("(train mode)")
+    assert report.results["batch_independence"] == NOT_APPLICABLE
+    assert report.results["state_dict_roundtrip"] == PASS
+    assert "warm-up forward raises ValueError" in report.notes["state_dict_roundtrip"]
+
+
 def test_legacy_effective_skip_wiring_names_blocks_2_4_6():
     report = subject_audit("legacy_effective")
     findings = [f for f in report.findings if f.check == "skip_wiring"]
