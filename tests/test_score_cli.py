@@ -60,19 +60,35 @@ def scores_of(results: list[FileScore]) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def legacy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A legacy checkpoint (102 keys, shared skip included) with BatchNorm statistics that
-    are not the identity, as a trained model's would be."""
+    """A legacy checkpoint (102 keys, shared skip included) whose BatchNorms hold
+    statistics of speech, as training leaves them: random weights with identity
+    statistics score every clip alike to six decimals."""
     with torch.random.fork_rng():
         torch.manual_seed(1)
         model = build("legacy")
         for bn in (h.obj for h in batchnorms(model)):
             nn.init.uniform_(bn.weight, 0.5, 1.5)
             nn.init.normal_(bn.bias, std=0.1)
-            bn.running_mean.normal_(std=0.1)
-            bn.running_var.uniform_(0.5, 1.5)
+        shared_skip, model.skip = model.skip, None  # the only way its forward runs
+        calibrate_batchnorms(model, FIXTURES)
+        model.skip = shared_skip
     path = tmp_path_factory.mktemp("checkpoints") / "legacy.pt"
     torch.save(model.state_dict(), path)
     return path
+
+
+def calibrate_batchnorms(model: nn.Module, files: list[str]) -> None:
+    """Set every reachable BatchNorm's running statistics to those of the files' clips
+    (every 16th sample: statistics need no more, and a short forward is cheap)."""
+    clips = torch.from_numpy(np.stack([load_clip(f)[::16] for f in files]))[:, None]
+    bns = [h.obj for h in batchnorms(model)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: one batch sets the statistics outright
+    with torch.no_grad():
+        model.train()(clips)
+    for bn in bns:
+        bn.momentum = 0.1
 
 
 class FixtureScores(dict):
@@ -109,8 +125,9 @@ def fixture_scores(legacy_checkpoint: Path) -> FixtureScores:
 def test_converted_legacy_checkpoint_scores_real_audio_like_legacy_effective(fixture_scores: FixtureScores):
     legacy, converted = fixture_scores["legacy_effective"][1], fixture_scores["skip_modules"][1]
     assert_close(converted, legacy, EXACT, "skip_modules (preserve-function) vs legacy_effective")
-    # the scores come from the audio: the two utterances differ, each lies strictly in (0, 1)
-    assert ((legacy > 0) & (legacy < 1)).all() and legacy[0] != legacy[1]
+    # the scores come from the audio: the two utterances differ by more than float noise
+    assert ((legacy > 0) & (legacy < 1)).all()
+    assert not torch.isclose(legacy[0], legacy[1], rtol=BATCHING.rtol, atol=BATCHING.atol)
 
 
 @pytest.mark.parametrize("variant", SCORED_VARIANTS)
