@@ -1,0 +1,239 @@
+"""Golden outputs: fixed weights and inputs, recorded outputs, and the reference that vouches for them.
+
+``golden_outputs(name)`` runs a variant with ``seed_weights(GOLDEN_SEED)`` on
+``golden_input()`` in train and eval mode. ``reference_forward`` recomputes the same
+outputs with plain ``torch.nn.functional`` calls from the model's weights and the
+architecture as the fix guide describes it (channels, strides, paddings, slopes,
+shortcuts written out here, not read from the model): golden values are recorded
+only once they match it, so a golden file never enshrines a model bug.
+Files are small JSON (exact float32 values, readable diffs); they are written only
+on request (``pytest --update-golden``), atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.equivalence import max_differences, seed_weights
+from harness.errors import HarnessError
+from harness.layouts import canonical_modules
+from harness.tolerances import Tolerance
+from harness.variants import build
+
+GOLDEN_SEED = 20240501
+GOLDEN_MODES = ("train", "eval")
+GOLDEN_INPUT_SHAPE = (4, 1, 1000)
+# One amplitude per sample: near-silence to full scale, so every sample exercises the
+# BatchNorms differently in eval mode.
+GOLDEN_AMPLITUDES = (0.05, 0.2, 0.5, 1.0)
+GOLDEN_FORMAT = 1
+
+# --- the architecture, as the fix guide describes it ---------------------------------------
+
+CONV1 = (1, 32)  # in, out channels; kernel 3, stride 1, padding 1
+# (in_channels, out_channels, stride) of res_block1..6; kernel 3, padding 1
+BLOCKS = ((32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2))
+LEAKY_SLOPE = 0.3
+BN_EPS = 1e-5  # nn.BatchNorm1d's default; the guide sets none
+
+IDENTITY, PROJECTION, NONE = "identity", "projection", "none"
+_FIXED_SHORTCUTS = MappingProxyType({1: IDENTITY, 2: PROJECTION, 3: IDENTITY, 4: PROJECTION,
+                                     5: IDENTITY, 6: PROJECTION})
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """What a subject computes: each block's shortcut, and which modules' BatchNorms use
+    batch statistics even in eval mode."""
+
+    shortcuts: Mapping[int, str]
+    eval_batch_statistics: frozenset[str] = frozenset()
+
+
+REFERENCE_SPECS: Mapping[str, ReferenceSpec] = MappingProxyType({
+    "skip_modules": ReferenceSpec(_FIXED_SHORTCUTS),
+    # The blocks' modules sit in tuples, so eval() never reaches their BatchNorms.
+    "tuple_blocks": ReferenceSpec(
+        _FIXED_SHORTCUTS,
+        frozenset({f"res_block{i}" for i in range(1, 7)} | {"skip2", "skip4", "skip6"}),
+    ),
+    # The shared skip cleared: identity on 1/3/5, no shortcut at all on 2/4/6.
+    "legacy_effective": ReferenceSpec(MappingProxyType(
+        {i: (NONE if s == PROJECTION else s) for i, s in _FIXED_SHORTCUTS.items()})),
+})
+
+
+def _expect_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    if tuple(tensor.shape) != shape:
+        raise HarnessError(f"{name} has shape {tuple(tensor.shape)}; the guide's architecture needs {shape}")
+    return tensor
+
+
+def reference_forward(model: nn.Module, x: torch.Tensor, spec: ReferenceSpec, *, train: bool) -> torch.Tensor:
+    """``model``'s output recomputed from its weights alone, as the fix guide specifies it.
+
+    Reads only tensors (via ``canonical_modules``); never calls the model's modules. In
+    ``train`` mode every BatchNorm uses batch statistics; in eval mode only those of
+    ``spec.eval_batch_statistics``. Running statistics are read, never updated.
+    """
+    states = {name: module.state_dict() for name, module in canonical_modules(model).items()}
+
+    def conv_bn(h: torch.Tensor, name: str, conv: int, cin: int, cout: int, kernel: int,
+                stride: int) -> torch.Tensor:
+        state = states[name]
+        weight = _expect_shape(f"{name}.{conv}.weight", state[f"{conv}.weight"], (cout, cin, kernel))
+        h = F.conv1d(h, weight, state[f"{conv}.bias"], stride=stride, padding=kernel // 2)
+        batch = train or name in spec.eval_batch_statistics
+        bn = f"{conv + 1}."
+        return F.batch_norm(
+            h,
+            None if batch else state[bn + "running_mean"],
+            None if batch else state[bn + "running_var"],
+            state[bn + "weight"],
+            state[bn + "bias"],
+            training=batch,
+            eps=BN_EPS,
+        )
+
+    h = F.leaky_relu(conv_bn(x, "conv1", 0, *CONV1, 3, 1), LEAKY_SLOPE)
+    for index, (cin, cout, stride) in enumerate(BLOCKS, start=1):
+        block = f"res_block{index}"
+        main = F.leaky_relu(conv_bn(h, block, 0, cin, cout, 3, stride), LEAKY_SLOPE)
+        main = F.leaky_relu(conv_bn(main, block, 3, cout, cout, 3, 1), LEAKY_SLOPE)
+        shortcut = spec.shortcuts[index]
+        if shortcut == IDENTITY:
+            h = main + h
+        elif shortcut == PROJECTION:
+            h = main + conv_bn(h, f"skip{index}", 0, cin, cout, 1, stride)
+        else:
+            h = main
+    h = h.mean(dim=-1)
+    h = F.leaky_relu(F.linear(h, states["fc1"]["weight"], states["fc1"]["bias"]), LEAKY_SLOPE)
+    h = F.linear(h, states["fc2"]["weight"], states["fc2"]["bias"])
+    return torch.sigmoid(h)
+
+
+# --- golden outputs ------------------------------------------------------------------------
+
+
+def golden_input() -> torch.Tensor:
+    """Four fixed 1000-sample waveforms (CPU Mersenne twister: the same on every platform)."""
+    noise = torch.randn(GOLDEN_INPUT_SHAPE, generator=torch.Generator().manual_seed(GOLDEN_SEED))
+    return noise * torch.tensor(GOLDEN_AMPLITUDES).view(-1, 1, 1)
+
+
+def golden_model(name: str) -> nn.Module:
+    return seed_weights(build(name), GOLDEN_SEED)
+
+
+def golden_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``model``'s output on ``x`` in each mode, each from an untouched copy (train mode
+    updates running statistics, which would leak into a later eval call)."""
+    outputs = {}
+    with torch.no_grad():
+        for mode in GOLDEN_MODES:
+            outputs[mode] = copy.deepcopy(model).train(mode == "train")(x)
+    return outputs
+
+
+@dataclass(frozen=True)
+class GoldenRecord:
+    variant: str
+    seed: int
+    input_shape: tuple[int, ...]
+    outputs: Mapping[str, torch.Tensor]
+
+
+def write_golden(path: Path, record: GoldenRecord) -> None:
+    """Write ``record`` as JSON, atomically (a crash leaves the old file intact)."""
+    data = {
+        "format": GOLDEN_FORMAT,
+        "variant": record.variant,
+        "seed": record.seed,
+        "input_shape": list(record.input_shape),
+        "produced_with": f"torch {torch.__version__}",
+        # float32 -> Python float is exact, and JSON round-trips it exactly.
+        "outputs": {mode: out.detach().cpu().float().tolist() for mode, out in record.outputs.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 is for secrets; this is a tracked test file
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def read_golden(path: Path) -> GoldenRecord:
+    """Read a golden file; a missing or malformed one is a ``HarnessError`` saying how to make it."""
+    hint = "run `pytest --update-golden` to record it"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"golden file {path} does not exist; {hint}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HarnessError(f"golden file {path} is unreadable ({exc}); {hint}") from None
+    try:
+        if data["format"] != GOLDEN_FORMAT:
+            raise ValueError(f"format {data['format']!r}, expected {GOLDEN_FORMAT}")
+        outputs = {mode: torch.tensor(values, dtype=torch.float32)
+                   for mode, values in data["outputs"].items()}
+        return GoldenRecord(data["variant"], int(data["seed"]), tuple(data["input_shape"]), outputs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HarnessError(f"golden file {path} is malformed ({exc!r}); {hint}") from None
+
+
+@dataclass(frozen=True)
+class GoldenDiff:
+    """One mode's outputs vs the golden ones."""
+
+    mode: str
+    max_abs: float
+    max_rel: float
+    moved: tuple[int, ...]  # samples with any output outside the tolerance
+    problem: str | None = None  # a missing mode or a shape change
+
+    @property
+    def ok(self) -> bool:
+        return not self.moved and self.problem is None
+
+    def describe(self) -> str:
+        if self.problem:
+            return f"{self.mode}: {self.problem}"
+        return (f"{self.mode}: max abs diff {self.max_abs:.3g}, max rel diff {self.max_rel:.3g}; "
+                f"samples moved: {list(self.moved) or 'none'}")
+
+
+def compare_golden(actual: Mapping[str, torch.Tensor], golden: GoldenRecord, tol: Tolerance,
+                   ) -> list[GoldenDiff]:
+    """Compare each mode's outputs with the golden ones; one ``GoldenDiff`` per mode either side has."""
+    diffs = []
+    for mode in sorted(set(actual) | set(golden.outputs), key=lambda m: (m not in GOLDEN_MODES, m)):
+        if mode not in actual or mode not in golden.outputs:
+            where = "the golden file" if mode not in golden.outputs else "this run"
+            diffs.append(GoldenDiff(mode, float("nan"), float("nan"), (), f"missing from {where}"))
+            continue
+        got, want = actual[mode].detach().cpu().float(), golden.outputs[mode]
+        if got.shape != want.shape:
+            diffs.append(GoldenDiff(mode, float("nan"), float("nan"), (),
+                                    f"shape {tuple(got.shape)}, golden {tuple(want.shape)}"))
+            continue
+        close = torch.isclose(got, want, rtol=tol.rtol, atol=tol.atol).reshape(len(got), -1).all(dim=1)
+        moved = tuple(int(i) for i in torch.nonzero(~close).flatten())
+        diffs.append(GoldenDiff(mode, *max_differences(got, want), moved))
+    return diffs

@@ -1,0 +1,178 @@
+"""Golden outputs per subject, vouched for by an independent functional reference.
+
+A normal run compares; only ``pytest --update-golden`` rewrites ``tests/golden/*.json``,
+and only after the outputs matched ``reference_forward`` (plain F.conv1d / F.batch_norm
+from the weights and the guide's architecture), so a golden file never records a bug.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness import HarnessError, build
+from harness.equivalence import seed_weights
+from harness.golden import (
+    GOLDEN_INPUT_SHAPE,
+    GOLDEN_MODES,
+    GOLDEN_SEED,
+    REFERENCE_SPECS,
+    GoldenRecord,
+    compare_golden,
+    golden_input,
+    golden_model,
+    golden_outputs,
+    read_golden,
+    reference_forward,
+    write_golden,
+)
+from harness.tolerances import EXACT, GOLDEN, REFERENCE_FORWARD, assert_close
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+MAX_GOLDEN_BYTES = 50_000
+
+
+def golden_path(name: str) -> Path:
+    return GOLDEN_DIR / f"{name}.json"
+
+
+@pytest.mark.parametrize("name", list(REFERENCE_SPECS))
+def test_outputs_match_golden_file(name: str, update_golden: bool):
+    model, x = golden_model(name), golden_input()
+    outputs = golden_outputs(model, x)
+    # Vouch before comparing (and before any rewrite): the model computes what the guide's
+    # architecture computes from these weights.
+    for mode in GOLDEN_MODES:
+        with torch.no_grad():
+            expected = reference_forward(model, x, REFERENCE_SPECS[name], train=mode == "train")
+        assert_close(outputs[mode], expected, REFERENCE_FORWARD, f"{name} {mode}: model vs reference")
+    path = golden_path(name)
+    if update_golden:
+        write_golden(path, GoldenRecord(name, GOLDEN_SEED, GOLDEN_INPUT_SHAPE, outputs))
+    try:
+        golden = read_golden(path)
+    except HarnessError as exc:
+        pytest.fail(str(exc))
+    assert (golden.variant, golden.seed, golden.input_shape) == (name, GOLDEN_SEED, GOLDEN_INPUT_SHAPE)
+    diffs = compare_golden(outputs, golden, GOLDEN)
+    assert all(d.ok for d in diffs), (
+        f"{name}: outputs moved from {path.name} (tolerance: {GOLDEN.reason}):\n"
+        + "\n".join(d.describe() for d in diffs)
+        + "\nIf the change is intended, rewrite with `pytest --update-golden` and say why in the commit."
+    )
+
+
+@given(
+    name=st.sampled_from(list(REFERENCE_SPECS)),
+    train=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    batch=st.integers(1, 3),
+    length=st.integers(64, 512),
+)
+def test_reference_forward_matches_every_subject(name: str, train: bool, seed: int, batch: int, length: int):
+    model = seed_weights(build(name), seed).train(train)
+    x = torch.randn(batch, 1, length, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        expected = reference_forward(model, x, REFERENCE_SPECS[name], train=train)
+        actual = model(x)
+    assert_close(actual, expected, REFERENCE_FORWARD, f"{name} {'train' if train else 'eval'}")
+
+
+def test_golden_files_tell_the_equivalence_story():
+    """Read back from the files: the statements of tests/test_equivalence.py hold for them too."""
+    files = {name: read_golden(golden_path(name)).outputs for name in REFERENCE_SPECS}
+    assert_close(files["tuple_blocks"]["train"], files["skip_modules"]["train"], EXACT, "train: same")
+    differing = (("tuple_blocks", "eval"), ("legacy_effective", "train"), ("legacy_effective", "eval"))
+    for other, mode in differing:
+        moved = (files[other][mode] - files["skip_modules"][mode]).abs().max()
+        assert moved > 1e-3, f"{other} {mode} should differ from skip_modules"
+
+
+def test_golden_files_are_small_json():
+    for name in REFERENCE_SPECS:
+        path = golden_path(name)
+        assert path.stat().st_size < MAX_GOLDEN_BYTES
+        assert json.loads(path.read_text())["outputs"].keys() == set(GOLDEN_MODES)
+
+
+def test_golden_outputs_are_input_dependent_and_unsaturated():
+    """A golden file that cannot move is no gate: scores stay off the sigmoid's flat ends and
+    differ between samples."""
+    for name in REFERENCE_SPECS:
+        for mode, out in read_golden(golden_path(name)).outputs.items():
+            assert bool(((out > 0.05) & (out < 0.95)).all()), f"{name} {mode} saturated"
+            assert out.max() - out.min() > 1e-3, f"{name} {mode} ignores its input"
+
+
+# --- golden file handling ------------------------------------------------------------------
+
+
+def record(outputs: dict[str, torch.Tensor]) -> GoldenRecord:
+    return GoldenRecord("skip_modules", GOLDEN_SEED, GOLDEN_INPUT_SHAPE, outputs)
+
+
+def sample_outputs() -> dict[str, torch.Tensor]:
+    return {mode: torch.rand(4, 1) for mode in GOLDEN_MODES}
+
+
+def test_golden_round_trip_is_exact(tmp_path: Path):
+    outputs = sample_outputs()
+    write_golden(tmp_path / "g.json", record(outputs))
+    back = read_golden(tmp_path / "g.json")
+    for mode in GOLDEN_MODES:
+        assert_close(back.outputs[mode], outputs[mode], EXACT)
+    assert [p.name for p in tmp_path.iterdir()] == ["g.json"]  # no temp file left
+
+
+def test_missing_golden_file_is_an_error_and_is_not_created(tmp_path: Path):
+    with pytest.raises(HarnessError, match=r"does not exist; run `pytest --update-golden` to record it"):
+        read_golden(tmp_path / "missing.json")
+    assert not (tmp_path / "missing.json").exists()
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"format": 99, "outputs": {}}', '{"format": 1}', "[]"])
+def test_malformed_golden_file_is_an_error(tmp_path: Path, content: str):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(HarnessError, match="golden file .* is (unreadable|malformed)"):
+        read_golden(path)
+
+
+def test_failed_write_keeps_the_old_golden_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "g.json"
+    write_golden(path, record(sample_outputs()))
+    before = path.read_bytes()
+
+    def broken_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        write_golden(path, record(sample_outputs()))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["g.json"]
+
+
+def test_mismatch_reports_max_differences_and_the_samples_that_moved():
+    outputs = sample_outputs()
+    golden = record({mode: t.clone() for mode, t in outputs.items()})
+    outputs["eval"][2] += 1e-3
+    outputs["train"] += 1e-7  # float noise, inside GOLDEN
+    diffs = {d.mode: d for d in compare_golden(outputs, golden, GOLDEN)}
+    assert diffs["train"].ok and diffs["train"].moved == ()
+    assert not diffs["eval"].ok and diffs["eval"].moved == (2,)
+    assert diffs["eval"].max_abs == pytest.approx(1e-3, rel=1e-3)
+    text = diffs["eval"].describe()
+    assert text.startswith("eval: max abs diff 0.001, max rel diff") and text.endswith("samples moved: [2]")
+
+
+def test_mismatch_reports_missing_modes_and_shape_changes():
+    golden = record({"train": torch.rand(4, 1), "eval": torch.rand(4, 1)})
+    diffs = {d.mode: d for d in compare_golden({"train": torch.rand(4, 3)}, golden, GOLDEN)}
+    assert diffs["train"].describe() == "train: shape (4, 3), golden (4, 1)"
+    assert diffs["eval"].describe() == "eval: missing from this run"
