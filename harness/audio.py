@@ -41,8 +41,8 @@ SAMPLE_RATE = 16_000
 NUM_SAMPLES = 64_600
 # Longest recording accepted, checked from the header before anything is decoded. The
 # model reads only the first 4.04 s, so a score for anything this long would stand for
-# a recording session, not an utterance; and decoding is whole-file in memory (10 min of
-# 48 kHz stereo is 230 MB of float32).
+# a recording session, not an utterance; and the decoded mono signal is held whole in
+# memory before resampling (10 min at 48 kHz is 115 MB of float32).
 MAX_DURATION_S = 600.0
 # Streaming writers that cannot seek back leave a placeholder data size in the WAV
 # header: 0x7FFFF000 (sox, espeak-ng --stdout) or 0xFFFFFFFF (ffmpeg to a pipe).
@@ -54,8 +54,8 @@ _READ_BLOCK_FRAMES = 1 << 16
 # libsndfile logs a WAV data chunk that claims more bytes than the file holds as
 # "data : <declared> (should be <present>)".
 _WAV_SHORT_DATA = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
-# Beyond this many files, progress goes to stderr: up to here one glance at the
-# output covers the run.
+# From this many files on, progress goes to stderr after each batch; below it one
+# glance at the output covers the run.
 PROGRESS_MIN_FILES = 5
 # Without --checkpoint the CLI scores with freshly initialised weights from this seed,
 # so that two runs print the same numbers (which still mean nothing).
@@ -224,7 +224,8 @@ def score_waveforms(model: nn.Module, waveforms: torch.Tensor) -> torch.Tensor:
 
     Raises ``ForwardFailed`` when the model cannot run (e.g. ``legacy`` as found).
     """
-    device = next(model.parameters()).device
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
     try:
         with torch.inference_mode():
             out = model(waveforms.unsqueeze(1).to(device))
