@@ -1,0 +1,75 @@
+"""Forward-pass benchmarks: every timed form side by side, per device, batch and length.
+
+Eval mode under ``torch.inference_mode()``, CUDA synchronized inside the timed
+function, one warm-up round before timing (it also absorbs ``torch.compile``'s
+compiling). Grouped by configuration so the forms of one configuration are
+compared in one table. ``extra_info`` carries samples/s, the real-time factor,
+GFLOP/s from ``harness.flops`` and the fraction of a matmul peak measured on the
+same device in the same session.
+
+A plain ``pytest`` run executes the smallest configuration once, untimed, with the
+optimized form folded but not compiled (see conftest.py); ``make bench`` times all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from harness.bench import (
+    ASVSPOOF_LENGTH,
+    TIMED_FORMS,
+    TimedForm,
+    build_timed,
+    flops,
+    inference_call,
+    matmul_peak,
+    throughput,
+    waveform,
+)
+from harness.variants import build
+
+BATCHES = (1, 8)
+LENGTHS = (16_000, ASVSPOOF_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def matmul_peaks() -> dict[str, float]:
+    """Device type -> matmul FLOP/s, measured once per session on first use."""
+    return {}
+
+
+def _peak(peaks: dict[str, float], device: torch.device) -> float:
+    if device.type not in peaks:
+        peaks[device.type] = matmul_peak(device)
+    return peaks[device.type]
+
+
+@pytest.mark.benchmark(warmup=True, warmup_iterations=1)
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("form", TIMED_FORMS, ids=lambda form: form.name)
+def test_forward(benchmark, matmul_peaks: dict[str, float], device: torch.device, form: TimedForm,
+                 batch: int, length: int) -> None:
+    timed = not benchmark.disabled
+    model = build_timed(form, device, compile=timed)
+    x = waveform(batch, length, device)
+    model_flops = flops(build(form.subject), x.shape)
+    benchmark.group = f"forward {device.type} batch={batch} length={length}"
+    benchmark.extra_info.update(variant=form.name, device=device.type, batch=batch, length=length,
+                                flops=model_flops)
+
+    out = benchmark(inference_call(model, x))
+
+    # Known only after a call: torch.compile is lazy and may fall back to folded eager.
+    benchmark.extra_info["form"] = model.info.form if form.optimized else "eager"
+
+    assert out.shape == (batch, 1)
+    assert torch.isfinite(out).all() and ((out >= 0) & (out <= 1)).all()  # sigmoid scores
+    if timed:
+        rates = throughput(model_flops=model_flops, batch=batch, length=length,
+                           seconds=benchmark.stats.stats.median,
+                           peak_flops_per_s=_peak(matmul_peaks, device))
+        benchmark.extra_info.update(asdict(rates))
