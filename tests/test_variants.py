@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from harness import VARIANTS, HarnessError, build, legacy_effective
+from harness.audits import observe_blocks
 from harness.introspect import batchnorms, parameter_count, used_tensors
 from harness.layouts import PROJECTION_BLOCKS, residual_blocks
 from harness.tolerances import EXACT, assert_close
@@ -93,38 +94,16 @@ def test_legacy_forward_clears_skip_from_state_dict():
     assert len(model.state_dict()) == 95 and not any(k.startswith("skip.") for k in model.state_dict())
 
 
-def observe_blocks(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-    """(block input, main-path output, block output) for each res_block, via hooks."""
-    blocks = [b.main for b in residual_blocks(model)]
-    ins, mains, outs = [], [], []
-
-    def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        ins.append(inputs[0])
-        mains.append(output)
-
-    def record_last(module: nn.Module, inputs: tuple) -> None:
-        outs.append(inputs[0])
-
-    handles = [b.register_forward_hook(record) for b in blocks]
-    handles.append(model.global_pool.register_forward_pre_hook(record_last))
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    block_outputs = ins[1:] + outs
-    return list(zip(ins, mains, block_outputs, strict=True))
-
-
 def test_legacy_effective_wiring_identity_on_odd_blocks_none_on_even():
     model = legacy_effective().eval()
     observed = observe_blocks(model, torch.randn(3, 1, 200))
-    assert len(observed) == 6
-    for index, (block_in, main_out, block_out) in enumerate(observed, start=1):
-        if index in PROJECTION_BLOCKS:
-            assert_close(block_out, main_out, EXACT, f"block {index}: no shortcut")
+    assert [o.block.index for o in observed] == [1, 2, 3, 4, 5, 6]
+    assert observed[-1].observed_at == "global_pool"
+    for o in observed:
+        if o.block.index in PROJECTION_BLOCKS:
+            assert_close(o.output, o.main_output, EXACT, f"block {o.block.index}: no shortcut")
         else:
-            assert_close(block_out, main_out + block_in, EXACT, f"block {index}: identity shortcut")
+            assert_close(o.output, o.main_output + o.input, EXACT, f"block {o.block.index}: identity")
 
 
 def test_legacy_effective_counts():
