@@ -27,8 +27,11 @@ test: $(STAMP)
 test-serial: $(STAMP)
 	$(PY) -m pytest
 
+# Timed benchmarks: serial (pytest-benchmark refuses to time under xdist). Extra pytest-benchmark
+# options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--benchmark-autosave".
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-enable -p no:xdist
+	$(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-enable -p no:xdist $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check harness tests conftest.py

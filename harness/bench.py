@@ -20,7 +20,7 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -123,30 +123,50 @@ class Timing:
     times_s: tuple[float, ...]
 
 
-def time_call(fn: Callable[[], object], *, warmup: int, min_repeats: int, max_repeats: int | None = None,
-              budget_s: float = 0.0, on_repeat: Callable[[int, float], None] | None = None) -> Timing:
-    """Time single calls of ``fn()`` after ``warmup`` untimed ones (compiling, allocation).
+def time_calls(fns: Mapping[str, Callable[[], object]], *, warmup: int, min_repeats: int,
+               max_repeats: int | None = None, budget_s: float = 0.0,
+               on_round: Callable[[int], None] | None = None) -> dict[str, Timing]:
+    """Time single calls of each function in ``fns``, interleaved round by round.
 
-    Repeats at least ``min_repeats`` times and then until ``budget_s`` seconds of timed
-    calls are spent or ``max_repeats`` (default ``min_repeats``) is reached: slow
-    configurations get few repeats, fast ones many. ``fn`` must synchronize the
-    device itself (``inference_call`` does). ``on_repeat(i, seconds)`` is called
-    after each timed call (progress).
+    Each function first gets ``warmup`` untimed calls (compiling, allocation). Then
+    every round calls each function once: at least ``min_repeats`` rounds, then more
+    until each function has had ``budget_s`` seconds of timed calls on average or
+    ``max_repeats`` (default ``min_repeats``) rounds are done, so slow configurations
+    get few rounds and fast ones many. Interleaving spreads a noisy machine's slow
+    spells over all functions alike, which keeps their ratios honest. Each function
+    must synchronize its device itself (``inference_call`` does). ``on_round(i)`` is
+    called after each round (progress).
     """
     # Not torch.utils.benchmark.Timer: its timeit() adds two untimed calls per
     # measurement, which triples the cost of a 2-second forward.
     max_repeats = min_repeats if max_repeats is None else max_repeats
     if not 1 <= min_repeats <= max_repeats:
         raise ValueError(f"need 1 <= min_repeats <= max_repeats, got {min_repeats} and {max_repeats}")
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    while len(times) < min_repeats or (sum(times) < budget_s and len(times) < max_repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-        if on_repeat is not None:
-            on_repeat(len(times) - 1, times[-1])
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    spent, rounds = 0.0, 0
+    while rounds < min_repeats or (spent / len(fns) < budget_s and rounds < max_repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            spent += times[name][-1]
+        if on_round is not None:
+            on_round(rounds)
+        rounds += 1
+    return {name: _timing(t) for name, t in times.items()}
+
+
+def time_call(fn: Callable[[], object], *, warmup: int, min_repeats: int, max_repeats: int | None = None,
+              budget_s: float = 0.0) -> Timing:
+    """``time_calls`` for one function."""
+    return time_calls({"fn": fn}, warmup=warmup, min_repeats=min_repeats, max_repeats=max_repeats,
+                      budget_s=budget_s)["fn"]
+
+
+def _timing(times: list[float]) -> Timing:
     q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else times * 3
     return Timing(median_s=statistics.median(times), iqr_s=q3 - q1, times_s=tuple(times))
 

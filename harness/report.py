@@ -291,34 +291,47 @@ def _timing_section(plan: Plan, device: str, progress: Progress) -> tuple[list[d
     progress(f"measuring the {device} matmul peak ({plan.peak_size}x{plan.peak_size} float32)")
     peak = bench.matmul_peak(device, size=plan.peak_size, min_run_time=plan.peak_min_run_time)
     configs = [(batch, length) for length in plan.lengths for batch in plan.batches]
-    total = len(configs) * len(bench.TIMED_FORMS)
-    rows, done = [], 0
-    for batch, length in configs:
+    rows = []
+    for i, (batch, length) in enumerate(configs, 1):
         x = bench.waveform(batch, length, device)
         flops = {subject: bench.flops(build(subject), x.shape)
                  for subject in dict.fromkeys(form.subject for form in bench.TIMED_FORMS)}
+        progress(f"timing batch {batch} x {length} on {device} ({i}/{len(configs)}): "
+                 f"{', '.join(form.name for form in bench.TIMED_FORMS)}, interleaved")
+        models = {f.name: bench.build_timed(f, device, compile=plan.compile) for f in bench.TIMED_FORMS}
+        timings = bench.time_calls({name: bench.inference_call(m, x) for name, m in models.items()},
+                                   warmup=plan.warmup, min_repeats=plan.min_repeats,
+                                   max_repeats=plan.max_repeats, budget_s=plan.budget_s,
+                                   on_round=_slow_rounds(progress))
         for form in bench.TIMED_FORMS:
-            done += 1
-            label = f"timing {form.name}, batch {batch} x {length} on {device} ({done}/{total})"
-            progress(label)
-            model = bench.build_timed(form, device, compile=plan.compile)
-            call = bench.inference_call(model, x)
-            timing = bench.time_call(call, warmup=plan.warmup, min_repeats=plan.min_repeats,
-                                     max_repeats=plan.max_repeats, budget_s=plan.budget_s)
+            timing, info = timings[form.name], getattr(models[form.name], "info", None)
             rates = bench.throughput(model_flops=flops[form.subject], batch=batch, length=length,
                                      seconds=timing.median_s, peak_flops_per_s=peak)
-            info = getattr(model, "info", None)
             rows.append({
                 "variant": form.name, "device": device, "batch": batch, "length": length,
                 "median_ms": timing.median_s * 1e3, "iqr_ms": timing.iqr_s * 1e3,
                 "repeats": len(timing.times_s), "flops": flops[form.subject], **asdict(rates),
                 "form": info.form if info is not None else "eager",
             })
-            progress(f"  {timing.median_s * 1e3:.1f} ms median of {len(timing.times_s)}")
+        progress("  median ms: " + ", ".join(f"{name} {t.median_s * 1e3:.1f}" for name, t in timings.items()))
     meta = {"device": device, "matmul_peak_gflops_per_s": peak / 1e9, "plan": asdict(plan),
             "machine": bench.machine_info(), "caveat": NOISE_CAVEAT,
             "ratios": _ratios(rows)}
     return rows, meta
+
+
+def _slow_rounds(progress: Progress, threshold_s: float = 2.0) -> Callable[[int], None]:
+    """Progress per timing round, only where rounds are slow enough for a reader to wait on."""
+    last = time.monotonic()
+
+    def on_round(i: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= threshold_s:
+            progress(f"  round {i + 1} done ({now - last:.1f} s)")
+        last = now
+
+    return on_round
 
 
 def _ratios(rows: list[dict]) -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ from harness.bench import (
     place_for_inference,
     throughput,
     time_call,
+    time_calls,
     waveform,
 )
 from harness.errors import HarnessError
@@ -112,19 +114,29 @@ def test_throughput_figures_by_hand() -> None:
 
 def test_time_call_counts_warmup_and_repeats() -> None:
     calls = []
-    seen = []
-    timing = time_call(lambda: calls.append(1), warmup=2, min_repeats=3,
-                       on_repeat=lambda i, s: seen.append((i, s)))
+    timing = time_call(lambda: calls.append(1), warmup=2, min_repeats=3)
     assert len(calls) == 5
-    assert [i for i, _ in seen] == [0, 1, 2]
     assert len(timing.times_s) == 3 and all(s > 0 for s in timing.times_s)
     assert min(timing.times_s) <= timing.median_s <= max(timing.times_s)
+
+
+def test_time_calls_interleaves_rounds() -> None:
+    order: list[str] = []
+    rounds: list[int] = []
+    timings = time_calls({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                         warmup=1, min_repeats=3, on_round=rounds.append)
+    assert order == ["a", "b"] + ["a", "b"] * 3  # warm-ups first, then one call of each per round
+    assert rounds == [0, 1, 2]
+    assert [len(t.times_s) for t in timings.values()] == [3, 3]
 
 
 def test_time_call_repeats_until_the_budget_is_spent() -> None:
     calls = []
     timing = time_call(lambda: calls.append(1), warmup=0, min_repeats=2, max_repeats=7, budget_s=10.0)
     assert len(calls) == 7 == len(timing.times_s)  # a cheap call hits max_repeats long before 10 s
+    slow = time_call(lambda: time.sleep(0.01), warmup=0, min_repeats=1, max_repeats=50, budget_s=0.03)
+    # Stops at the first call that brings the timed total to the budget (each call >= 10 ms).
+    assert sum(slow.times_s[:-1]) < 0.03 <= sum(slow.times_s) and len(slow.times_s) <= 3
 
 
 def test_time_call_refuses_zero_repeats() -> None:
