@@ -74,54 +74,141 @@ REFERENCE_SPECS: Mapping[str, ReferenceSpec] = MappingProxyType({
 })
 
 
-def _expect_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    if tuple(tensor.shape) != shape:
-        raise HarnessError(f"{name} has shape {tuple(tensor.shape)}; the guide's architecture needs {shape}")
+# What the guide puts in each canonical module, in order (to name a missing tensor's place).
+_MODULE_LAYERS = {
+    "conv1": "Conv1d, BatchNorm1d, LeakyReLU",
+    "res_block": "Conv1d, BatchNorm1d, LeakyReLU, Conv1d, BatchNorm1d, LeakyReLU",
+    "skip": "Conv1d(kernel_size=1), BatchNorm1d",
+    "fc": "Linear",
+}
+
+
+def _tensor(states: Mapping[str, Mapping[str, torch.Tensor]], module: str, key: str,
+            shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``states[module][key]``, or a ``HarnessError`` saying what the guide has there."""
+    kind = module.rstrip("0123456789")
+    try:
+        tensor = states[module][key]
+    except KeyError:
+        raise HarnessError(f"{module} has no tensor {key!r}; the guide's {module} is "
+                           f"{_MODULE_LAYERS.get(kind, kind)} with biases") from None
+    if shape is not None and tuple(tensor.shape) != shape:
+        raise HarnessError(f"{module}.{key} has shape {tuple(tensor.shape)}; the guide's architecture "
+                           f"needs {shape}")
     return tensor
 
 
-def reference_forward(model: nn.Module, x: torch.Tensor, spec: ReferenceSpec, *, train: bool) -> torch.Tensor:
+def reference_forward(model: nn.Module, x: torch.Tensor, spec: ReferenceSpec, *, train: bool,
+                      trace: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``model``'s output recomputed from its weights alone, as the fix guide specifies it.
 
     Reads only tensors (via ``canonical_modules``); never calls the model's modules. In
     ``train`` mode every BatchNorm uses batch statistics; in eval mode only those of
-    ``spec.eval_batch_statistics``. Running statistics are read, never updated.
+    ``spec.eval_batch_statistics``. Running statistics are read, never updated. ``trace``,
+    if given, receives the intermediate values under the names of ``model_trace``.
     """
     states = {name: module.state_dict() for name, module in canonical_modules(model).items()}
+    trace = {} if trace is None else trace
 
     def conv_bn(h: torch.Tensor, name: str, conv: int, cin: int, cout: int, kernel: int,
                 stride: int) -> torch.Tensor:
-        state = states[name]
-        weight = _expect_shape(f"{name}.{conv}.weight", state[f"{conv}.weight"], (cout, cin, kernel))
-        h = F.conv1d(h, weight, state[f"{conv}.bias"], stride=stride, padding=kernel // 2)
+        weight = _tensor(states, name, f"{conv}.weight", (cout, cin, kernel))
+        h = F.conv1d(h, weight, _tensor(states, name, f"{conv}.bias"), stride=stride, padding=kernel // 2)
         batch = train or name in spec.eval_batch_statistics
         bn = f"{conv + 1}."
         return F.batch_norm(
             h,
-            None if batch else state[bn + "running_mean"],
-            None if batch else state[bn + "running_var"],
-            state[bn + "weight"],
-            state[bn + "bias"],
+            None if batch else _tensor(states, name, bn + "running_mean"),
+            None if batch else _tensor(states, name, bn + "running_var"),
+            _tensor(states, name, bn + "weight"),
+            _tensor(states, name, bn + "bias"),
             training=batch,
             eps=BN_EPS,
         )
 
-    h = F.leaky_relu(conv_bn(x, "conv1", 0, *CONV1, 3, 1), LEAKY_SLOPE)
+    h = trace["conv1"] = F.leaky_relu(conv_bn(x, "conv1", 0, *CONV1, 3, 1), LEAKY_SLOPE)
     for index, (cin, cout, stride) in enumerate(BLOCKS, start=1):
         block = f"res_block{index}"
         main = F.leaky_relu(conv_bn(h, block, 0, cin, cout, 3, stride), LEAKY_SLOPE)
         main = F.leaky_relu(conv_bn(main, block, 3, cout, cout, 3, 1), LEAKY_SLOPE)
+        trace[f"{block} main path"] = main
         shortcut = spec.shortcuts[index]
         if shortcut == IDENTITY:
             h = main + h
         elif shortcut == PROJECTION:
-            h = main + conv_bn(h, f"skip{index}", 0, cin, cout, 1, stride)
+            projected = trace[f"skip{index}"] = conv_bn(h, f"skip{index}", 0, cin, cout, 1, stride)
+            h = main + projected
         else:
             h = main
-    h = h.mean(dim=-1)
-    h = F.leaky_relu(F.linear(h, states["fc1"]["weight"], states["fc1"]["bias"]), LEAKY_SLOPE)
-    h = F.linear(h, states["fc2"]["weight"], states["fc2"]["bias"])
-    return torch.sigmoid(h)
+        trace[f"{block} output (main path + shortcut)"] = h
+    h = trace["pooled (fc1 input)"] = h.mean(dim=-1)
+    fc1 = trace["fc1"] = F.linear(h, _tensor(states, "fc1", "weight"), _tensor(states, "fc1", "bias"))
+    fc2 = trace["fc2 (logits)"] = F.linear(F.leaky_relu(fc1, LEAKY_SLOPE), _tensor(states, "fc2", "weight"),
+                                           _tensor(states, "fc2", "bias"))
+    out = trace["output (sigmoid)"] = torch.sigmoid(fc2)
+    return out
+
+
+def model_trace(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``model(x)`` and its intermediate values, observed with hooks on its canonical modules.
+
+    A block's output is what the next module receives (its forward pre-hook), so the
+    residual addition is observed as the forward really does it.
+    """
+    modules = canonical_modules(model)
+    blocks = sorted(int(n.removeprefix("res_block")) for n in modules if n.startswith("res_block"))
+    trace: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def record_output(name: str):
+        return lambda module, inputs, output: trace.__setitem__(name, output)
+
+    def record_input(name: str):
+        return lambda module, inputs: trace.__setitem__(name, inputs[0])
+
+    handles.append(modules["conv1"].register_forward_hook(record_output("conv1")))
+    for i in blocks:
+        main_hook = record_output(f"res_block{i} main path")
+        handles.append(modules[f"res_block{i}"].register_forward_hook(main_hook))
+        if f"skip{i}" in modules:
+            handles.append(modules[f"skip{i}"].register_forward_hook(record_output(f"skip{i}")))
+        receiver = modules.get(f"res_block{i + 1}", getattr(model, "global_pool", None))
+        if receiver is not None:
+            name = f"res_block{i} output (main path + shortcut)"
+            handles.append(receiver.register_forward_pre_hook(record_input(name)))
+    handles.append(modules["fc1"].register_forward_pre_hook(record_input("pooled (fc1 input)")))
+    handles.append(modules["fc1"].register_forward_hook(record_output("fc1")))
+    handles.append(modules["fc2"].register_forward_hook(record_output("fc2 (logits)")))
+    try:
+        out = trace["output (sigmoid)"] = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, trace
+
+
+def first_divergence(model: nn.Module, x: torch.Tensor, spec: ReferenceSpec, *, train: bool,
+                     tol: Tolerance) -> str | None:
+    """Where ``model`` first departs from ``reference_forward``, in forward order; None if nowhere.
+
+    Runs a copy of ``model`` (a train-mode forward would move its running statistics).
+    E.g. ``res_block5 output (main path + shortcut): max abs diff 0.31 (everything before
+    it agrees)`` points at block 5's residual addition.
+    """
+    expected: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        reference_forward(model, x, spec, train=train, trace=expected)
+        _, observed = model_trace(copy.deepcopy(model).train(train), x)
+    for stage, want in expected.items():
+        got = observed.get(stage)
+        if got is None:
+            return f"{stage}: never observed in the model's forward (a module is skipped or replaced)"
+        if got.shape != want.shape:
+            return f"{stage}: shape {tuple(got.shape)}, the guide's architecture gives {tuple(want.shape)}"
+        if not torch.isclose(got, want, rtol=tol.rtol, atol=tol.atol).all():
+            return (f"{stage}: max abs diff {max_differences(got, want)[0]:.3g} "
+                    "(every earlier stage agrees with the guide's architecture)")
+    return None
 
 
 # --- golden outputs ------------------------------------------------------------------------

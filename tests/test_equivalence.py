@@ -30,9 +30,10 @@ from harness.equivalence import (
     fold_batchnorms,
     seed_weights,
 )
+from harness.golden import REFERENCE_SPECS, first_divergence
 from harness.introspect import batchnorms
 from harness.layouts import canonical_modules
-from harness.tolerances import BATCHING, DEPLOYMENT_TOLERANCES, EXACT, assert_close
+from harness.tolerances import BATCHING, DEPLOYMENT_TOLERANCES, EXACT, REFERENCE_FORWARD, assert_close
 
 SEEDS = st.integers(0, 2**32 - 1)
 BLOCK_MODULES = [f"res_block{i}" for i in range(1, 7)] + ["skip2", "skip4", "skip6"]
@@ -70,6 +71,18 @@ def assert_same_state(actual: nn.Module, expected: nn.Module, msg: str) -> None:
     assert got.keys() == want.keys()
     for key, tensor in got.items():
         assert_close(tensor, want[key], EXACT, f"{msg}: {key}")
+
+
+def assert_same_outputs(actual: torch.Tensor, expected: torch.Tensor, msg: str, x: torch.Tensor, train: bool,
+                        **models: nn.Module) -> None:
+    """EXACT comparison; on failure, say which model departs from the guide's architecture, and where."""
+    try:
+        assert_close(actual, expected, EXACT, msg)
+    except AssertionError as exc:
+        where = {name: first_divergence(m, x, REFERENCE_SPECS[name], train=train, tol=REFERENCE_FORWARD)
+                 for name, m in models.items()}
+        found = "; ".join(f"{name}: {w or 'agrees with the guide'}" for name, w in where.items())
+        raise AssertionError(f"{exc}\nvs the guide (reference_forward): {found}") from None
 
 
 # --- copy_weights --------------------------------------------------------------------------
@@ -152,7 +165,8 @@ def test_tuple_blocks_equals_skip_modules_in_train_mode(models, seed: int, x: to
     copy_weights(skip, tuple_blocks)
     with torch.no_grad():
         expected, actual = skip(x), tuple_blocks(x)
-    assert_close(actual, expected, EXACT, "train-mode outputs")
+    assert_same_outputs(actual, expected, "tuple_blocks vs skip_modules, same weights, train mode", x, True,
+                        skip_modules=skip, tuple_blocks=tuple_blocks)
     # Both updated their running statistics from the same batch statistics.
     assert_same_state(tuple_blocks, skip, "after one train-mode forward")
 
@@ -164,7 +178,8 @@ def test_tuple_blocks_and_skip_modules_differ_in_eval_mode():
     difference = compare_variants("tuple_blocks", "skip_modules", "eval", seed=0)
     assert difference.weights == "copy_weights" and difference.input_shape == (3, 1, 4000)
     assert difference.max_abs > 1e-3, difference  # measured 0.178 with seed 0
-    assert compare_variants("tuple_blocks", "skip_modules", "train", seed=0).identical
+    train = compare_variants("tuple_blocks", "skip_modules", "train", seed=0)
+    assert train.identical, f"train mode must be bit-exact: {train}"
 
 
 @given(seed=SEEDS, x=waveforms())
@@ -181,7 +196,9 @@ def test_tuple_blocks_eval_is_skip_modules_with_block_batchnorms_left_in_trainin
     for name in BLOCK_MODULES:
         canonical_modules(skip)[name].train()
     with torch.no_grad():
-        assert_close(tuple_blocks(x), skip(x), EXACT, "tuple_blocks eval vs skip_modules, block BNs training")
+        actual, expected = tuple_blocks(x), skip(x)
+    assert_same_outputs(actual, expected, "tuple_blocks eval vs skip_modules with the block BNs training", x,
+                        False, tuple_blocks=tuple_blocks, skip_modules=skip.eval())
 
 
 def test_tuple_blocks_eval_uses_batch_statistics_and_updates_running_stats(models):
@@ -228,7 +245,9 @@ def test_legacy_effective_equals_skip_modules_from_preserve_function_checkpoint(
     with torch.no_grad():
         expected = effective.train(train)(x)
         actual = skip.train(train)(x)
-    assert_close(actual, expected, EXACT, f"{'train' if train else 'eval'} mode")
+    mode = "train" if train else "eval"
+    assert_same_outputs(actual, expected, f"legacy_effective vs converted skip_modules, {mode}", x, train,
+                        legacy_effective=effective, skip_modules=skip)
 
 
 def test_legacy_checkpoint_file_loads_into_skip_modules_with_the_legacy_function(tmp_path):

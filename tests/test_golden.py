@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,6 +25,7 @@ from harness.golden import (
     REFERENCE_SPECS,
     GoldenRecord,
     compare_golden,
+    first_divergence,
     golden_input,
     golden_model,
     golden_outputs,
@@ -43,16 +45,16 @@ def golden_path(name: str) -> Path:
 
 @pytest.mark.parametrize("name", list(REFERENCE_SPECS))
 def test_outputs_match_golden_file(name: str, update_golden: bool):
-    model, x = golden_model(name), golden_input()
+    model, x, spec = golden_model(name), golden_input(), REFERENCE_SPECS[name]
     outputs = golden_outputs(model, x)
-    # Vouch before comparing (and before any rewrite): the model computes what the guide's
-    # architecture computes from these weights.
-    for mode in GOLDEN_MODES:
-        with torch.no_grad():
-            expected = reference_forward(model, x, REFERENCE_SPECS[name], train=mode == "train")
-        assert_close(outputs[mode], expected, REFERENCE_FORWARD, f"{name} {mode}: model vs reference")
+    # Vouch before any rewrite, and say where the model departs when it does: the outputs
+    # must be what the guide's architecture computes from these weights.
+    departures = {mode: first_divergence(model, x, spec, train=mode == "train", tol=REFERENCE_FORWARD)
+                  for mode in GOLDEN_MODES}
+    departures = {mode: where for mode, where in departures.items() if where is not None}
     path = golden_path(name)
     if update_golden:
+        assert not departures, f"{name}: not recording outputs that depart from the guide: {departures}"
         write_golden(path, GoldenRecord(name, GOLDEN_SEED, GOLDEN_INPUT_SHAPE, outputs))
     try:
         golden = read_golden(path)
@@ -60,11 +62,16 @@ def test_outputs_match_golden_file(name: str, update_golden: bool):
         pytest.fail(str(exc))
     assert (golden.variant, golden.seed, golden.input_shape) == (name, GOLDEN_SEED, GOLDEN_INPUT_SHAPE)
     diffs = compare_golden(outputs, golden, GOLDEN)
-    assert all(d.ok for d in diffs), (
-        f"{name}: outputs moved from {path.name} (tolerance: {GOLDEN.reason}):\n"
-        + "\n".join(d.describe() for d in diffs)
-        + "\nIf the change is intended, rewrite with `pytest --update-golden` and say why in the commit."
-    )
+    problems = []
+    if not all(d.ok for d in diffs):
+        problems.append(f"outputs moved from {path.name} (tolerance: {GOLDEN.reason}):")
+        problems += [f"  {d.describe()}" for d in diffs]
+    if departures:
+        problems.append("the model departs from the guide's architecture (reference_forward) at:")
+        problems += [f"  {mode}: {where}" for mode, where in departures.items()]
+    if problems:
+        problems.append("If the change is intended, rewrite with `pytest --update-golden` and say why.")
+    assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
 @given(
@@ -75,12 +82,46 @@ def test_outputs_match_golden_file(name: str, update_golden: bool):
     length=st.integers(64, 512),
 )
 def test_reference_forward_matches_every_subject(name: str, train: bool, seed: int, batch: int, length: int):
-    model = seed_weights(build(name), seed).train(train)
+    model = seed_weights(build(name), seed)
     x = torch.randn(batch, 1, length, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        expected = reference_forward(model, x, REFERENCE_SPECS[name], train=train)
-        actual = model(x)
-    assert_close(actual, expected, REFERENCE_FORWARD, f"{name} {'train' if train else 'eval'}")
+    where = first_divergence(model, x, REFERENCE_SPECS[name], train=train, tol=REFERENCE_FORWARD)
+    assert where is None, f"{name} {'train' if train else 'eval'} departs from the guide at {where}"
+
+
+@pytest.mark.parametrize(
+    ("break_model", "stage"),
+    [
+        (lambda m: m.res_block3.__setitem__(5, nn.LeakyReLU(0.2)), "res_block3 main path"),
+        (lambda m: setattr(m.skip4[1], "eps", 1e-3), "skip4"),
+        (lambda m: setattr(m, "global_pool", nn.AdaptiveMaxPool1d(1)), "pooled (fc1 input)"),
+        (lambda m: setattr(m, "sigmoid", nn.Identity()), "output (sigmoid)"),
+    ],
+    ids=["block3-slope", "skip4-eps", "max-pool", "no-sigmoid"],
+)
+def test_first_divergence_names_the_stage_that_changed(break_model, stage: str):
+    model, x, spec = golden_model("skip_modules"), golden_input(), REFERENCE_SPECS["skip_modules"]
+    assert first_divergence(model, x, spec, train=False, tol=REFERENCE_FORWARD) is None
+    break_model(model)
+    where = first_divergence(model, x, spec, train=False, tol=REFERENCE_FORWARD)
+    assert where is not None and where.startswith(f"{stage}: max abs diff"), where
+
+
+def test_first_divergence_points_at_a_missing_shortcut():
+    """skip_modules judged against legacy_effective's wiring: everything agrees up to block 2's
+    residual addition, which only skip_modules makes."""
+    model, spec = golden_model("skip_modules"), REFERENCE_SPECS["legacy_effective"]
+    where = first_divergence(model, golden_input(), spec, train=True, tol=REFERENCE_FORWARD)
+    assert where is not None
+    assert where.startswith("res_block2 output (main path + shortcut): max abs diff"), where
+
+
+def test_reference_names_a_missing_tensor_and_the_guides_layers():
+    model = golden_model("skip_modules")
+    model.res_block2[4] = nn.Identity()  # the second BatchNorm gone
+    message = (r"res_block2 has no tensor '4.running_mean'; the guide's res_block2 "
+               r"is Conv1d, BatchNorm1d, LeakyReLU, Conv1d, BatchNorm1d, LeakyReLU")
+    with pytest.raises(HarnessError, match=message):
+        reference_forward(model, golden_input(), REFERENCE_SPECS["skip_modules"], train=False)
 
 
 def test_golden_files_tell_the_equivalence_story():
