@@ -66,7 +66,17 @@ def _synthetic_report() -> dict:
 # --------------------------------------------------------------------------- the real thing, once
 
 
-def test_quick_report_json_validates_and_follows_the_declarations(tmp_path, capsys) -> None:
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine, two threads' barriers stall each small op
+    (the quick report then takes 40 s instead of 4); this test checks data, not speed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_quick_report_json_validates_and_follows_the_declarations(tmp_path, capsys, one_thread) -> None:
     out = tmp_path / "report.json"
     assert main(["report", "--quick", "--format", "json", "--output", str(out)]) == 0
     captured = capsys.readouterr()
