@@ -187,8 +187,12 @@ def fold_batchnorms(model: nn.Module) -> list[str]:
     Every ``nn.Sequential`` (conv1, each residual block's main path, each projection
     shortcut) is searched for a convolution directly followed by a BatchNorm over its
     outputs; the pair becomes one convolution and an ``nn.Identity``. Returns the
-    paths of the folded BatchNorms.
+    paths of the folded BatchNorms. ``model`` must be in eval mode (folding bakes in the
+    running statistics, which only eval mode uses).
     """
+    if training := [n or "(model)" for n, m in model.named_modules() if m.training]:
+        shown = ", ".join(training[:3])
+        raise HarnessError(f"fold_batchnorms needs an eval-mode model; in training mode: {shown}")
     folded = []
     for path, seq in [(p, m) for p, m in model.named_modules() if isinstance(m, nn.Sequential)]:
         for i in range(len(seq) - 1):

@@ -197,7 +197,10 @@ def first_divergence(model: nn.Module, x: torch.Tensor, spec: ReferenceSpec, *, 
     """
     expected: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        reference_forward(model, x, spec, train=train, trace=expected)
+        try:
+            reference_forward(model, x, spec, train=train, trace=expected)
+        except HarnessError as exc:  # the model does not even hold the guide's tensors
+            return f"weights: {exc}"
         _, observed = model_trace(copy.deepcopy(model).train(train), x)
     for stage, want in expected.items():
         got = observed.get(stage)

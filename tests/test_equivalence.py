@@ -283,8 +283,10 @@ def test_optimize_for_inference_folds_every_batchnorm_and_leaves_the_input_alone
 
 
 def test_fold_batchnorms_on_legacy_effective_folds_13():
-    model = seed_weights(legacy_effective(), 2).eval()
-    assert len(fold_batchnorms(model)) == 13  # conv1 and 2 per block; no shortcuts
+    model = seed_weights(legacy_effective(), 2)
+    with pytest.raises(HarnessError, match=r"needs an eval-mode model; in training mode: \(model\), conv1"):
+        fold_batchnorms(model)
+    assert len(fold_batchnorms(model.eval())) == 13  # conv1 and 2 per block; no shortcuts
 
 
 def test_optimize_for_inference_refuses_tuple_blocks_naming_why():
