@@ -17,7 +17,6 @@ import argparse
 import functools
 import os
 import re
-import secrets
 import stat
 import warnings
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from harness.errors import HarnessError
+from harness.fileio import write_atomically
 from harness.introspect import parameter_count
 from harness.layouts import LAYOUTS, canonical_modules, state_dict_layout
 from harness.variants import build
@@ -197,28 +197,11 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
     existing ``path`` is refused unless ``force``.
     """
     path = Path(path)
-    directory = path.parent
-    if not directory.is_dir():
-        raise HarnessError(f"{path}: directory {str(directory)!r} does not exist")
-    if path.is_dir():
-        raise HarnessError(f"{path}: is a directory")
-    if os.path.lexists(path) and not force:
-        raise HarnessError(f"{path}: already exists; use --force (force=True) to overwrite it")
-    tmp = directory / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        # O_EXCL: never write through a link planted at the temp name; 0o666 lets umask decide.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            _serialize(dict(state_dict), f, safetensors=path.suffix == ".safetensors")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise HarnessError(f"{path}: cannot write: {exc.strerror or exc}") from None
-        raise
-    _fsync_directory(directory)
+    write_atomically(
+        path,
+        lambda f: _serialize(dict(state_dict), f, safetensors=path.suffix == ".safetensors"),
+        force=force,
+    )
 
 
 def _serialize(state_dict: StateDict, f, *, safetensors: bool) -> None:
@@ -232,20 +215,6 @@ def _serialize(state_dict: StateDict, f, *, safetensors: bool) -> None:
         f.write(save({k: v.contiguous() for k, v in state_dict.items()}))
     else:
         torch.save(state_dict, f)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a directory be opened.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- layouts -------------------------------------------------------------------------------

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch.nn.functional as F
 
 from harness.equivalence import max_differences, seed_weights
 from harness.errors import HarnessError
+from harness.fileio import write_text_atomically
 from harness.layouts import canonical_modules
 from harness.tolerances import Tolerance
 from harness.variants import build
@@ -257,16 +256,7 @@ def write_golden(path: Path, record: GoldenRecord) -> None:
         "outputs": {mode: out.detach().cpu().float().tolist() for mode, out in record.outputs.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 is for secrets; this is a tracked test file
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_golden(path: Path) -> GoldenRecord:

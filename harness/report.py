@@ -18,8 +18,6 @@ import argparse
 import datetime
 import html
 import json
-import os
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +31,7 @@ from harness.audits import CHECKS, FAIL, PASS, audit
 from harness.checkpoints import POLICIES, convert_state_dict, get_audio_model
 from harness.equivalence import compare_form, compare_variants, seed_weights
 from harness.errors import HarnessError
+from harness.fileio import check_writable_target, write_text_atomically
 from harness.introspect import Structure, describe
 from harness.layouts import LAYOUTS
 from harness.tolerances import DEPLOYMENT_TOLERANCES, EXACT, Tolerance
@@ -596,35 +595,6 @@ RENDERERS: Mapping[str, Callable[[dict], str]] = {
 # --------------------------------------------------------------------------- command line
 
 
-def _check_writable_target(path: Path) -> None:
-    # Checked before measuring for minutes, and again by the write itself.
-    if not path.parent.is_dir():
-        raise HarnessError(f"{path}: directory {str(path.parent)!r} does not exist")
-    if path.is_dir():
-        raise HarnessError(f"{path}: is a directory")
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader sees the old file or the whole new one.
-
-    Temp file beside the target (O_EXCL), fsync, ``os.replace``; removed on any failure.
-    """
-    _check_writable_target(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise HarnessError(f"{path}: cannot write: {exc.strerror or exc}") from None
-        raise
-
-
 def _stderr_progress() -> Progress:
     start = time.monotonic()
 
@@ -638,13 +608,13 @@ def cli_report(args: argparse.Namespace) -> int:
     """``python -m harness report``: measure, render in ``--format``, print or write ``--output``."""
     output = Path(args.output) if args.output else None
     if output is not None:
-        _check_writable_target(output)
+        check_writable_target(output)  # before measuring for minutes
     progress = _stderr_progress()
     report = build_report(quick=args.quick, device=args.device, progress=progress)
     text = RENDERERS[args.format](report)
     if output is None:
         sys.stdout.write(text)
     else:
-        write_atomically(output, text)
+        write_text_atomically(output, text)
         progress(f"wrote {output}")
     return 0

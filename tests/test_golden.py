@@ -8,6 +8,7 @@ from the weights and the guide's architecture), so a golden file never records a
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -191,11 +192,11 @@ def test_failed_write_keeps_the_old_golden_file(tmp_path: Path, monkeypatch: pyt
     write_golden(path, record(sample_outputs()))
     before = path.read_bytes()
 
-    def broken_dump(*args, **kwargs):
-        raise OSError("disk full")
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "disk full")
 
-    monkeypatch.setattr(json, "dump", broken_dump)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(os, "fsync", broken_fsync)  # fails after the bytes went to the temp file
+    with pytest.raises(HarnessError, match="cannot write: disk full"):
         write_golden(path, record(sample_outputs()))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["g.json"]
