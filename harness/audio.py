@@ -34,11 +34,8 @@ import torch.nn as nn
 
 from harness.checkpoints import get_audio_model
 from harness.errors import HarnessError
+from harness.inputs import NUM_SAMPLES, SAMPLE_RATE
 
-# The rate every RawNet2 / ASVspoof front end feeds the model.
-SAMPLE_RATE = 16_000
-# ASVspoof 2019/2021 baselines' fixed input: 64,600 samples, about 4.04 s at 16 kHz.
-NUM_SAMPLES = 64_600
 # Longest recording accepted, checked from the header before anything is decoded. The
 # model reads only the first 4.04 s, so a score for anything this long would stand for
 # a recording session, not an utterance; and the decoded mono signal is held whole in

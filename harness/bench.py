@@ -28,13 +28,9 @@ import torch.nn as nn
 from torch.utils.benchmark import Timer
 
 from harness.errors import HarnessError
+from harness.inputs import SAMPLE_RATE
 from harness.introspect import held_modules, held_tensors
 from harness.variants import build
-
-# ASVspoof audio is 16 kHz; 64600 samples (about 4 s) is its fixed-length convention.
-SAMPLE_RATE = 16_000
-ASVSPOOF_LENGTH = 64_600
-
 
 # --------------------------------------------------------------------------- FLOPs
 

@@ -14,6 +14,11 @@ import torch
 from harness.errors import HarnessError
 from harness.layouts import PROJECTION_BLOCKS
 
+# The rate every RawNet2 / ASVspoof front end feeds the model.
+SAMPLE_RATE = 16_000
+# ASVspoof 2019/2021 baselines' fixed input: 64,600 samples, about 4.04 s at 16 kHz.
+NUM_SAMPLES = 64_600
+
 # Each projection block's stride-2 conv (kernel 3, padding 1) maps a length L to
 # ceil(L / 2); every other layer keeps the length. So the last block's BatchNorms
 # see ceil(T / 8) positions per sample.

@@ -32,6 +32,7 @@ from harness.checkpoints import POLICIES, convert_state_dict, get_audio_model
 from harness.equivalence import compare_form, compare_variants, seed_weights
 from harness.errors import HarnessError
 from harness.fileio import check_writable_target, write_text_atomically
+from harness.inputs import NUM_SAMPLES
 from harness.introspect import Structure, describe
 from harness.layouts import LAYOUTS
 from harness.tolerances import DEPLOYMENT_TOLERANCES, EXACT, Tolerance
@@ -119,7 +120,7 @@ class Plan:
     compile: bool  # time and compare the torch.compile'd form (5-15 s of compiling per shape)
 
 
-FULL = Plan(audit_shape=(2, 1, 4000), compare_shape=(3, 1, 4000), lengths=(16_000, bench.ASVSPOOF_LENGTH),
+FULL = Plan(audit_shape=(2, 1, 4000), compare_shape=(3, 1, 4000), lengths=(16_000, NUM_SAMPLES),
             batches=(1, 8), warmup=1, min_repeats=3, max_repeats=15, budget_s=2.5,
             peak_size=2048, peak_min_run_time=1.0, compile=True)
 QUICK = Plan(audit_shape=(2, 1, 1000), compare_shape=(2, 1, 1000), lengths=(2000,), batches=(1, 4),

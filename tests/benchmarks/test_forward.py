@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from harness.bench import (
-    ASVSPOOF_LENGTH,
     TIMED_FORMS,
     TimedForm,
     build_timed,
@@ -29,10 +28,11 @@ from harness.bench import (
     throughput,
     waveform,
 )
+from harness.inputs import NUM_SAMPLES
 from harness.variants import build
 
 BATCHES = (1, 8)
-LENGTHS = (16_000, ASVSPOOF_LENGTH)
+LENGTHS = (16_000, NUM_SAMPLES)
 
 
 @pytest.fixture(scope="session")
