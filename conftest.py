@@ -33,11 +33,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
+    # `slow` tests stay out of the fast gate unless a -m expression names them.
+    run_slow = "slow" in (config.getoption("markexpr") or "")
+    skip_slow = pytest.mark.skip(reason="slow: excluded from the default gate; run with -m slow")
     skip_cuda = pytest.mark.skip(reason=CUDA_SKIP_REASON)
     for item in items:
-        if "cuda" in item.keywords:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+        if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
 
 

@@ -361,11 +361,8 @@ def test_model_errors_are_not_mistaken_for_compile_failures():
 
 
 @pytest.mark.slow
-def test_inductor_compiled_model_matches_eager_within_tolerance(request: pytest.FixtureRequest):
-    # Nothing deselects `slow` by default yet (pyproject only declares the marker), and a cold
-    # inductor compile takes ~13 s on 2 quiet cores: run only when asked for with -m slow.
-    if "slow" not in request.config.getoption("markexpr"):
-        pytest.skip("inductor compile takes ~13 s cold; run with -m slow")
+def test_inductor_compiled_model_matches_eager_within_tolerance():
+    # A cold inductor compile takes ~13 s on 2 quiet cores, hence `slow` (run with -m slow).
     model = seed_weights(build("skip_modules"), 3)
     x = torch.randn(3, 1, 4000)
     difference = compare_form(model, x, "compiled")
