@@ -274,7 +274,8 @@ def test_optimize_for_inference_folds_every_batchnorm_and_leaves_the_input_alone
     assert len(optimized.info.folded) == 16  # conv1, 2 per block, skip2/4/6
     assert {p.split(".")[0] for p in optimized.info.folded} == {
         "conv1", *[f"res_block{i}" for i in range(1, 7)], "skip2", "skip4", "skip6"}
-    assert optimized.info.unfolded_batchnorms == [] and optimized.info.form == "folded eager"
+    assert optimized.info.unfolded_batchnorms == []
+    assert optimized.info.form == "folded eager, CPU batches in chunks of 2"
     assert not any(isinstance(m, nn.BatchNorm1d) for m in optimized.modules())
     assert not any(p.requires_grad for p in optimized.parameters())
     assert model.training and len(batchnorms(model)) == 16
@@ -295,6 +296,27 @@ def test_optimize_for_inference_refuses_tuple_blocks_naming_why():
         optimize_for_inference(build("tuple_blocks"))
 
 
+@given(seed=SEEDS, batch=st.integers(1, 7), length=st.integers(64, 256), chunk=st.integers(1, 3))
+def test_cpu_batch_chunks_match_one_batch_and_never_exceed_the_chunk(
+    models, seed: int, batch: int, length: int, chunk: int
+):
+    model = seed_weights(models["skip_modules"], seed)
+    x = torch.randn(batch, 1, length, generator=torch.Generator().manual_seed(seed))
+    chunked = optimize_for_inference(model, backend=None, cpu_batch_chunk=chunk)
+    whole = optimize_for_inference(model, backend=None, cpu_batch_chunk=None)
+    seen: list[int] = []
+    chunked.model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        out = chunked(x)
+        assert_close(out, whole(x), BATCHING, f"batch {batch} in chunks of {chunk} vs one batch")
+    assert sum(seen) == batch and max(seen) <= chunk
+
+
+def test_cpu_batch_chunk_must_be_positive():
+    with pytest.raises(HarnessError, match="cpu_batch_chunk must be a positive sample count or None, got 0"):
+        optimize_for_inference(build("skip_modules"), cpu_batch_chunk=0)
+
+
 @given(seed=SEEDS, x=waveforms(), name=st.sampled_from(["skip_modules", "legacy_effective"]))
 def test_folded_model_matches_eager_within_tolerance(models, seed: int, x: torch.Tensor, name: str):
     model = seed_weights(models[name], seed)
@@ -311,10 +333,12 @@ def test_compiled_form_traces_with_dynamo_and_matches_the_folded_model():
     folded = optimize_for_inference(model, backend=None)
     with torch.no_grad():
         out = compiled(x)
-        assert compiled.info.compiled is True and compiled.info.form == "folded, compiled with eager"
+        assert compiled.info.compiled is True
+        assert compiled.info.form == "folded, compiled with eager, CPU batches in chunks of 2"
         assert_close(out, folded(x), EXACT, "dynamo (eager backend) vs folded eager")
         difference = compare_form(model, x, "compiled", compile_backend="eager")
-        assert difference.within and difference.ran == "folded, compiled with eager", difference
+        assert difference.within, difference
+        assert difference.ran == "folded, compiled with eager, CPU batches in chunks of 2"
 
 
 def conv_bn_relu() -> nn.Module:
@@ -347,7 +371,8 @@ def test_compile_failure_falls_back_to_the_folded_model_once():
         assert_close(out, optimize_for_inference(model, backend=None)(x), EXACT, "fallback is folded eager")
     assert len(calls) == 1
     difference = compare_form(model, x, "compiled", compile_backend=no_compiler)
-    assert difference.ran.startswith("folded eager (compiling with no_compiler failed: BackendCompilerFailed")
+    assert difference.ran.startswith(
+        "folded eager, CPU batches in chunks of 2 (compiling with no_compiler failed: BackendCompilerFailed")
 
 
 def test_model_errors_are_not_mistaken_for_compile_failures():
@@ -366,7 +391,7 @@ def test_inductor_compiled_model_matches_eager_within_tolerance():
     model = seed_weights(build("skip_modules"), 3)
     x = torch.randn(3, 1, 4000)
     difference = compare_form(model, x, "compiled")
-    assert difference.ran == "folded, compiled with inductor", difference
+    assert difference.ran == "folded, compiled with inductor, CPU batches in chunks of 2", difference
     assert difference.within, difference
 
 
