@@ -30,7 +30,7 @@ from harness.errors import HarnessError
 from harness.fileio import write_atomically
 from harness.introspect import parameter_count
 from harness.layouts import LAYOUTS, canonical_modules, state_dict_layout
-from harness.variants import build
+from harness.variants import SUBJECTS, build
 
 POLICIES = ("preserve-function", "preserve-weights")
 DEFAULT_POLICY = "preserve-function"
@@ -514,9 +514,9 @@ def get_audio_model(
     A checkpoint that does not fit raises ``HarnessError`` naming the missing,
     unexpected and mis-shaped keys.
     """
-    layout = "legacy" if variant == "legacy_effective" else variant
-    if layout not in LAYOUTS:
+    if variant not in SUBJECTS:
         build(variant)  # raises the registry's "unknown variant" error
+    layout = SUBJECTS[variant].checkpoint_layout
     if checkpoint is None:
         model = build(variant)
     else:

@@ -34,7 +34,7 @@ from harness.errors import HarnessError
 from harness.introspect import batchnorms
 from harness.layouts import canonical_modules
 from harness.tolerances import DEPLOYMENT_TOLERANCES, Tolerance
-from harness.variants import build
+from harness.variants import SUBJECTS, build
 
 # --- weights -------------------------------------------------------------------------------
 
@@ -299,9 +299,8 @@ def shared_weights(a: str, b: str, seed: int) -> tuple[nn.Module, nn.Module, str
         return model_a, model_b, "copy_weights"
     from harness.checkpoints import convert_state_dict
 
-    source = "legacy" if a == "legacy_effective" else a
-    target = "legacy" if b == "legacy_effective" else b
-    state, _ = convert_state_dict(model_a.state_dict(), target, source=source, policy="preserve-function")
+    state, _ = convert_state_dict(model_a.state_dict(), SUBJECTS[b].checkpoint_layout,
+                                  source=SUBJECTS[a].checkpoint_layout, policy="preserve-function")
     model_b.load_state_dict(state)
     return model_a, model_b, "preserve-function"
 

@@ -27,9 +27,15 @@ from pathlib import Path
 import torch
 
 from harness import bench
-from harness.audits import CHECKS, FAIL, PASS, audit
+from harness.audits import CHECKS, FAIL, NOT_APPLICABLE, PASS, audit
 from harness.checkpoints import POLICIES, convert_state_dict, get_audio_model
-from harness.equivalence import DEPLOYMENT_FORMS, compare_form, compare_variants, seed_weights
+from harness.equivalence import (
+    DEPLOYMENT_FORMS,
+    compare_form,
+    compare_variants,
+    max_differences,
+    seed_weights,
+)
 from harness.errors import HarnessError
 from harness.fileio import check_writable_target, write_text_atomically
 from harness.inputs import NUM_SAMPLES
@@ -62,7 +68,7 @@ REPORT_SCHEMA: dict = {
                     "state_dict_keys": {"type": "integer", "minimum": 0},
                     "audit": {
                         "type": "object",
-                        "additionalProperties": {"enum": ["pass", "fail", "n/a"]},
+                        "additionalProperties": {"enum": [PASS, FAIL, NOT_APPLICABLE]},
                     },
                     "verdict": {"type": "string", "minLength": 1},
                 },
@@ -253,8 +259,8 @@ def _source_checkpoints(seed: int) -> dict[str, tuple[torch.nn.Module, dict]]:
     """Layout -> (a model with seeded weights, the checkpoint it saves) for every layout."""
     sources = {}
     for layout in LAYOUTS:
-        # The legacy layout's working form is legacy_effective (a fresh legacy forward raises).
-        model = seed_weights(build("legacy_effective" if layout == "legacy" else layout), seed).eval()
+        # get_audio_model builds each layout's runnable form (legacy: legacy_effective).
+        model = seed_weights(get_audio_model(layout), seed).eval()
         sources[layout] = (model, {k: v.clone() for k, v in model.state_dict().items()})
     return sources
 
@@ -278,7 +284,7 @@ def _checkpoints_section(plan: Plan, progress: Progress) -> list[dict]:
                     row["detail"] = str(exc)
                 else:
                     with torch.no_grad():
-                        max_abs = float((loaded(x) - expected).abs().max())
+                        max_abs, _ = max_differences(loaded(x), expected)
                     row.update(loads=True, max_abs_diff=max_abs, function_preserved=max_abs == 0.0,
                                detail=conversion.lines()[0])
                 rows.append(row)

@@ -41,6 +41,12 @@ class Variant:
     source: str
     # check name -> why this variant is expected to fail it (see harness.audits)
     expected_defects: Mapping[str, str] = field(default_factory=dict)
+    # The state_dict layout its checkpoints have (harness.layouts.LAYOUTS); None: its own name.
+    layout: str | None = None
+
+    @property
+    def checkpoint_layout(self) -> str:
+        return self.layout or self.name
 
 
 _VARIANT_INFO = (
@@ -93,6 +99,7 @@ _DERIVED_INFO = (
         factory=legacy_effective,
         description="legacy with skip cleared by hand: identity on blocks 1/3/5, no shortcut on 2/4/6",
         source="harness/variants.py",
+        layout="legacy",
         expected_defects={
             "skip_wiring": "blocks 2/4/6 change shape and add no shortcut at all: their output is the "
                            "main path alone",
