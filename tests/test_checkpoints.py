@@ -24,8 +24,9 @@ from harness.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from harness.equivalence import seed_weights
 from harness.introspect import parameter_count, used_tensors
-from harness.layouts import LAYOUTS, canonical_modules, state_dict_layout
+from harness.layouts import LAYOUTS, state_dict_layout
 from harness.tolerances import EXACT, assert_close
 
 BLOCKS = tuple(f"res_block{i}" for i in range(1, 7))
@@ -57,23 +58,14 @@ def module_of(layout: str, key: str) -> str:
 
 
 def random_state_dict(layout: str, seed: int, num_classes: int = 1) -> dict[str, torch.Tensor]:
-    """A fresh model's weights with every BatchNorm's affine and running stats randomised.
-
-    Starting from the default init keeps activations in range (so outputs are not all
-    saturated at 0 or 1); random BatchNorm state makes eval and train mode differ.
-    """
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = build(layout, num_classes=num_classes)
-        for module in canonical_modules(model).values():
-            for norm in module.modules():
-                if isinstance(norm, nn.BatchNorm1d):
-                    norm.weight.data.uniform_(0.5, 1.5)
-                    norm.bias.data.normal_(0, 0.1)
-                    norm.running_mean.normal_(0, 0.1)
-                    norm.running_var.uniform_(0.5, 2.0)
-                    norm.num_batches_tracked.fill_(seed % 1000)
-        return {k: v.clone() for k, v in model.state_dict().items()}
+    """Seeded weights and BatchNorm statistics (harness.equivalence.seed_weights), so eval and
+    train mode differ; num_batches_tracked non-zero too, so a conversion must carry it."""
+    state = {k: v.clone() for k, v in seed_weights(build(layout, num_classes=num_classes), seed)
+             .state_dict().items()}
+    for key, tensor in state.items():
+        if key.endswith("num_batches_tracked"):
+            tensor.fill_(seed % 1000)
+    return state
 
 
 def zero_gate(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
