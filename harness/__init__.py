@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.variants import SUBJECTS, VARIANT_INFO, VARIANTS, build, legacy_effective
 
 # public name -> module that defines it

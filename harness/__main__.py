@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 # subcommand -> "module:function" taking the parsed args and returning an exit code
 _HANDLERS = {

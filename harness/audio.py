@@ -10,7 +10,7 @@ The pipeline for one file (``load_clip``) is the ASVspoof evaluation front end:
 A file that cannot give a usable clip raises ``UnusableAudio`` with the reason;
 ``score_files`` records that reason for the file and goes on with the others.
 Batches are formed from consecutive usable files; in eval mode a file's score does
-not depend on its batch mates (up to ``harness.tolerances.BATCHING``) except for
+not depend on its batch mates (up to ``harness.core.tolerances.BATCHING``) except for
 ``tuple_blocks``, whose BatchNorms ``eval()`` cannot reach.
 """
 
@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from harness.checkpoints import get_audio_model
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.inputs import NUM_SAMPLES, SAMPLE_RATE
 
 # Longest recording accepted, checked from the header before anything is decoded. The

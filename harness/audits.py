@@ -12,7 +12,7 @@ raises, the forward returns something other than a tensor) fails that check with
 message saying so; it never passes silently and never crashes the audit.
 
 Only ``skip_wiring`` knows a layout (``harness.layouts``); the other checks are
-structure-agnostic and build on ``harness.introspect``: what the model holds and
+structure-agnostic and build on ``harness.core.introspect``: what the model holds and
 registers (``held``), and which held tensors its forward really uses
 (``used_tensors``).
 """
@@ -35,10 +35,10 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-from harness.errors import HarnessError
-from harness.introspect import Held, held, held_modules, held_tensors, used_tensors
+from harness.core.errors import HarnessError
+from harness.core.introspect import Held, held, held_modules, held_tensors, used_tensors
 from harness.layouts import ResidualBlock, residual_blocks
-from harness.tolerances import BATCHING, EXACT, Tolerance
+from harness.core.tolerances import BATCHING, EXACT, Tolerance
 
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "n/a"
 

@@ -27,9 +27,9 @@ import torch
 import torch.nn as nn
 from torch.utils.benchmark import Timer
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.inputs import SAMPLE_RATE
-from harness.introspect import held_modules, held_tensors
+from harness.core.introspect import held_modules, held_tensors
 from harness.variants import build
 
 # --------------------------------------------------------------------------- FLOPs

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from harness.errors import HarnessError
-from harness.fileio import write_atomically
-from harness.introspect import parameter_count
+from harness.core.errors import HarnessError
+from harness.core.fileio import write_atomically
+from harness.core.introspect import parameter_count
 from harness.layouts import LAYOUTS, canonical_modules, state_dict_layout
 from harness.variants import SUBJECTS, build
 

@@ -10,7 +10,7 @@
 * ``optimize_for_inference(model)`` folds each Conv+BatchNorm pair and compiles the
   result, falling back to the folded eager model when compiling fails.
 * ``compare_variants`` and ``compare_forms`` measure the differences the report
-  prints and the tests bound (``harness.tolerances.DEPLOYMENT_TOLERANCES``).
+  prints and the tests bound (``harness.core.tolerances.DEPLOYMENT_TOLERANCES``).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from harness.errors import HarnessError
-from harness.introspect import batchnorms
+from harness.core.errors import HarnessError
+from harness.core.introspect import batchnorms
 from harness.layouts import canonical_modules
-from harness.tolerances import DEPLOYMENT_TOLERANCES, Tolerance
+from harness.core.tolerances import DEPLOYMENT_TOLERANCES, Tolerance
 from harness.variants import SUBJECTS, build
 
 # --- weights -------------------------------------------------------------------------------

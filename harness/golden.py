@@ -24,10 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.equivalence import max_differences, seed_weights
-from harness.errors import HarnessError
-from harness.fileio import write_text_atomically
+from harness.core.errors import HarnessError
+from harness.core.fileio import write_text_atomically
 from harness.layouts import canonical_modules
-from harness.tolerances import Tolerance
+from harness.core.tolerances import Tolerance
 from harness.variants import build
 
 GOLDEN_SEED = 20240501

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.layouts import PROJECTION_BLOCKS
 
 # The rate every RawNet2 / ASVspoof front end feeds the model.

@@ -16,7 +16,7 @@ from types import MappingProxyType
 
 import torch.nn as nn
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 # Blocks whose stride or channel count changes; every other block keeps its shape.
 PROJECTION_BLOCKS = (2, 4, 6)

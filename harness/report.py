@@ -2,7 +2,7 @@
 
 ``build_report()`` measures everything and returns a JSON-ready dict (the shape of
 ``REPORT_SCHEMA``, which other tools read). Nothing in it is written by hand per
-variant: structure comes from ``harness.introspect.describe``, the audit matrix
+variant: structure comes from ``harness.core.introspect.describe``, the audit matrix
 from ``harness.audits.audit``, each verdict from those two against the variant's
 declared defects, equivalence from ``harness.equivalence``, checkpoint
 compatibility from actually converting and loading checkpoints
@@ -36,12 +36,12 @@ from harness.equivalence import (
     max_differences,
     seed_weights,
 )
-from harness.errors import HarnessError
-from harness.fileio import check_writable_target, write_text_atomically
+from harness.core.errors import HarnessError
+from harness.core.fileio import check_writable_target, write_text_atomically
 from harness.inputs import NUM_SAMPLES
-from harness.introspect import Structure, describe
+from harness.core.introspect import Structure, describe
 from harness.layouts import LAYOUTS
-from harness.tolerances import DEPLOYMENT_TOLERANCES, EXACT, Tolerance
+from harness.core.tolerances import DEPLOYMENT_TOLERANCES, EXACT, Tolerance
 from harness.variants import SUBJECTS, build
 
 Progress = Callable[[str], None]

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from fixed.skip_modules import RawNet2 as SkipModulesRawNet2
 from fixed.tuple_blocks import RawNet2 as TupleBlocksRawNet2
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from legacy.rawnet2 import RawNet2 as LegacyRawNet2
 
 Factory = Callable[..., nn.Module]

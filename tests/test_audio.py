@@ -30,7 +30,7 @@ from harness.audio import (
     load_clip,
     resample,
 )
-from harness.tolerances import RESAMPLING_PATHS, assert_close
+from harness.core.tolerances import RESAMPLING_PATHS, assert_close
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 # file -> (sample rate, channels, frames), as soxi reports them

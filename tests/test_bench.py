@@ -28,8 +28,8 @@ from harness.bench import (
     time_calls,
     waveform,
 )
-from harness.errors import HarnessError
-from harness.introspect import batchnorms
+from harness.core.errors import HarnessError
+from harness.core.introspect import batchnorms
 from harness.variants import build
 
 RUNNABLE = ("legacy_effective", "tuple_blocks", "skip_modules")

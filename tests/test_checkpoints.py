@@ -25,9 +25,9 @@ from harness.checkpoints import (
     save_checkpoint,
 )
 from harness.equivalence import seed_weights
-from harness.introspect import parameter_count, used_tensors
+from harness.core.introspect import parameter_count, used_tensors
 from harness.layouts import LAYOUTS, state_dict_layout
-from harness.tolerances import EXACT, assert_close
+from harness.core.tolerances import EXACT, assert_close
 
 BLOCKS = tuple(f"res_block{i}" for i in range(1, 7))
 # Where each variant's __init__ registers each canonical module (read off the source).

@@ -31,9 +31,9 @@ from harness.equivalence import (
     seed_weights,
 )
 from harness.golden import REFERENCE_SPECS, first_divergence
-from harness.introspect import batchnorms
+from harness.core.introspect import batchnorms
 from harness.layouts import canonical_modules
-from harness.tolerances import BATCHING, DEPLOYMENT_TOLERANCES, EXACT, REFERENCE_FORWARD, assert_close
+from harness.core.tolerances import BATCHING, DEPLOYMENT_TOLERANCES, EXACT, REFERENCE_FORWARD, assert_close
 
 SEEDS = st.integers(0, 2**32 - 1)
 BLOCK_MODULES = [f"res_block{i}" for i in range(1, 7)] + ["skip2", "skip4", "skip6"]

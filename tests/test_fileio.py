@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import HarnessError
-from harness.fileio import write_atomically, write_text_atomically
+from harness.core.fileio import write_atomically, write_text_atomically
 
 
 @given(old=st.binary(max_size=64), new=st.binary(max_size=64))

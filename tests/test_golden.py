@@ -35,7 +35,7 @@ from harness.golden import (
     reference_forward,
     write_golden,
 )
-from harness.tolerances import EXACT, GOLDEN, REFERENCE_FORWARD, assert_close
+from harness.core.tolerances import EXACT, GOLDEN, REFERENCE_FORWARD, assert_close
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 MAX_GOLDEN_BYTES = 50_000

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from harness import SUBJECTS
 from harness.audits import FAIL, audit, declared_results, observe_blocks
 from harness.inputs import last_norm_values, min_train_length
-from harness.introspect import batchnorms
+from harness.core.introspect import batchnorms
 from harness.layouts import PROJECTION_BLOCKS, residual_blocks
-from harness.tolerances import EXACT, assert_close
+from harness.core.tolerances import EXACT, assert_close
 
 RUNNABLE = ("tuple_blocks", "skip_modules", "legacy_effective")
 BATCHNORM_ERROR = "Expected more than 1 value per channel when training"

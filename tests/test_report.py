@@ -16,7 +16,7 @@ from harness import report as report_module
 from harness.__main__ import main
 from harness.audits import CHECKS, FAIL, NOT_APPLICABLE, PASS
 from harness.bench import TIMED_FORMS
-from harness.introspect import Structure
+from harness.core.introspect import Structure
 from harness.report import (
     QUICK,
     REPORT_SCHEMA,

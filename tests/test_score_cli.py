@@ -30,8 +30,8 @@ from harness.audio import (
     score_files,
     score_waveforms,
 )
-from harness.introspect import batchnorms
-from harness.tolerances import BATCHING, EXACT, assert_close
+from harness.core.introspect import batchnorms
+from harness.core.tolerances import BATCHING, EXACT, assert_close
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 FIXTURES = [str(AUDIO / n) for n in ("hello.wav", "numbers.wav", "hello_44k_stereo.wav", "hello_16k.flac")]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 
 
 def check_writable_target(path: Path, *, force: bool = True) -> None:
