@@ -9,17 +9,17 @@ from __future__ import annotations
 import importlib
 
 from harness.core.errors import HarnessError
-from harness.variants import SUBJECTS, VARIANT_INFO, VARIANTS, build, legacy_effective
+from harness.rawnet2.registry import SUBJECTS, VARIANT_INFO, VARIANTS, build, legacy_effective
 
 # public name -> module that defines it
 _LAZY = {
-    "audit": "harness.audits",
-    "validate_input": "harness.inputs",
-    "convert_state_dict": "harness.checkpoints",
-    "get_audio_model": "harness.checkpoints",
-    "copy_weights": "harness.equivalence",
-    "optimize_for_inference": "harness.equivalence",
-    "flops": "harness.bench",
+    "audit": "harness.rawnet2.audits",
+    "validate_input": "harness.rawnet2.inputs",
+    "convert_state_dict": "harness.rawnet2.checkpoints",
+    "get_audio_model": "harness.rawnet2.checkpoints",
+    "copy_weights": "harness.rawnet2.equivalence",
+    "optimize_for_inference": "harness.core.forms",
+    "flops": "harness.core.bench",
 }
 
 __all__ = [

@@ -16,9 +16,9 @@ from harness.core.errors import HarnessError
 # subcommand -> "module:function" taking the parsed args and returning an exit code
 _HANDLERS = {
     "report": "harness.report:cli_report",
-    "audit": "harness.audits:cli_audit",
-    "migrate": "harness.checkpoints:cli_migrate",
-    "score": "harness.audio:cli_score",
+    "audit": "harness.rawnet2.audits:cli_audit",
+    "migrate": "harness.rawnet2.checkpoints:cli_migrate",
+    "score": "harness.rawnet2.audio:cli_score",
 }
 
 
@@ -42,7 +42,7 @@ def _migrate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("migrate", help="convert a checkpoint between variant layouts")
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
-    # Layout names are validated by harness.checkpoints, which explains each refusal in one line.
+    # Layout names are validated by harness.rawnet2.checkpoints, which explains each refusal in one line.
     p.add_argument("--to", required=True, metavar="LAYOUT",
                    help="target layout: skip_modules or legacy (tuple_blocks cannot hold a checkpoint)")
     p.add_argument("--from", dest="source", default="auto", metavar="LAYOUT",

@@ -19,7 +19,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.audio import (
+from harness.core.tolerances import RESAMPLING_PATHS, assert_close
+from harness.rawnet2.audio import (
     MAX_DURATION_S,
     NUM_SAMPLES,
     SAMPLE_RATE,
@@ -30,7 +31,6 @@ from harness.audio import (
     load_clip,
     resample,
 )
-from harness.core.tolerances import RESAMPLING_PATHS, assert_close
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 # file -> (sample rate, channels, frames), as soxi reports them

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from harness import SUBJECTS, HarnessError, audit, build
 from harness.__main__ import main
-from harness.audits import CHECKS, FAIL, NOT_APPLICABLE, PASS, AuditReport, declared_results
-from harness.layouts import PROJECTION_BLOCKS, residual_blocks
+from harness.core.audits import FAIL, NOT_APPLICABLE, PASS, AuditReport
+from harness.rawnet2.audits import CHECKS, declared_results
+from harness.rawnet2.layouts import PROJECTION_BLOCKS, residual_blocks
 
 # Short waveform, two distinct rows: every check applies and the audit stays fast.
 EXAMPLE = torch.randn(2, 1, 256, generator=torch.Generator().manual_seed(1))
@@ -525,7 +526,7 @@ def test_cli_derived_subject_with_findings_exits_1(capsys: pytest.CaptureFixture
 
 
 def test_cli_imports_a_factory(capsys: pytest.CaptureFixture[str]):
-    assert main(["audit", "harness.variants:legacy_effective", "--input-shape", "2,1,64",
+    assert main(["audit", "harness.rawnet2.registry:legacy_effective", "--input-shape", "2,1,64",
                  "--checks", "skip_wiring"]) == 1
     assert "block 4: shape changes" in capsys.readouterr().out
 
@@ -534,7 +535,8 @@ def test_cli_imports_a_factory(capsys: pytest.CaptureFixture[str]):
     (["nonexistent_module:Model"], "error: cannot import 'nonexistent_module': ModuleNotFoundError"),
     (["fixed.skip_modules"], "error: expected MODULE:ATTR"),
     (["fixed.skip_modules:Missing"], "error: module 'fixed.skip_modules' has no attribute 'Missing'"),
-    (["harness.variants:SUBJECTS"], "error: harness.variants:SUBJECTS is a mappingproxy, not a callable"),
+    (["harness.rawnet2.registry:SUBJECTS"],
+     "error: harness.rawnet2.registry:SUBJECTS is a mappingproxy, not a callable"),
     (["--variant", "resnet"], "error: unknown variant 'resnet'"),
     ([], "error: give either MODULE:ATTR or --variant NAME"),
     (["fixed.skip_modules:RawNet2", "--variant", "legacy"], "error: give either"),

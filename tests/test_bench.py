@@ -1,4 +1,4 @@
-"""harness.bench: the analytic FLOP count, throughput figures and the timing helpers."""
+"""harness.core.bench: the analytic FLOP count, throughput figures and the timing helpers."""
 
 from __future__ import annotations
 
@@ -13,10 +13,7 @@ from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 import harness
-from harness.bench import (
-    SAMPLE_RATE,
-    TIMED_FORMS,
-    build_timed,
+from harness.core.bench import (
     flop_breakdown,
     flops,
     inference_call,
@@ -30,7 +27,9 @@ from harness.bench import (
 )
 from harness.core.errors import HarnessError
 from harness.core.introspect import batchnorms
-from harness.variants import build
+from harness.rawnet2.bench import TIMED_FORMS, build_timed
+from harness.rawnet2.inputs import SAMPLE_RATE
+from harness.rawnet2.registry import build
 
 RUNNABLE = ("legacy_effective", "tuple_blocks", "skip_modules")
 
@@ -104,12 +103,12 @@ def test_flops_is_exported_lazily() -> None:
 def test_throughput_figures_by_hand() -> None:
     # 8 x 16000 samples = 8 s of audio in 2 s; 100 GFLOP in 2 s = 50 GFLOP/s = 25% of 200.
     t = throughput(model_flops=100_000_000_000, batch=8, length=SAMPLE_RATE, seconds=2.0,
-                   peak_flops_per_s=200e9)
+                   sample_rate=SAMPLE_RATE, peak_flops_per_s=200e9)
     assert t.samples_per_s == 4.0
     assert t.real_time_factor == 0.25
     assert t.gflops_per_s == 50.0
     assert t.peak_fraction == 0.25
-    assert throughput(model_flops=1, batch=1, length=1, seconds=1.0).peak_fraction is None
+    assert throughput(model_flops=1, batch=1, length=1, seconds=1.0, sample_rate=1).peak_fraction is None
 
 
 def test_time_call_counts_warmup_and_repeats() -> None:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from harness import HarnessError, build
 from harness.__main__ import main
-from harness.checkpoints import load_checkpoint, save_checkpoint
+from harness.rawnet2.checkpoints import load_checkpoint, save_checkpoint
 
 MARKER = "pwned"  # the file a malicious pickle's payload would create
 

@@ -16,7 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import HarnessError, build, convert_state_dict, get_audio_model, legacy_effective
-from harness.checkpoints import (
+from harness.core.introspect import parameter_count, used_tensors
+from harness.core.tolerances import EXACT, assert_close
+from harness.rawnet2.checkpoints import (
     POLICIES,
     check_fits,
     detect_layout,
@@ -24,10 +26,8 @@ from harness.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from harness.equivalence import seed_weights
-from harness.core.introspect import parameter_count, used_tensors
-from harness.layouts import LAYOUTS, state_dict_layout
-from harness.core.tolerances import EXACT, assert_close
+from harness.rawnet2.equivalence import seed_weights
+from harness.rawnet2.layouts import LAYOUTS, state_dict_layout
 
 BLOCKS = tuple(f"res_block{i}" for i in range(1, 7))
 # Where each variant's __init__ registers each canonical module (read off the source).
@@ -58,7 +58,7 @@ def module_of(layout: str, key: str) -> str:
 
 
 def random_state_dict(layout: str, seed: int, num_classes: int = 1) -> dict[str, torch.Tensor]:
-    """Seeded weights and BatchNorm statistics (harness.equivalence.seed_weights), so eval and
+    """Seeded weights and BatchNorm statistics (harness.rawnet2.equivalence.seed_weights), so eval and
     train mode differ; num_batches_tracked non-zero too, so a conversion must carry it."""
     state = {k: v.clone() for k, v in seed_weights(build(layout, num_classes=num_classes), seed)
              .state_dict().items()}

@@ -21,19 +21,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import HarnessError, build, copy_weights, legacy_effective, optimize_for_inference
-from harness.checkpoints import convert_state_dict, get_audio_model
-from harness.equivalence import (
-    DEPLOYMENT_FORMS,
-    compare_form,
-    compare_forms,
-    compare_variants,
-    fold_batchnorms,
-    seed_weights,
-)
-from harness.golden import REFERENCE_SPECS, first_divergence
+from harness.core.forms import DEPLOYMENT_FORMS, compare_form, compare_forms, fold_batchnorms
 from harness.core.introspect import batchnorms
-from harness.layouts import canonical_modules
 from harness.core.tolerances import BATCHING, DEPLOYMENT_TOLERANCES, EXACT, REFERENCE_FORWARD, assert_close
+from harness.rawnet2.checkpoints import convert_state_dict, get_audio_model
+from harness.rawnet2.equivalence import compare_variants, seed_weights
+from harness.rawnet2.golden import REFERENCE_SPECS, first_divergence
+from harness.rawnet2.layouts import canonical_modules
 
 SEEDS = st.integers(0, 2**32 - 1)
 BLOCK_MODULES = [f"res_block{i}" for i in range(1, 7)] + ["skip2", "skip4", "skip6"]

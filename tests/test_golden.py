@@ -19,8 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import HarnessError, build
-from harness.equivalence import seed_weights
-from harness.golden import (
+from harness.core.tolerances import EXACT, GOLDEN, REFERENCE_FORWARD, assert_close
+from harness.rawnet2.equivalence import seed_weights
+from harness.rawnet2.golden import (
     GOLDEN_INPUT_SHAPE,
     GOLDEN_MODES,
     GOLDEN_SEED,
@@ -35,7 +36,6 @@ from harness.golden import (
     reference_forward,
     write_golden,
 )
-from harness.core.tolerances import EXACT, GOLDEN, REFERENCE_FORWARD, assert_close
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 MAX_GOLDEN_BYTES = 50_000

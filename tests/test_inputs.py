@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import HarnessError, build, legacy_effective, validate_input
-from harness.inputs import DOWNSAMPLING, InputError, last_norm_values, min_train_length
+from harness.rawnet2.inputs import DOWNSAMPLING, InputError, last_norm_values, min_train_length
 
 RUNNABLE = ("tuple_blocks", "skip_modules", "legacy_effective")
 

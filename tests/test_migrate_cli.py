@@ -25,8 +25,8 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multi
 
 from harness import build
 from harness.__main__ import main
-from harness.checkpoints import POLICIES, detect_layout, load_checkpoint, save_checkpoint
-from harness.layouts import state_dict_layout
+from harness.rawnet2.checkpoints import POLICIES, detect_layout, load_checkpoint, save_checkpoint
+from harness.rawnet2.layouts import state_dict_layout
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODULES = ("conv1", *(f"res_block{i}" for i in range(1, 7)), "fc1", "fc2")

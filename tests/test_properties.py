@@ -5,7 +5,7 @@ padding 1) maps L to ceil(L / 2) and nothing else changes the length, so the las
 block's BatchNorms see B * ceil(T / 8) values per channel. Train-mode BatchNorm needs
 more than one, so a batch of one needs T >= 9 and any larger batch runs from T = 1.
 Eval mode has no minimum, except for tuple_blocks, whose block BatchNorms never leave
-training mode. ``harness.inputs`` holds that rule; the tests below check it against
+training mode. ``harness.rawnet2.inputs`` holds that rule; the tests below check it against
 the model itself and pin the exact boundary for every batch size and mode.
 """
 
@@ -20,11 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import SUBJECTS
-from harness.audits import FAIL, audit, declared_results, observe_blocks
-from harness.inputs import last_norm_values, min_train_length
+from harness.core.audits import FAIL
 from harness.core.introspect import batchnorms
-from harness.layouts import PROJECTION_BLOCKS, residual_blocks
 from harness.core.tolerances import EXACT, assert_close
+from harness.rawnet2.audits import audit, declared_results
+from harness.rawnet2.inputs import last_norm_values, min_train_length
+from harness.rawnet2.layouts import PROJECTION_BLOCKS, residual_blocks
+from harness.rawnet2.wiring import observe_blocks
 
 RUNNABLE = ("tuple_blocks", "skip_modules", "legacy_effective")
 BATCHNORM_ERROR = "Expected more than 1 value per channel when training"
@@ -85,7 +87,7 @@ def test_output_is_batch_by_classes_probabilities(name: str, batch: int, length:
 def test_forward_raises_exactly_below_the_batchnorm_boundary(name: str, batch: int, length: int, train: bool):
     model = randomized(name, 0).train(train)
     x = torch.randn(batch, 1, length)
-    # The rule written out from the strides, independently of harness.inputs:
+    # The rule written out from the strides, independently of harness.rawnet2.inputs:
     raises = uses_batch_statistics(name, train) and batch * math.ceil(length / 8) == 1
     assert raises == (length < runnable_length(name, train, batch, 1))
     if raises:

@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 
 from harness import report as report_module
 from harness.__main__ import main
-from harness.audits import CHECKS, FAIL, NOT_APPLICABLE, PASS
-from harness.bench import TIMED_FORMS
+from harness.core.audits import FAIL, NOT_APPLICABLE, PASS
 from harness.core.introspect import Structure
+from harness.rawnet2.audits import CHECKS
+from harness.rawnet2.bench import TIMED_FORMS
+from harness.rawnet2.registry import SUBJECTS
 from harness.report import (
     QUICK,
     REPORT_SCHEMA,
@@ -25,7 +27,6 @@ from harness.report import (
     render_markdown,
     verdict,
 )
-from harness.variants import SUBJECTS
 
 SOUND = Structure(registered_parameters=100, used_parameters=100, state_dict_keys=10, batchnorms=2,
                   batchnorms_reached_by_eval=2, forward_error=None)

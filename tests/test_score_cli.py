@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from harness import build, get_audio_model
 from harness.__main__ import main
-from harness.audio import (
+from harness.core.introspect import batchnorms
+from harness.core.tolerances import BATCHING, EXACT, assert_close
+from harness.rawnet2.audio import (
     PROGRESS_MIN_FILES,
     RANDOM_WEIGHTS_SEED,
     SAMPLE_RATE,
@@ -30,8 +32,6 @@ from harness.audio import (
     score_files,
     score_waveforms,
 )
-from harness.core.introspect import batchnorms
-from harness.core.tolerances import BATCHING, EXACT, assert_close
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 FIXTURES = [str(AUDIO / n) for n in ("hello.wav", "numbers.wav", "hello_44k_stereo.wav", "hello_16k.flac")]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.variants import VARIANT_INFO
+from harness.rawnet2.registry import VARIANT_INFO
 
 GUIDE = Path(__file__).parent / "data" / "rawnet2_fix_guide.md"
 SHARED_GUIDE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "rawnet2_fix_guide.md"

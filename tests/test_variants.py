@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 
 from harness import VARIANTS, HarnessError, build, legacy_effective
-from harness.audits import observe_blocks
 from harness.core.introspect import batchnorms, parameter_count, used_tensors
-from harness.layouts import PROJECTION_BLOCKS, residual_blocks
 from harness.core.tolerances import EXACT, assert_close
+from harness.rawnet2.layouts import PROJECTION_BLOCKS, residual_blocks
+from harness.rawnet2.wiring import observe_blocks
 
 CHANNELS = [(1, 32, 1), (32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2)]
 

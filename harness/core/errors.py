@@ -13,3 +13,10 @@ class HarnessError(Exception):
     def __init__(self, message: str, *, exit_code: int = 2) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: how any exception is shown in one line."""
+    text = str(exc).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -42,7 +42,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance, m
     )
 
 
-# --- audio front end (harness.audio) ------------------------------------------------------
+# --- audio front end (harness.rawnet2.audio) ------------------------------------------------------
 # One 16-bit utterance brought to 16 kHz by two resampling paths (sox to 44.1 or 16 kHz and
 # back to 16-bit, then soxr; vs soxr alone). Samples in [-1, 1): each path requantizes to
 # 16 bits once (1 LSB = 3.1e-5) and the filters' passband ripple differs slightly; measured
@@ -52,14 +52,14 @@ RESAMPLING_PATHS = Tolerance(
 )
 
 
-# --- equivalence and golden outputs (harness.equivalence, harness.golden) ------------------
+# --- equivalence and golden outputs (harness.rawnet2.equivalence, harness.rawnet2.golden) ------------------
 # All compare sigmoid scores in (0, 1). torch.testing.assert_close's float32 default
 # (rtol 1.3e-6, atol 1e-5) fits every float32 comparison: the largest float32 reordering
 # measured on these outputs is 1.8e-7, 50x inside atol, while any wiring change moves
 # scores by more than 1e-3.
 _FLOAT32_DEFAULT = {"rtol": 1.3e-6, "atol": 1e-5}
 
-# One table, keyed by harness.equivalence.DEPLOYMENT_FORMS: each form's output vs the
+# One table, keyed by harness.rawnet2.equivalence.DEPLOYMENT_FORMS: each form's output vs the
 # float32 eager CPU output of the same eval-mode model.
 DEPLOYMENT_TOLERANCES = MappingProxyType({
     "folded": Tolerance(**_FLOAT32_DEFAULT, reason=(
@@ -85,6 +85,34 @@ DEPLOYMENT_TOLERANCES = MappingProxyType({
 # builds pick other conv kernels and so reorder float32 sums; torch's float32 default.
 GOLDEN = Tolerance(**_FLOAT32_DEFAULT, reason="float32 reordering across CPUs and torch builds")
 
-# harness.golden.reference_forward re-implements the forward with the same functional ops,
+# harness.rawnet2.golden.reference_forward re-implements the forward with the same functional ops,
 # but mean() and adaptive_avg_pool1d may sum in different orders (bit-equal on this CPU).
 REFERENCE_FORWARD = Tolerance(**_FLOAT32_DEFAULT, reason="same ops; pooling may sum in another order")
+
+
+# --- the one closeness helper ---------------------------------------------------------------
+# NaN is handled one way everywhere: NaN where the other side also has NaN agrees (a model
+# that gives NaN twice is deterministic, and two forms that both give NaN agree); NaN against
+# a number is a difference of +inf.
+
+
+def close_elements(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> torch.Tensor:
+    """Elementwise ``|actual - expected| <= atol + rtol * |expected|``, NaN agreeing only with NaN."""
+    return torch.isclose(actual, expected.to(actual), rtol=tol.rtol, atol=tol.atol, equal_nan=True)
+
+
+def all_close(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> bool:
+    """Same shape and every element close (``close_elements``)."""
+    return actual.shape == expected.shape and bool(close_elements(actual, expected, tol).all())
+
+
+def abs_diff(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``|actual - expected|`` in float64 on the CPU: 0 where both are NaN, inf where one is."""
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    return (a - e).abs().masked_fill(a.isnan() & e.isnan(), 0.0).nan_to_num(nan=float("inf"))
+
+
+def max_abs_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest ``abs_diff``; 0.0 for empty tensors."""
+    diff = abs_diff(actual, expected)
+    return float(diff.max()) if diff.numel() else 0.0

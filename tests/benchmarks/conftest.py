@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import bench
+from harness.core import bench
 
 # The configuration a smoke run keeps: every form runs its forward once on it.
 SMOKE_PARAMS = {"batch": 1, "length": 16_000}

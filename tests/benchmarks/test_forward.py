@@ -18,18 +18,16 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from harness.bench import (
-    TIMED_FORMS,
-    TimedForm,
-    build_timed,
+from harness.core.bench import (
     flops,
     inference_call,
     matmul_peak,
     throughput,
     waveform,
 )
-from harness.inputs import NUM_SAMPLES
-from harness.variants import build
+from harness.rawnet2.bench import TIMED_FORMS, TimedForm, build_timed
+from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
+from harness.rawnet2.registry import build
 
 BATCHES = (1, 8)
 LENGTHS = (16_000, NUM_SAMPLES)
@@ -69,7 +67,7 @@ def test_forward(benchmark, matmul_peaks: dict[str, float], device: torch.device
     assert out.shape == (batch, 1)
     assert torch.isfinite(out).all() and ((out >= 0) & (out <= 1)).all()  # sigmoid scores
     if timed:
-        rates = throughput(model_flops=model_flops, batch=batch, length=length,
+        rates = throughput(model_flops=model_flops, batch=batch, length=length, sample_rate=SAMPLE_RATE,
                            seconds=benchmark.stats.stats.median,
                            peak_flops_per_s=_peak(matmul_peaks, device))
         benchmark.extra_info.update(asdict(rates))

@@ -23,12 +23,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.equivalence import max_differences, seed_weights
 from harness.core.errors import HarnessError
 from harness.core.fileio import write_text_atomically
-from harness.layouts import canonical_modules
-from harness.core.tolerances import Tolerance
-from harness.variants import build
+from harness.core.tolerances import Tolerance, all_close, close_elements
+from harness.rawnet2.equivalence import max_differences, seed_weights
+from harness.rawnet2.layouts import canonical_modules
+from harness.rawnet2.registry import build
 
 GOLDEN_SEED = 20240501
 GOLDEN_MODES = ("train", "eval")
@@ -207,7 +207,7 @@ def first_divergence(model: nn.Module, x: torch.Tensor, spec: ReferenceSpec, *, 
             return f"{stage}: never observed in the model's forward (a module is skipped or replaced)"
         if got.shape != want.shape:
             return f"{stage}: shape {tuple(got.shape)}, the guide's architecture gives {tuple(want.shape)}"
-        if not torch.isclose(got, want, rtol=tol.rtol, atol=tol.atol).all():
+        if not all_close(got, want, tol):
             return (f"{stage}: max abs diff {max_differences(got, want)[0]:.3g} "
                     "(every earlier stage agrees with the guide's architecture)")
     return None
@@ -313,7 +313,7 @@ def compare_golden(actual: Mapping[str, torch.Tensor], golden: GoldenRecord, tol
             diffs.append(GoldenDiff(mode, float("nan"), float("nan"), (),
                                     f"shape {tuple(got.shape)}, golden {tuple(want.shape)}"))
             continue
-        close = torch.isclose(got, want, rtol=tol.rtol, atol=tol.atol).reshape(len(got), -1).all(dim=1)
+        close = close_elements(got, want, tol).reshape(len(got), -1).all(dim=1)
         moved = tuple(int(i) for i in torch.nonzero(~close).flatten())
         diffs.append(GoldenDiff(mode, *max_differences(got, want), moved))
     return diffs

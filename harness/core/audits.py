@@ -1,6 +1,6 @@
 """Contract audits: the checks that tell a sound model from a broken one.
 
-``audit(factory, example_input, checks=None)`` runs the checks in ``CHECKS`` on fresh
+``audit(factory, example_input, checks=None)`` runs the checks of a table (``GENERIC_CHECKS``) on fresh
 instances built by ``factory`` and returns an ``AuditReport``: one result per check
 ("pass" / "fail" / "n/a"), findings that name the module path, parameter or block
 concerned, and the reason for every "n/a".
@@ -11,15 +11,14 @@ A model that fails in a way a check cannot get past (its forward raises, the fac
 raises, the forward returns something other than a tensor) fails that check with a
 message saying so; it never passes silently and never crashes the audit.
 
-Only ``skip_wiring`` knows a layout (``harness.layouts``); the other checks are
-structure-agnostic and build on ``harness.core.introspect``: what the model holds and
-registers (``held``), and which held tensors its forward really uses
-(``used_tensors``).
+Every check here is structure-agnostic and builds on ``harness.core.introspect``: what
+the model holds and registers (``held``), and which held tensors its forward really uses
+(``used_tensors``). A model family adds checks that know its layout in a table of its own
+(``harness.rawnet2.audits.CHECKS`` adds ``skip_wiring``).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import io
 import re
@@ -33,12 +32,11 @@ from types import MappingProxyType
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+from torch.nn.modules.module import register_module_forward_pre_hook
 
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, error_line
 from harness.core.introspect import Held, held, held_modules, held_tensors, used_tensors
-from harness.layouts import ResidualBlock, residual_blocks
-from harness.core.tolerances import BATCHING, EXACT, Tolerance
+from harness.core.tolerances import BATCHING, EXACT, all_close, close_elements, max_abs_diff
 
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "n/a"
 
@@ -99,7 +97,7 @@ class AuditReport:
             row = f"{check:<{width}}  {result:<6}"
             if declared is not None:
                 expected = declared.get(check, PASS)
-                mark = "" if _matches(result, expected) else " !"
+                mark = "" if matches_declaration(result, expected) else " !"
                 row += f"  {expected + mark:<8}"
             count = len(self.messages(check))
             detail = f"{count} finding{'s' * (count != 1)}" if count else self.notes.get(check, "")
@@ -125,7 +123,7 @@ def _shorten(text: str) -> str:
     return textwrap.shorten(text, width=70, placeholder=" ...") if text else ""
 
 
-def _matches(result: str, expected: str) -> bool:
+def matches_declaration(result: str, expected: str) -> bool:
     # A declaration lists the checks expected to fail; anything else may pass or not apply.
     return (result == FAIL) == (expected == FAIL)
 
@@ -136,12 +134,6 @@ class NotApplicable(Exception):
 
 class ModelFailure(Exception):
     """The model failed in a way that fails the running check (e.g. its forward raised)."""
-
-
-def _error_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 class AuditContext:
@@ -165,7 +157,7 @@ class AuditContext:
             try:
                 model = self.factory()
             except Exception as exc:
-                raise ModelFailure(f"factory raises {_error_line(exc)}") from exc
+                raise ModelFailure(f"factory raises {error_line(exc)}") from exc
         if not isinstance(model, nn.Module):
             raise HarnessError(f"the factory returned {type(model).__name__}, not an nn.Module")
         if model in self._built:
@@ -182,7 +174,7 @@ class AuditContext:
         try:
             out = model(x)
         except Exception as exc:
-            raise ModelFailure(f"forward raises {_error_line(exc)} ({mode} mode)") from exc
+            raise ModelFailure(f"forward raises {error_line(exc)} ({mode} mode)") from exc
         if not isinstance(out, torch.Tensor):
             raise ModelFailure(f"forward returns {type(out).__name__}, not a tensor ({mode} mode)")
         return out
@@ -194,7 +186,7 @@ class AuditContext:
             try:
                 self._used = used_tensors(model, self.example)
             except Exception as exc:
-                raise ModelFailure(f"forward raises {_error_line(exc)} (eval mode)") from exc
+                raise ModelFailure(f"forward raises {error_line(exc)} (eval mode)") from exc
         return self._used
 
 
@@ -252,17 +244,6 @@ def _count(n: int, noun: str) -> str:
 
 def _values(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() for t in tensors)
-
-
-def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    diff = (a.detach().double() - b.detach().double()).abs()
-    return float(diff.nan_to_num(nan=float("inf")).max()) if diff.numel() else 0.0
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, tol: Tolerance) -> bool:
-    if a.shape != b.shape:
-        return False
-    return bool(torch.isclose(a, b, rtol=tol.rtol, atol=tol.atol, equal_nan=True).all())
 
 
 # --- the checks ---------------------------------------------------------------------------------
@@ -421,7 +402,7 @@ def check_state_dict_roundtrip(ctx: AuditContext) -> list[Finding]:
             source(ctx.example)
             warm_up_error = None
         except Exception as exc:  # e.g. a batch too small for train-mode BatchNorm
-            warm_up_error = _error_line(exc)
+            warm_up_error = error_line(exc)
         source.eval()
         expected = ctx.forward(source)
     if warm_up_error:
@@ -434,18 +415,18 @@ def check_state_dict_roundtrip(ctx: AuditContext) -> list[Finding]:
         state = torch.load(buffer, weights_only=True)
     except Exception as exc:
         return [ctx.finding(f"torch.load(weights_only=True) rejects the saved state_dict: "
-                            f"{_error_line(exc)}")]
+                            f"{error_line(exc)}")]
     target = ctx.build(OTHER_SEED)
     try:
         target.load_state_dict(state)
     except Exception as exc:
-        return [ctx.finding(f"load_state_dict into a fresh instance raises {_error_line(exc)}")]
+        return [ctx.finding(f"load_state_dict into a fresh instance raises {error_line(exc)}")]
     with torch.no_grad():
         actual = ctx.forward(target.eval())
-    if _close(actual, expected, EXACT):
+    if all_close(actual, expected, EXACT):
         return []
     findings = [ctx.finding(f"a fresh instance (seed {OTHER_SEED}) loaded from the saved state_dict gives "
-                            f"different eval outputs: max abs diff {_max_abs_diff(actual, expected):.3g}")]
+                            f"different eval outputs: max abs diff {max_abs_diff(actual, expected):.3g}")]
     saved = {id(t) for t in target.state_dict(keep_vars=True).values()}
     constants = {id(b) for b in target.buffers()} - saved  # non-persistent buffers: rebuilt, not saved
     tensors = {h.path: h.obj for h in held_tensors(target)}
@@ -484,8 +465,8 @@ def check_batch_independence(ctx: AuditContext) -> list[Finding]:
         for i in range(x.shape[0]):
             alone = ctx.forward(model, x[i:i + 1])
             row = batched[i:i + 1]
-            if not _close(alone, row, BATCHING):
-                differing.append((i, _max_abs_diff(alone, row) if alone.shape == row.shape else None))
+            if not all_close(alone, row, BATCHING):
+                differing.append((i, max_abs_diff(alone, row) if alone.shape == row.shape else None))
     if not differing:
         return []
     details = ", ".join(f"{i} (max abs diff {d:.3g})" if d is not None else f"{i} (shape differs)"
@@ -565,20 +546,20 @@ def check_determinism(ctx: AuditContext) -> list[Finding]:
     with torch.no_grad():
         first = ctx.forward(model)
         second = ctx.forward(model)
-    if _close(second, first, EXACT):
+    if all_close(second, first, EXACT):
         return []
     if first.shape != second.shape:
         return [ctx.finding(f"two eval forwards of the same input give shapes {tuple(first.shape)} "
                             f"and {tuple(second.shape)}")]
     rows = _rows_differing(first, second)
     return [ctx.finding(f"two eval forwards of the same input differ: max abs diff "
-                        f"{_max_abs_diff(first, second):.3g} (samples {rows})")]
+                        f"{max_abs_diff(first, second):.3g} (samples {rows})")]
 
 
 def _rows_differing(a: torch.Tensor, b: torch.Tensor) -> str:
     if a.dim() == 0:
         return "-"
-    same = torch.isclose(a, b, rtol=EXACT.rtol, atol=EXACT.atol, equal_nan=True)
+    same = close_elements(a, b, EXACT)
     same = same.reshape(a.shape[0], -1).all(1)
     return ", ".join(str(i) for i in (~same).nonzero().flatten().tolist())
 
@@ -607,145 +588,9 @@ def check_output_contract(ctx: AuditContext) -> list[Finding]:
     return findings
 
 
-@dataclass(frozen=True)
-class BlockObservation:
-    """One residual block as the real forward ran it.
-
-    ``output`` is what the next module called after the block received (the next
-    block's input, or whatever runs after the last block); None when no module ran
-    after it or what it received has another shape than the main path's output.
-    """
-
-    block: ResidualBlock
-    input: torch.Tensor
-    main_output: torch.Tensor
-    output: torch.Tensor | None
-    observed_at: str | None
-
-
-def observe_blocks(model: nn.Module, x: torch.Tensor) -> list[BlockObservation]:
-    """Run ``model(x)`` (no grad) and record each ``res_blockN``'s input, main output and output.
-
-    Blocks whose main path never ran are left out. The forward's exceptions propagate.
-    """
-    blocks = residual_blocks(model)
-    by_main = {id(b.main): b for b in blocks}
-    inside = {b.index: {id(m) for part in (b.main, b.shortcut) if part is not None for m in part.modules()}
-              for b in blocks}
-    names = {id(h.obj): h.path for h in held_modules(model)}
-    seen: dict[int, dict[str, object]] = {}
-    pending: list[int] = []
-
-    def before(module: nn.Module, args: tuple) -> None:
-        if pending and module is not model and all(id(module) not in inside[i] for i in pending):
-            received = next((a for a in args if isinstance(a, torch.Tensor)), None)
-            for i in pending:
-                if received is not None:
-                    seen[i]["output"] = received.detach().clone()
-                    seen[i]["at"] = names.get(id(module), type(module).__name__)
-            pending.clear()
-        block = by_main.get(id(module))
-        if block is not None and block.index not in seen and args and isinstance(args[0], torch.Tensor):
-            seen[block.index] = {"input": args[0].detach().clone()}
-
-    def after(module: nn.Module, args: tuple, output: object) -> None:
-        block = by_main.get(id(module))
-        if block is not None and "main" not in seen.get(block.index, {"main": None}):
-            if isinstance(output, torch.Tensor):
-                seen[block.index]["main"] = output.detach().clone()
-                pending.append(block.index)
-
-    handles = [register_module_forward_pre_hook(before), register_module_forward_hook(after)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    observations = []
-    for b in blocks:
-        record = seen.get(b.index, {})
-        if "main" not in record:
-            continue
-        main = record["main"]
-        output = record.get("output")
-        if output is not None and output.shape != main.shape:
-            output = None
-        observations.append(BlockObservation(b, record["input"], main, output,
-                                             record.get("at") if output is not None else None))
-    return observations
-
-
-def check_skip_wiring(ctx: AuditContext) -> list[Finding]:
-    """For ``res_blockN`` (+ ``skipN`` or ``(main, skip)``) layouts: output == main(in) + shortcut(in).
-
-    The shortcut is the block's own projection module when the model holds one, the
-    identity when the block keeps its shape; a shape-changing block without one is a
-    finding. Each output is observed in the real forward, never recomputed.
-    """
-    model = ctx.build().eval()
-    if not residual_blocks(model):
-        raise NotApplicable("no res_blockN blocks: the model has no known block layout")
-    try:
-        observations = observe_blocks(model, ctx.example)
-    except Exception as exc:
-        raise ModelFailure(f"forward raises {_error_line(exc)} (eval mode)") from exc
-    findings = []
-    unobserved = [o.block.index for o in observations if o.output is None]
-    ran = {o.block.index for o in observations}
-    never = [b.index for b in residual_blocks(model) if b.index not in ran]
-    if never:
-        findings.extend(ctx.finding(f"block {b.index}: its main path {b.main_path} never runs", [b.main_path])
-                        for b in residual_blocks(model) if b.index in never)
-    if unobserved:
-        ctx.notes.append(f"output of block(s) {', '.join(map(str, unobserved))} not observable "
-                         "(no module with a same-shaped input runs after them); not checked")
-        if len(unobserved) == len(observations) and not never:
-            raise NotApplicable("no block output is observable: no module with a same-shaped input "
-                                "runs after any block")
-    for o in observations:
-        if o.output is not None:
-            problem = _wiring_problem(o)
-            if problem:
-                findings.append(ctx.finding(problem, [o.block.main_path]))
-    return findings
-
-
-def _shape_change(before: torch.Tensor, after: torch.Tensor) -> str:
-    if before.dim() == 3 and after.dim() == 3:
-        return (f"channels {before.shape[1]}->{after.shape[1]}, "
-                f"length {before.shape[2]}->{after.shape[2]}")
-    return f"{tuple(before.shape)}->{tuple(after.shape)}"
-
-
-def _wiring_problem(o: BlockObservation) -> str | None:
-    """What is wrong with one observed block, or None when output == main(input) + shortcut(input)."""
-    b, x, main, out = o.block, o.input, o.main_output, o.output
-    assert out is not None
-    label = f"block {b.index}"
-    if b.shortcut is not None:
-        with torch.no_grad():
-            shortcut = b.shortcut(x)
-        name = f"{b.shortcut_path}(input)"
-    elif x.shape == main.shape:
-        shortcut, name = x, "input"
-    else:
-        alone = " and its output is main(input) alone" if _close(out, main, EXACT) else ""
-        return (f"{label}: shape changes ({_shape_change(x, main)}) but the model holds no projection "
-                f"shortcut for it{alone}: nothing is added on the shortcut path")
-    if shortcut.shape == main.shape and _close(out, main + shortcut, EXACT):
-        return None
-    if _close(out, main, EXACT):
-        return f"{label}: output == main(input) alone; {name} is never added"
-    if b.shortcut is not None and x.shape == main.shape and _close(out, main + x, EXACT):
-        return f"{label}: output == main(input) + input: the identity is added instead of {name}"
-    diff = f"max abs diff {_max_abs_diff(out, main + shortcut):.3g}" if shortcut.shape == main.shape \
-        else f"{name} has shape {tuple(shortcut.shape)}, main(input) {tuple(main.shape)}"
-    return f"{label}: output != {b.main_path}(input) + {name}, {diff} (output observed at {o.observed_at})"
-
-
-# The registry: names exactly as the issue defines them, in report order.
-CHECKS: Mapping[str, Callable[[AuditContext], list[Finding]]] = MappingProxyType({
+# The checks that apply to any model, in report order; a model family adds its own
+# (harness.rawnet2.audits.CHECKS adds skip_wiring).
+GENERIC_CHECKS: Mapping[str, Callable[[AuditContext], list[Finding]]] = MappingProxyType({
     "registration": check_registration,
     "mode_propagation": check_mode_propagation,
     "device_transfer": check_device_transfer,
@@ -754,35 +599,38 @@ CHECKS: Mapping[str, Callable[[AuditContext], list[Finding]]] = MappingProxyType
     "gradient_coverage": check_gradient_coverage,
     "determinism": check_determinism,
     "output_contract": check_output_contract,
-    "skip_wiring": check_skip_wiring,
 })
 
 
-def _resolve_checks(checks: Iterable[str] | None) -> list[str]:
+CheckTable = Mapping[str, Callable[[AuditContext], list[Finding]]]
+
+
+def resolve_checks(checks: Iterable[str] | None, table: CheckTable = GENERIC_CHECKS) -> list[str]:
+    """Check names from ``table`` in its order: all of them for None, else the ones named (validated)."""
     if checks is None:
-        return list(CHECKS)
+        return list(table)
     names = [checks] if isinstance(checks, str) else list(checks)
-    unknown = [c for c in names if c not in CHECKS]
+    unknown = [c for c in names if c not in table]
     if unknown:
-        raise HarnessError(f"unknown check(s) {', '.join(map(repr, unknown))}; known: {', '.join(CHECKS)}")
+        raise HarnessError(f"unknown check(s) {', '.join(map(repr, unknown))}; known: {', '.join(table)}")
     if not names:
-        raise HarnessError(f"no checks selected; known: {', '.join(CHECKS)}")
-    return [c for c in CHECKS if c in names]
+        raise HarnessError(f"no checks selected; known: {', '.join(table)}")
+    return [c for c in table if c in names]
 
 
 def audit(factory: Callable[[], nn.Module], example_input: torch.Tensor, *,
-          checks: Iterable[str] | None = None) -> AuditReport:
+          checks: Iterable[str] | None = None, table: CheckTable = GENERIC_CHECKS) -> AuditReport:
     """Run the contract checks on fresh instances from ``factory``.
 
     ``example_input`` has the batch dimension first (any further shape the model
-    takes). ``checks`` picks check names from ``CHECKS`` (default: all). The global
+    takes). ``checks`` picks check names from ``table`` (default: all of them). The global
     RNG is left as it was; the audit itself is seeded, so it is reproducible.
     """
     if not callable(factory):
         raise HarnessError(f"factory must be a zero-argument callable, got {type(factory).__name__}")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
         raise HarnessError("example_input must be a tensor with a batch dimension first")
-    names = _resolve_checks(checks)
+    names = resolve_checks(checks, table)
     ctx = AuditContext(factory, example_input)
     report = AuditReport(results={})
     devices = list(range(torch.cuda.device_count()))
@@ -791,7 +639,7 @@ def audit(factory: Callable[[], nn.Module], example_input: torch.Tensor, *,
             torch.manual_seed(BUILD_SEED)
             ctx.check, ctx.notes = name, []
             try:
-                findings = CHECKS[name](ctx)
+                findings = table[name](ctx)
             except NotApplicable as exc:
                 report.results[name] = NOT_APPLICABLE
                 report.notes[name] = str(exc)
@@ -808,10 +656,10 @@ def audit(factory: Callable[[], nn.Module], example_input: torch.Tensor, *,
 # --- declarations and the command line ----------------------------------------------------------
 
 
-def declared_results(expected_defects: Mapping[str, str],
-                     checks: Iterable[str] | None = None) -> dict[str, str]:
+def declared_results(expected_defects: Mapping[str, str], checks: Iterable[str] | None = None,
+                     table: CheckTable = GENERIC_CHECKS) -> dict[str, str]:
     """Check -> expected result from a variant's declaration: its declared defects fail, the rest pass."""
-    return {c: FAIL if c in expected_defects else PASS for c in _resolve_checks(checks)}
+    return {c: FAIL if c in expected_defects else PASS for c in resolve_checks(checks, table)}
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -833,7 +681,7 @@ def load_factory(target: str) -> Callable[[], nn.Module]:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise HarnessError(f"cannot import {module_name!r}: {_error_line(exc)}") from None
+        raise HarnessError(f"cannot import {module_name!r}: {error_line(exc)}") from None
     try:
         factory = getattr(module, attr)
     except AttributeError:
@@ -841,33 +689,3 @@ def load_factory(target: str) -> Callable[[], nn.Module]:
     if not callable(factory):
         raise HarnessError(f"{target} is a {type(factory).__name__}, not a callable factory")
     return factory
-
-
-def cli_audit(args: argparse.Namespace) -> int:
-    """``python -m harness audit``: 0 when every check passes or does not apply, 1 on findings."""
-    from harness.variants import SUBJECTS
-
-    if bool(args.target) == bool(args.variant):
-        raise HarnessError("give either MODULE:ATTR or --variant NAME (one of them)")
-    shape = parse_shape(args.input_shape)
-    checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
-    names = _resolve_checks(checks)
-    declared = None
-    if args.variant:
-        if args.variant not in SUBJECTS:
-            raise HarnessError(f"unknown variant {args.variant!r}; known: {', '.join(SUBJECTS)}")
-        subject = SUBJECTS[args.variant]
-        factory: Callable[[], nn.Module] = subject.factory
-        title = f"audit of {subject.name} ({subject.source})"
-        declared = declared_results(subject.expected_defects, names)
-    else:
-        factory = load_factory(args.target)
-        title = f"audit of {args.target}"
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(BUILD_SEED))
-    report = audit(factory, example, checks=names)
-    print(report.render(f"{title}, input {list(shape)}", declared), end="")
-    if declared is not None:
-        mismatched = [c for c, r in report.results.items() if not _matches(r, declared[c])]
-        print(f"\n{'differs from' if mismatched else 'matches'} the declared expected defects"
-              f"{': ' + ', '.join(mismatched) if mismatched else ''}")
-    return 0 if report.ok else 1

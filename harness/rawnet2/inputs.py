@@ -12,7 +12,7 @@ import math
 import torch
 
 from harness.core.errors import HarnessError
-from harness.layouts import PROJECTION_BLOCKS
+from harness.rawnet2.layouts import PROJECTION_BLOCKS
 
 # The rate every RawNet2 / ASVspoof front end feeds the model.
 SAMPLE_RATE = 16_000

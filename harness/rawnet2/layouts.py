@@ -156,7 +156,7 @@ def state_dict_layout(name: str) -> StateDictLayout:
                                                                       skip2/4/6
     ======================  ========================================  ====================
     """
-    from harness.variants import build  # the registry builds the models this describes
+    from harness.rawnet2.registry import build  # the registry builds the models this describes
 
     if name not in LAYOUTS:
         raise HarnessError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}")

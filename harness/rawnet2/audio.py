@@ -32,9 +32,9 @@ import soxr
 import torch
 import torch.nn as nn
 
-from harness.checkpoints import get_audio_model
 from harness.core.errors import HarnessError
-from harness.inputs import NUM_SAMPLES, SAMPLE_RATE
+from harness.rawnet2.checkpoints import get_audio_model
+from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
 
 # Longest recording accepted, checked from the header before anything is decoded. The
 # model reads only the first 4.04 s, so a score for anything this long would stand for

@@ -39,9 +39,9 @@ class Variant:
     factory: Factory
     description: str
     source: str
-    # check name -> why this variant is expected to fail it (see harness.audits)
+    # check name -> why this variant is expected to fail it (see harness.core.audits)
     expected_defects: Mapping[str, str] = field(default_factory=dict)
-    # The state_dict layout its checkpoints have (harness.layouts.LAYOUTS); None: its own name.
+    # The state_dict layout its checkpoints have (harness.rawnet2.layouts.LAYOUTS); None: its own name.
     layout: str | None = None
 
     @property

@@ -28,9 +28,7 @@ import torch.nn as nn
 from torch.utils.benchmark import Timer
 
 from harness.core.errors import HarnessError
-from harness.inputs import SAMPLE_RATE
 from harness.core.introspect import held_modules, held_tensors
-from harness.variants import build
 
 # --------------------------------------------------------------------------- FLOPs
 
@@ -194,36 +192,16 @@ class Throughput:
     peak_fraction: float | None  # of the matmul peak measured on the same device; None if not measured
 
 
-def throughput(*, model_flops: int, batch: int, length: int, seconds: float,
+def throughput(*, model_flops: int, batch: int, length: int, seconds: float, sample_rate: int,
                peak_flops_per_s: float | None = None) -> Throughput:
-    """Rates for one forward of ``batch`` x ``length`` samples that took ``seconds``."""
+    """Rates for one forward of ``batch`` x ``length`` samples at ``sample_rate`` Hz taking ``seconds``."""
     achieved = model_flops / seconds
     return Throughput(
         samples_per_s=batch / seconds,
-        real_time_factor=seconds / (batch * length / SAMPLE_RATE),
+        real_time_factor=seconds / (batch * length / sample_rate),
         gflops_per_s=achieved / 1e9,
         peak_fraction=None if peak_flops_per_s is None else achieved / peak_flops_per_s,
     )
-
-
-# --------------------------------------------------------------------------- timed forms
-
-
-@dataclass(frozen=True)
-class TimedForm:
-    """A model as the benchmarks and the report time it."""
-
-    name: str
-    subject: str  # the harness.variants.SUBJECTS entry it is built from
-    optimized: bool = False  # passed through harness.equivalence.optimize_for_inference
-
-
-TIMED_FORMS: tuple[TimedForm, ...] = (
-    TimedForm("legacy_effective", "legacy_effective"),
-    TimedForm("tuple_blocks", "tuple_blocks"),
-    TimedForm("skip_modules", "skip_modules"),
-    TimedForm("skip_modules_optimized", "skip_modules", optimized=True),
-)
 
 
 def place_for_inference(model: nn.Module, device: torch.device | str) -> nn.Module:
@@ -236,21 +214,6 @@ def place_for_inference(model: nn.Module, device: torch.device | str) -> nn.Modu
     for module in (model, *(h.obj for h in held_modules(model))):
         module.eval()
         module.to(device)
-    return model
-
-
-def build_timed(form: TimedForm, device: torch.device | str, *, compile: bool = True) -> nn.Module:
-    """A fresh model of ``form`` in eval mode on ``device``, ready to time.
-
-    ``compile=False`` gives the optimized form without ``torch.compile`` (BatchNorm
-    folded, eager): compiling costs 5-15 s per input shape on 2 cores, too much for
-    a smoke run or ``--quick``.
-    """
-    model = place_for_inference(build(form.subject), device)
-    if form.optimized:
-        from harness.equivalence import optimize_for_inference  # pulls in torch.compile: import on use
-
-        model = optimize_for_inference(model, backend="inductor" if compile else None)
     return model
 
 

@@ -3,10 +3,10 @@
 ``build_report()`` measures everything and returns a JSON-ready dict (the shape of
 ``REPORT_SCHEMA``, which other tools read). Nothing in it is written by hand per
 variant: structure comes from ``harness.core.introspect.describe``, the audit matrix
-from ``harness.audits.audit``, each verdict from those two against the variant's
-declared defects, equivalence from ``harness.equivalence``, checkpoint
+from ``harness.core.audits.audit``, each verdict from those two against the variant's
+declared defects, equivalence from ``harness.rawnet2.equivalence``, checkpoint
 compatibility from actually converting and loading checkpoints
-(``harness.checkpoints``), and timing from ``harness.bench``.
+(``harness.rawnet2.checkpoints``), and timing from ``harness.core.bench``.
 
 ``render_markdown`` / ``render_html`` lay the same tables out; ``render_json`` is
 the data itself. ``cli_report`` is ``python -m harness report``.
@@ -26,23 +26,20 @@ from pathlib import Path
 
 import torch
 
-from harness import bench
-from harness.audits import CHECKS, FAIL, NOT_APPLICABLE, PASS, audit
-from harness.checkpoints import POLICIES, convert_state_dict, get_audio_model
-from harness.equivalence import (
-    DEPLOYMENT_FORMS,
-    compare_form,
-    compare_variants,
-    max_differences,
-    seed_weights,
-)
+from harness.core import bench
+from harness.core.audits import FAIL, NOT_APPLICABLE, PASS
 from harness.core.errors import HarnessError
 from harness.core.fileio import check_writable_target, write_text_atomically
-from harness.inputs import NUM_SAMPLES
+from harness.core.forms import DEPLOYMENT_FORMS, compare_form, max_differences
 from harness.core.introspect import Structure, describe
-from harness.layouts import LAYOUTS
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, EXACT, Tolerance
-from harness.variants import SUBJECTS, build
+from harness.rawnet2 import bench as rawnet2_bench
+from harness.rawnet2.audits import CHECKS, audit
+from harness.rawnet2.checkpoints import POLICIES, convert_state_dict, get_audio_model
+from harness.rawnet2.equivalence import compare_variants, seed_weights
+from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
+from harness.rawnet2.layouts import LAYOUTS
+from harness.rawnet2.registry import SUBJECTS, build
 
 Progress = Callable[[str], None]
 
@@ -225,7 +222,7 @@ def _tolerance(name: str, tol: Tolerance) -> dict:
 
 
 # Variant pairs the reviewer asks about: does the fix compute what the other layout or the
-# legacy model computes, holding the same weights (harness.equivalence.compare_variants)?
+# legacy model computes, holding the same weights (harness.rawnet2.equivalence.compare_variants)?
 VARIANT_PAIRS = (("tuple_blocks", "skip_modules"), ("legacy_effective", "skip_modules"))
 
 
@@ -299,18 +296,20 @@ def _timing_section(plan: Plan, device: str, progress: Progress) -> tuple[list[d
     for i, (batch, length) in enumerate(configs, 1):
         x = bench.waveform(batch, length, device)
         flops = {subject: bench.flops(build(subject), x.shape)
-                 for subject in dict.fromkeys(form.subject for form in bench.TIMED_FORMS)}
+                 for subject in dict.fromkeys(form.subject for form in rawnet2_bench.TIMED_FORMS)}
         progress(f"timing batch {batch} x {length} on {device} ({i}/{len(configs)}): "
-                 f"{', '.join(form.name for form in bench.TIMED_FORMS)}, interleaved")
-        models = {f.name: bench.build_timed(f, device, compile=plan.compile) for f in bench.TIMED_FORMS}
+                 f"{', '.join(form.name for form in rawnet2_bench.TIMED_FORMS)}, interleaved")
+        models = {f.name: rawnet2_bench.build_timed(f, device, compile=plan.compile)
+                  for f in rawnet2_bench.TIMED_FORMS}
         timings = bench.time_calls({name: bench.inference_call(m, x) for name, m in models.items()},
                                    warmup=plan.warmup, min_repeats=plan.min_repeats,
                                    max_repeats=plan.max_repeats, budget_s=plan.budget_s,
                                    on_round=_slow_rounds(progress))
-        for form in bench.TIMED_FORMS:
+        for form in rawnet2_bench.TIMED_FORMS:
             timing, info = timings[form.name], getattr(models[form.name], "info", None)
             rates = bench.throughput(model_flops=flops[form.subject], batch=batch, length=length,
-                                     seconds=timing.median_s, peak_flops_per_s=peak)
+                                     sample_rate=SAMPLE_RATE, seconds=timing.median_s,
+                                     peak_flops_per_s=peak)
             rows.append({
                 "variant": form.name, "device": device, "batch": batch, "length": length,
                 "median_ms": timing.median_s * 1e3, "iqr_ms": timing.iqr_s * 1e3,
@@ -445,7 +444,7 @@ def _audit_table(report: dict) -> Table:
             cells.append(result + mark)
         rows.append((check, *cells))
     shape = "x".join(map(str, report["meta"]["audit_input_shape"]))
-    return Table("Audit matrix", (f"harness.audits on an example input of {shape}; "
+    return Table("Audit matrix", (f"harness.core.audits on an example input of {shape}; "
                                   "`python -m harness audit --variant NAME` prints every finding.",),
                  ("check", *names), tuple(rows))
 
