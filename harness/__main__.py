@@ -1,8 +1,11 @@
-"""Command line: ``python -m harness {report,audit,migrate,score} ...``.
+"""Command line: ``python -m harness [--registry FILE] {report,audit,compare,migrate,score} ...``.
 
-Thin: each subcommand parses its arguments here and calls one ``cli_*`` function
-in the library module that owns it. A ``HarnessError`` becomes one line on stderr
-and its exit code; nothing else is caught, so real bugs keep their traceback.
+Thin: each subcommand parses its arguments here and calls one ``cli_*`` function in the
+library module that owns it. Every command that takes a model takes a registered name or
+``MODULE:ATTR``; the registry is the built-in variants plus ``--registry FILE`` (default:
+``./pyproject.toml``'s ``[tool.rawnet2-harness.variants.*]`` tables). A ``HarnessError``
+becomes one line on stderr and its exit code; nothing else is caught, so real bugs keep
+their traceback.
 """
 
 from __future__ import annotations
@@ -17,9 +20,19 @@ from harness.core.errors import HarnessError
 _HANDLERS = {
     "report": "harness.report:cli_report",
     "audit": "harness.rawnet2.audits:cli_audit",
+    "compare": "harness.rawnet2.equivalence:cli_compare",
     "migrate": "harness.rawnet2.checkpoints:cli_migrate",
     "score": "harness.rawnet2.audio:cli_score",
 }
+_MODEL = "a registered variant name or MODULE:ATTR (a class or function building the model)"
+_KWARGS = "constructor arguments as a JSON object, or @FILE holding one"
+
+
+def _model_options(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
+    p.add_argument("--kwargs", metavar="JSON", help=_KWARGS)
+    if weights:
+        p.add_argument("--weights", metavar="CKPT",
+                       help="load this checkpoint into every instance (weights_only)")
 
 
 def _report_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,47 +41,74 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="PATH", help="write here instead of stdout (atomically)")
     p.add_argument("--quick", action="store_true", help="short inputs, few repeats (seconds)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help=f"report on this model only ({_MODEL}); repeatable; default: every registered one")
 
 
 def _audit_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("audit", help="run the contract audits on a model factory")
-    p.add_argument("target", nargs="?", metavar="MODULE:ATTR", help="importable factory")
-    p.add_argument("--variant", help="audit a registered variant by name instead")
+    p = sub.add_parser("audit", help="run the contract audits on a model")
+    p.add_argument("target", nargs="?", metavar="MODEL", help=_MODEL)
+    p.add_argument("--variant", help="audit a registered variant by name (same as MODEL)")
+    _model_options(p)
+    p.add_argument("--output", choices=("probability", "logits", "any"),
+                   help="what the forward returns (default: the spec's, else any)")
     p.add_argument("--input-shape", default="2,1,16000", help="example input shape (default 2,1,16000)")
     p.add_argument("--checks", help="comma-separated check names (default: all that apply)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def _compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="do two models compute the same function? (weights matched by "
+                                       "structure)")
+    p.add_argument("ref", metavar="REF", help=f"the reference: {_MODEL}")
+    p.add_argument("other", metavar="OTHER", help=f"the model held to it: {_MODEL}")
+    p.add_argument("--weights", metavar="CKPT", help="REF's weights (default: seeded random weights)")
+    p.add_argument("--ref-kwargs", metavar="JSON", help=f"REF's {_KWARGS}")
+    p.add_argument("--other-kwargs", metavar="JSON", help=f"OTHER's {_KWARGS}")
+    p.add_argument("--input-shape", default="2,1,4000", help="input shape (default 2,1,4000)")
+    p.add_argument("--mode", choices=("train", "eval", "both"), default="both")
+    p.add_argument("--tolerance", default="EXACT", metavar="NAME",
+                   help="a tolerance of harness.core.tolerances (default EXACT: bit for bit)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
 
 
 def _migrate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("migrate", help="convert a checkpoint between variant layouts")
+    p = sub.add_parser("migrate", help="convert a checkpoint to another layout or model")
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
     # Layout names are validated by harness.rawnet2.checkpoints, which explains each refusal in one line.
-    p.add_argument("--to", required=True, metavar="LAYOUT",
-                   help="target layout: skip_modules or legacy (tuple_blocks cannot hold a checkpoint)")
+    p.add_argument("--to", required=True, metavar="TARGET",
+                   help="a declared layout (skip_modules, legacy; tuple_blocks cannot hold a checkpoint), "
+                        f"or {_MODEL}: the weights are matched into it by structure and proven")
     p.add_argument("--from", dest="source", default="auto", metavar="LAYOUT",
                    help="source layout: auto (detect from the keys, default), legacy or skip_modules")
     p.add_argument("--policy", default="preserve-function",
                    choices=("preserve-function", "preserve-weights"),
                    help="preserve-function (default): the result computes what the source computed; "
                         "preserve-weights: carry every weight that has a place")
+    _model_options(p, weights=False)
     p.add_argument("--force", action="store_true", help="overwrite an existing DST (never SRC itself)")
 
 
 def _score_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="score audio files with a variant")
+    p = sub.add_parser("score", help="score audio files with a model")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--variant", default="skip_modules")
+    p.add_argument("--variant", default="skip_modules", help=_MODEL)
     p.add_argument("--checkpoint", metavar="PATH")
     p.add_argument("--policy", default="preserve-function",
                    choices=("preserve-function", "preserve-weights"))
+    _model_options(p, weights=False)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--format", choices=("table", "json"), default="table")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
+    parser.add_argument("--registry", metavar="FILE",
+                        help="TOML file with [tool.rawnet2-harness.variants.NAME] tables "
+                             "(default: ./pyproject.toml when present)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_report_parser, _audit_parser, _migrate_parser, _score_parser):
+    for add in (_report_parser, _audit_parser, _compare_parser, _migrate_parser, _score_parser):
         add(sub)
     return parser
 
@@ -76,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module_name, func_name = _HANDLERS[args.command].split(":")
-    handler = getattr(importlib.import_module(module_name), func_name)
     try:
+        from harness.rawnet2.registry import load_project_registry
+
+        load_project_registry(args.registry)
+        handler = getattr(importlib.import_module(module_name), func_name)
         return handler(args)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ EXAMPLE = torch.randn(2, 1, 256, generator=torch.Generator().manual_seed(1))
 
 @functools.cache
 def subject_audit(name: str) -> AuditReport:
-    return audit(SUBJECTS[name].factory, EXAMPLE)
+    return audit(SUBJECTS[name].build, EXAMPLE)
 
 
 def test_check_names_are_exactly_the_issues():
@@ -110,8 +110,8 @@ def test_tuple_blocks_findings_name_every_block_member():
 
 @pytest.mark.cuda
 def test_device_transfer_moves_to_a_real_gpu_too():
-    assert audit(SUBJECTS["skip_modules"].factory, EXAMPLE, checks=["device_transfer"]).ok
-    messages = audit(SUBJECTS["tuple_blocks"].factory, EXAMPLE, checks=["device_transfer"]).messages(
+    assert audit(SUBJECTS["skip_modules"].build, EXAMPLE, checks=["device_transfer"]).ok
+    messages = audit(SUBJECTS["tuple_blocks"].build, EXAMPLE, checks=["device_transfer"]).messages(
         "device_transfer")
     assert messages[0].startswith("after .to('cuda'): forward raises RuntimeError")
     assert ".to('meta') leaves 14, .to('cuda') leaves 14)" in messages[1]
@@ -119,7 +119,7 @@ def test_device_transfer_moves_to_a_real_gpu_too():
 
 def test_example_too_short_for_train_mode_fails_the_train_mode_checks():
     # One sample of 8: the last BatchNorm sees one value per channel in train mode.
-    report = audit(SUBJECTS["skip_modules"].factory, torch.randn(1, 1, 8))
+    report = audit(SUBJECTS["skip_modules"].build, torch.randn(1, 1, 8))
     assert report.failed == ["mode_propagation", "gradient_coverage"]
     for check in report.failed:
         (message,) = report.messages(check)
@@ -513,7 +513,7 @@ def test_render_lists_results_findings_and_reasons():
 def test_cli_variant_clean_exits_0(capsys: pytest.CaptureFixture[str]):
     assert main(["audit", "--variant", "skip_modules", "--input-shape", "2,1,64"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("audit of skip_modules (fixed/skip_modules.py), input [2, 1, 64]\n")
+    assert out.startswith("audit of skip_modules (fixed/skip_modules.py), input [2, 1, 64], output probability\n")
     assert out.rstrip().endswith("matches the declared expected defects")
 
 
@@ -533,12 +533,12 @@ def test_cli_imports_a_factory(capsys: pytest.CaptureFixture[str]):
 
 @pytest.mark.parametrize(("argv", "error"), [
     (["nonexistent_module:Model"], "error: cannot import 'nonexistent_module': ModuleNotFoundError"),
-    (["fixed.skip_modules"], "error: expected MODULE:ATTR"),
+    (["fixed.skip_modules"], "error: unknown variant 'fixed.skip_modules': give a registered name"),
     (["fixed.skip_modules:Missing"], "error: module 'fixed.skip_modules' has no attribute 'Missing'"),
     (["harness.rawnet2.registry:SUBJECTS"],
-     "error: harness.rawnet2.registry:SUBJECTS is a mappingproxy, not a callable"),
+     "error: harness.rawnet2.registry:SUBJECTS is a _SpecView, not a callable"),
     (["--variant", "resnet"], "error: unknown variant 'resnet'"),
-    ([], "error: give either MODULE:ATTR or --variant NAME"),
+    ([], "error: give either MODEL (a registered name or MODULE:ATTR) or --variant NAME"),
     (["fixed.skip_modules:RawNet2", "--variant", "legacy"], "error: give either"),
     (["--variant", "legacy", "--checks", "speed"], "error: unknown check(s) 'speed'"),
     (["--variant", "legacy", "--input-shape", "2,0,64"], "error: --input-shape must be positive integers"),

@@ -27,7 +27,7 @@ from harness.rawnet2.checkpoints import (
     save_checkpoint,
 )
 from harness.rawnet2.equivalence import seed_weights
-from harness.rawnet2.layouts import LAYOUTS, state_dict_layout
+from harness.rawnet2.layouts import declared_layouts, state_dict_layout
 
 BLOCKS = tuple(f"res_block{i}" for i in range(1, 7))
 # Where each variant's __init__ registers each canonical module (read off the source).
@@ -95,7 +95,7 @@ def can_preserve_function(source: str, target: str, state: dict) -> bool:
 # --- layouts -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layout", declared_layouts())
 def test_state_dict_layout_matches_where_each_variant_registers_its_modules(layout: str):
     spec, expected = state_dict_layout(layout), EXPECTED_LAYOUTS[layout]
     assert dict(spec.prefixes) == expected["prefixes"]

@@ -42,7 +42,7 @@ def randomized(name: str, seed: int, num_classes: int = 1) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SUBJECTS[name].factory(num_classes=num_classes)
+        model = SUBJECTS[name].build(num_classes=num_classes)
     with torch.no_grad():
         for held in batchnorms(model):  # tuple members too
             bn = held.obj
@@ -155,7 +155,7 @@ def test_declared_results_hold_for_random_inputs_and_weights(name: str, seed: in
 @few
 @given(seed=seeds, batch=st.integers(1, 8), length=st.integers(1, 4000))
 def test_legacy_forward_raises_for_every_input(seed: int, batch: int, length: int):
-    report = audit(SUBJECTS["legacy"].factory, waveform(seed, batch, length), checks=["determinism"])
+    report = audit(SUBJECTS["legacy"].build, waveform(seed, batch, length), checks=["determinism"])
     (message,) = report.messages("determinism")
     assert report.results == {"determinism": FAIL}
     assert message.startswith("forward raises RuntimeError: ")

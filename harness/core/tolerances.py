@@ -12,6 +12,8 @@ from types import MappingProxyType
 
 import torch
 
+from harness.core.errors import HarnessError
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -107,12 +109,31 @@ def all_close(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> b
 
 
 def abs_diff(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-    """Elementwise ``|actual - expected|`` in float64 on the CPU: 0 where both are NaN, inf where one is."""
+    """Elementwise ``|actual - expected|`` in float64 on the CPU: 0 where both are equal (equal
+    infinities too) or both NaN, inf where only one is NaN."""
     a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
-    return (a - e).abs().masked_fill(a.isnan() & e.isnan(), 0.0).nan_to_num(nan=float("inf"))
+    agree = (a == e) | (a.isnan() & e.isnan())
+    return (a - e).abs().masked_fill(agree, 0.0).nan_to_num(nan=float("inf"))
 
 
 def max_abs_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """The largest ``abs_diff``; 0.0 for empty tensors."""
     diff = abs_diff(actual, expected)
     return float(diff.max()) if diff.numel() else 0.0
+
+
+def named_tolerances() -> dict[str, Tolerance]:
+    """Every tolerance above by the name a user types (``compare --tolerance NAME``)."""
+    named = {"EXACT": EXACT, "BATCHING": BATCHING, "GOLDEN": GOLDEN, "REFERENCE_FORWARD": REFERENCE_FORWARD,
+             "RESAMPLING_PATHS": RESAMPLING_PATHS}
+    named.update({f"DEPLOYMENT_TOLERANCES[{form}]": tol for form, tol in DEPLOYMENT_TOLERANCES.items()})
+    return named
+
+
+def tolerance_named(name: str) -> Tolerance:
+    """The tolerance called ``name`` (``EXACT``, ``GOLDEN``, ``DEPLOYMENT_TOLERANCES[folded]``, ...)."""
+    named = named_tolerances()
+    key = name if name in named else f"DEPLOYMENT_TOLERANCES[{name}]"
+    if key not in named:
+        raise HarnessError(f"unknown tolerance {name!r}; known: {', '.join(named)}")
+    return named[key]

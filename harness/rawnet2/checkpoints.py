@@ -30,8 +30,10 @@ from harness.core.checkpoints import (
 )
 from harness.core.errors import HarnessError
 from harness.core.introspect import parameter_count
-from harness.rawnet2.layouts import LAYOUTS, canonical_modules, state_dict_layout
-from harness.rawnet2.registry import SUBJECTS, build
+from harness.core.loading import parse_kwargs
+from harness.rawnet2.equivalence import copy_weights
+from harness.rawnet2.layouts import canonical_modules, declared_layouts, state_dict_layout
+from harness.rawnet2.registry import SUBJECTS, VariantSpec, build, resolve, spec
 
 POLICIES = ("preserve-function", "preserve-weights")
 DEFAULT_POLICY = "preserve-function"
@@ -56,18 +58,19 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     if not state_dict:
         raise HarnessError("holds an empty state_dict")
     heads = {key.partition(".")[0] for key in state_dict}
-    fitting = [name for name in LAYOUTS if heads <= set(state_dict_layout(name).prefixes.values())]
+    fitting = [name for name in declared_layouts() if heads <= set(state_dict_layout(name).prefixes.values())]
     if fitting:
         return min(fitting, key=lambda name: len(state_dict_layout(name).prefixes))
-    known = set().union(*(state_dict_layout(name).prefixes.values() for name in LAYOUTS))
+    known = set().union(*(state_dict_layout(name).prefixes.values() for name in declared_layouts()))
     foreign = heads - known
     if foreign:
         example = next(k for k in state_dict if k.partition(".")[0] in foreign)
         raise HarnessError(
-            f"not a RawNet2 checkpoint: no variant layout ({', '.join(LAYOUTS)}) has a key like {example!r}"
+            f"not a RawNet2 checkpoint: no variant layout ({', '.join(declared_layouts())}) has a key "
+            f"like {example!r}"
         )
     raise HarnessError(
-        f"mixes layouts: keys under {', '.join(sorted(heads))} fit none of {', '.join(LAYOUTS)} "
+        f"mixes layouts: keys under {', '.join(sorted(heads))} fit none of {', '.join(declared_layouts())} "
         "(e.g. legacy's shared 'skip.*' beside skip_modules' 'skipN.*')"
     )
 
@@ -180,12 +183,12 @@ def convert_state_dict(
     """
     if policy not in POLICIES:
         raise HarnessError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
-    if to not in LAYOUTS:
-        raise HarnessError(f"unknown target layout {to!r}; known: {', '.join(LAYOUTS)}")
+    if to not in declared_layouts():
+        raise HarnessError(f"unknown target layout {to!r}; known: {', '.join(declared_layouts())}")
     if source in (None, "auto"):
         source = detect_layout(state_dict)
-    elif source not in LAYOUTS:
-        raise HarnessError(f"unknown source layout {source!r}; known: auto, {', '.join(LAYOUTS)}")
+    elif source not in declared_layouts():
+        raise HarnessError(f"unknown source layout {source!r}; known: auto, {', '.join(declared_layouts())}")
     check_fits(state_dict, source)
     _refuse_tuple_blocks(source, to)
     src, dst = state_dict_layout(source), state_dict_layout(to)
@@ -329,22 +332,22 @@ def get_audio_model(
     *,
     device: str | torch.device = "cpu",
     policy: str = DEFAULT_POLICY,
+    kwargs: Mapping[str, object] | None = None,
 ) -> nn.Module:
-    """Build ``variant``, load ``checkpoint`` (a path or a state_dict) converted to it, strictly; eval mode.
+    """Build ``variant`` (a registered name or ``MODULE:ATTR``), load ``checkpoint`` into it; eval mode.
 
-    ``"legacy"`` returns the legacy effective model (``harness.legacy_effective``: the
-    legacy class with ``skip = None``), because that is the only form of the legacy
-    model whose forward runs: a fresh one raises on its first call, and every call
-    after that runs exactly this. ``"legacy_effective"`` is accepted as the same.
-    ``"tuple_blocks"`` can only be built fresh (its state_dict cannot hold the blocks).
-    A checkpoint that does not fit raises ``HarnessError`` naming the missing,
-    unexpected and mis-shaped keys.
+    The model is always the variant's own class. A checkpoint (a path or a state_dict) is
+    loaded strictly: as it is when it has the model's own keys; converted when the
+    variant declares a layout (``convert_state_dict``); otherwise converted to the
+    canonical layout and then matched into the model by structure, the pairing proven
+    bit for bit (``copy_weights``). A variant with the legacy layout is returned in its
+    effective form (``skip = None``): the only form of the legacy model whose forward
+    runs. ``"tuple_blocks"`` can only be built fresh (its state_dict cannot hold the
+    blocks). Whatever does not fit raises ``HarnessError`` naming what and where.
     """
-    if variant not in SUBJECTS:
-        build(variant)  # raises the registry's "unknown variant" error
-    layout = SUBJECTS[variant].checkpoint_layout
+    target = resolve(variant, kwargs=kwargs)
     if checkpoint is None:
-        model = build(variant)
+        model = target.build()
     else:
         label = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint"
         if isinstance(checkpoint, (str, os.PathLike)):
@@ -352,15 +355,40 @@ def get_audio_model(
         else:
             state, _ = as_state_dict(checkpoint, label)
         with _about(label):
-            state, _ = convert_state_dict(state, layout, policy=policy)
-            check_fits(state, layout)
-        model = build(layout, num_classes=num_classes_of(state))
-        if layout == "legacy" and not any(k.startswith("skip.") for k in state):
-            model.skip = None  # a 95-key legacy checkpoint: the model as its forward left it
-        model.load_state_dict(state, strict=True)
-    if layout == "legacy":
+            model, _ = load_into(target, state, policy=policy)
+    if target.layout == "legacy":
         model.skip = None  # the legacy effective form: see the docstring
     return model.to(device).eval()
+
+
+def load_into(target: VariantSpec, state: Mapping[str, torch.Tensor], *, policy: str = DEFAULT_POLICY,
+              ) -> tuple[nn.Module, list[str]]:
+    """A fresh ``target`` holding ``state``'s function (see ``get_audio_model``), and what was done."""
+    if target.layout is not None:
+        converted, report = convert_state_dict(state, target.layout, policy=policy)
+        check_fits(converted, target.layout)
+        model = target.build(num_classes=num_classes_of(converted))
+        if target.layout == "legacy" and not any(k.startswith("skip.") for k in converted):
+            model.skip = None  # a 95-key legacy checkpoint: the model as its forward left it
+        model.load_state_dict(converted, strict=True)
+        return model, report.lines()
+    model = target.build()
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if own == {k: tuple(v.shape) for k, v in state.items()}:
+        model.load_state_dict(dict(state), strict=True)
+        return model, [f"loaded as it is: the checkpoint has {target.name}'s own {len(own)} keys"]
+    hub = spec(_CANONICAL_LAYOUT)
+    canonical, report = convert_state_dict(state, _CANONICAL_LAYOUT, policy=policy)
+    hub_model = hub.build(num_classes=num_classes_of(canonical))
+    hub_model.load_state_dict(canonical, strict=True)
+    try:
+        copy_weights(hub_model, model)
+    except HarnessError as exc:
+        raise HarnessError(f"cannot move the weights into {target.name}: {exc}",
+                           exit_code=exc.exit_code) from None
+    matched = (f"{_CANONICAL_LAYOUT} -> {target.name}: every tensor matched by structure ({len(own)} keys), "
+               "outputs proven bit-identical in train and eval mode")
+    return model, [*report.lines(), matched]
 
 
 class _about:
@@ -381,21 +409,33 @@ class _about:
 
 
 def cli_migrate(args: argparse.Namespace) -> int:
-    """``python -m harness migrate SRC DST --to LAYOUT``: convert, print the report, write atomically."""
+    """``python -m harness migrate SRC DST --to TARGET``: convert, print the report, write atomically.
+
+    TARGET is a declared layout (``convert_state_dict``), or any registered variant or
+    ``MODULE:ATTR``: then the checkpoint is loaded into that model (``load_into``, the
+    pairing proven) and its own state_dict is written.
+    """
     src, dst = Path(args.src), Path(args.dst)
     if _same_file(src, dst):
         raise HarnessError(f"{dst}: is the source checkpoint {src}; write the migration to a new file")
     if os.path.lexists(dst) and not args.force:
         raise HarnessError(f"{dst}: already exists; use --force to overwrite it")
     state, notes = read_checkpoint(src)
+    source = None if args.source == "auto" else args.source
     with _about(str(src)):
-        converted, report = convert_state_dict(
-            state, args.to, source=None if args.source == "auto" else args.source, policy=args.policy
-        )
+        if args.to in declared_layouts() or ":" not in args.to and args.to not in SUBJECTS:
+            converted, report = convert_state_dict(state, args.to, source=source, policy=args.policy)
+            lines = report.lines()
+        else:
+            if source is not None:
+                state, _ = convert_state_dict(state, _CANONICAL_LAYOUT, source=source, policy=args.policy)
+            target = resolve(args.to, kwargs=parse_kwargs(args.kwargs) if args.kwargs else None)
+            model, lines = load_into(target, state, policy=args.policy)
+            converted = {k: v.detach() for k, v in model.state_dict().items()}
     save_checkpoint(converted, dst, force=args.force)
     for note in notes:
         print(f"{src}: {note}")
-    print("\n".join(report.lines()))
+    print("\n".join(lines))
     print(f"wrote {dst} ({len(converted)} keys)")
     return 0
 

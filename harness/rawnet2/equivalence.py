@@ -1,41 +1,61 @@
 """Where two RawNet2 variants compute the same function.
 
-* ``copy_weights(src, dst)`` moves every parameter and buffer between live models of
-  any two layouts (``harness.rawnet2.layouts.canonical_modules`` names them), tuple_blocks'
-  unregistered tuple members included.
-* ``seed_weights(model, seed)`` gives every canonical module deterministic random
-  weights *and* BatchNorm statistics (default init's mean 0 / var 1 would hide
-  folding bugs); modules with the same canonical name get the same values in every
-  layout.
+* ``copy_weights(src, dst)`` moves every parameter and buffer between live models: by
+  canonical module between the guide's layouts (``harness.rawnet2.layouts``), by proven
+  structural matching (``harness.core.matching``) between any others.
+* ``seed_weights(model, seed)`` gives every module deterministic random weights *and*
+  BatchNorm statistics (``harness.core.weights``); modules with the same canonical name
+  get the same values in every layout.
 * ``compare_variants`` measures the differences the report prints and the tests bound.
 """
 
 from __future__ import annotations
 
-import math
-import zlib
+import argparse
+import json
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
 
-from harness.core.errors import HarnessError
+from harness.core.audits import parse_shape
+from harness.core.errors import HarnessError, error_line
 from harness.core.forms import max_differences
-from harness.rawnet2.layouts import canonical_modules
-from harness.rawnet2.registry import SUBJECTS, build
+from harness.core.loading import parse_kwargs
+from harness.core.matching import Comparison, compare_models, match_weights, pair_weights
+from harness.core.tolerances import EXACT, Tolerance, tolerance_named
+from harness.core.weights import seed_weights as core_seed_weights
+from harness.rawnet2.layouts import canonical_modules, has_guide_layout
+from harness.rawnet2.registry import MODES, VariantSpec, resolve, spec
 
-# --- weights -------------------------------------------------------------------------------
+# Input the structural matching observes and proves on when the caller gives none:
+# short enough to be cheap, long enough for train-mode BatchNorm at any batch size.
+MATCHING_INPUT_SHAPE = (2, 1, 800)
 
 
-def copy_weights(src: nn.Module, dst: nn.Module) -> None:
-    """Copy every parameter and buffer of ``src`` into ``dst``, module by canonical module.
+def matching_input(seed: int = 0) -> torch.Tensor:
+    return torch.randn(MATCHING_INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
 
-    Both models keep their own tensors (device and dtype of ``dst`` are kept; values
-    are copied in place). Raises ``HarnessError`` naming every module or tensor that
-    has no counterpart or a different shape; nothing is copied then.
+
+def copy_weights(src: nn.Module, dst: nn.Module, example_input: torch.Tensor | None = None,
+                 *, modes: tuple[str, ...] = ("train", "eval")) -> None:
+    """Copy every parameter and buffer of ``src`` into ``dst``.
+
+    Two models in the guide's layouts pair module by canonical module (tuple_blocks'
+    unregistered tuple members included); any other pair is matched by structure
+    (``harness.core.matching.match_weights``) and the pairing proven bit for bit in
+    ``modes`` on ``example_input`` (default: ``matching_input()``). Both models keep their
+    own tensors (device and dtype of ``dst``). Raises ``HarnessError`` naming every module
+    or tensor that has no counterpart, or where an unproven pairing parts; nothing is
+    copied then.
     """
+    if has_guide_layout(src) and has_guide_layout(dst):
+        _copy_canonical(src, dst)
+        return
+    match_weights(src, dst, matching_input() if example_input is None else example_input, modes=modes)
+
+
+def _copy_canonical(src: nn.Module, dst: nn.Module) -> None:
     src_modules, dst_modules = canonical_modules(src), canonical_modules(dst)
     problems = []
     if missing := [n for n in src_modules if n not in dst_modules]:
@@ -63,46 +83,11 @@ def copy_weights(src: nn.Module, dst: nn.Module) -> None:
             d.copy_(s)
 
 
-# Ranges for seed_weights: conv/linear weights keep unit activation variance (LeCun
-# uniform), so outputs stay input-dependent through 13 conv layers instead of
-# collapsing to the biases or saturating the sigmoid; BN values are kept away from
-# the identity (weight 1, bias 0, mean 0, var 1) so that folding is really exercised.
-_BIAS_RANGE = (-0.1, 0.1)
-_BN_RANGES = {
-    "weight": (0.5, 1.5),
-    "bias": (-0.2, 0.2),
-    "running_mean": (-0.2, 0.2),
-    "running_var": (0.5, 2.0),
-}
-
-
-def _fill_uniform(tensor: torch.Tensor, low: float, high: float, generator: torch.Generator) -> None:
-    with torch.no_grad():
-        tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
-
-
 def seed_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Overwrite every weight and BatchNorm statistic of ``model`` from ``seed``; returns ``model``.
-
-    Each canonical module draws from its own generator (seeded by ``seed`` and its
-    canonical name), so two layouts seeded alike hold identical values in the modules
-    they share, whatever else they hold. Uses the CPU Mersenne twister only, so the
-    values are the same on every platform.
-    """
-    for name, module in canonical_modules(model).items():
-        # The CPU generator keeps only 32 bits of its seed: hash seed and name together.
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}".encode()))
-        for sub in module.modules():
-            if isinstance(sub, (_ConvNd, nn.Linear)):
-                bound = math.sqrt(3.0 / sub.weight[0].numel())
-                _fill_uniform(sub.weight, -bound, bound, generator)
-                if sub.bias is not None:
-                    _fill_uniform(sub.bias, *_BIAS_RANGE, generator)
-            elif isinstance(sub, _BatchNorm):
-                for attr, (low, high) in _BN_RANGES.items():
-                    _fill_uniform(getattr(sub, attr), low, high, generator)
-                sub.num_batches_tracked.zero_()
-    return model
+    """``harness.core.weights.seed_weights``, grouped by canonical module where the model has the
+    guide's layout, so every layout seeded alike holds identical values in the modules they share."""
+    groups = canonical_modules(model) if has_guide_layout(model) else None
+    return core_seed_weights(model, seed, groups)
 
 
 # --- measured differences ------------------------------------------------------------------
@@ -115,7 +100,7 @@ class VariantDifference:
     a: str
     b: str
     mode: str  # "train" or "eval"
-    weights: str  # how b got a's weights: "copy_weights" or a convert_state_dict policy
+    weights: str  # how b got a's weights: "copy_weights", a convert_state_dict policy, "structural match"
     input_shape: tuple[int, ...]
     max_abs: float
     max_rel: float
@@ -125,22 +110,31 @@ class VariantDifference:
         return self.max_abs == 0.0
 
 
-def shared_weights(a: str, b: str, seed: int) -> tuple[nn.Module, nn.Module, str]:
+def shared_weights(a: str, b: str, seed: int, example_input: torch.Tensor | None = None,
+                   ) -> tuple[nn.Module, nn.Module, str]:
     """Variant ``a`` with seeded weights and variant ``b`` holding the same function's weights.
 
-    Layouts that hold the same modules share them through ``copy_weights``; otherwise
-    ``a``'s state_dict is converted to ``b`` under the ``preserve-function`` policy.
+    Layouts that hold the same canonical modules share them through ``copy_weights``;
+    two declared layouts that differ convert ``a``'s state_dict under the
+    ``preserve-function`` policy; anything else is paired by structure
+    (``harness.core.matching.pair_weights``, not proven: the comparison is the proof).
     """
-    model_a, model_b = seed_weights(build(a), seed), build(b)
-    if canonical_modules(model_a).keys() == canonical_modules(model_b).keys():
-        copy_weights(model_a, model_b)
+    spec_a, spec_b = spec(a), spec(b)
+    model_a, model_b = seed_weights(spec_a.build(), seed), spec_b.build()
+    if has_guide_layout(model_a) and has_guide_layout(model_b) and \
+            canonical_modules(model_a).keys() == canonical_modules(model_b).keys():
+        _copy_canonical(model_a, model_b)
         return model_a, model_b, "copy_weights"
-    from harness.rawnet2.checkpoints import convert_state_dict
+    if spec_a.layout and spec_b.layout and has_guide_layout(model_b):
+        from harness.rawnet2.checkpoints import convert_state_dict
 
-    state, _ = convert_state_dict(model_a.state_dict(), SUBJECTS[b].checkpoint_layout,
-                                  source=SUBJECTS[a].checkpoint_layout, policy="preserve-function")
-    model_b.load_state_dict(state)
-    return model_a, model_b, "preserve-function"
+        state, _ = convert_state_dict(model_a.state_dict(), spec_b.layout, source=spec_a.layout,
+                                      policy="preserve-function")
+        model_b.load_state_dict(state)
+        return model_a, model_b, "preserve-function"
+    pairing = pair_weights(model_a, model_b, matching_input(seed) if example_input is None else example_input)
+    pairing.copy_into(model_a, model_b)
+    return model_a, model_b, "structural match"
 
 
 def compare_variants(a: str, b: str, mode: str, *, seed: int = 0, x: torch.Tensor | None = None,
@@ -153,9 +147,60 @@ def compare_variants(a: str, b: str, mode: str, *, seed: int = 0, x: torch.Tenso
         raise HarnessError(f"mode must be 'train' or 'eval', not {mode!r}")
     if x is None:
         x = torch.randn(3, 1, 4000, generator=torch.Generator().manual_seed(seed))
-    model_a, model_b, how = shared_weights(a, b, seed)
+    model_a, model_b, how = shared_weights(a, b, seed, x)
     with torch.no_grad():
         out_a = model_a.train(mode == "train")(x)
         out_b = model_b.train(mode == "train")(x)
     return VariantDifference(a, b, mode, how, tuple(x.shape), *max_differences(out_a, out_b))
 
+
+
+# --- any two models ------------------------------------------------------------------------
+
+
+def compare_specs(ref: VariantSpec, other: VariantSpec, x: torch.Tensor, *, modes: tuple[str, ...] = MODES,
+                  tolerance: Tolerance = EXACT, seed: int = 0) -> Comparison:
+    """``ref`` (seeded, or holding its spec's weights) vs ``other`` given ``ref``'s weights by structure.
+
+    A pairing that fits but whose outputs differ is the result (``equivalent`` False, the
+    first module pair where they part named); a factory that fails or models no pairing
+    fits raise ``HarnessError`` (exit 2).
+    """
+    ref_model = _built(ref)
+    if ref.weights is None:
+        seed_weights(ref_model, seed)
+    return compare_models(ref_model, _built(other), x, modes=modes, tolerance=tolerance)
+
+
+def _built(target: VariantSpec) -> nn.Module:
+    try:
+        return target.build()
+    except HarnessError:
+        raise
+    except Exception as exc:
+        raise HarnessError(f"cannot build {target.name}: the factory raises {error_line(exc)}") from None
+
+
+def cli_compare(args: argparse.Namespace) -> int:
+    """``python -m harness compare REF OTHER``: 0 equivalent, 1 they differ, 2 cannot compare."""
+    ref = resolve(args.ref, kwargs=parse_kwargs(args.ref_kwargs) if args.ref_kwargs else None,
+                  weights=args.weights)
+    other = resolve(args.other, kwargs=parse_kwargs(args.other_kwargs) if args.other_kwargs else None)
+    shape = parse_shape(args.input_shape)
+    modes = MODES if args.mode == "both" else (args.mode,)
+    tolerance = tolerance_named(args.tolerance)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    result = compare_specs(ref, other, x, modes=modes, tolerance=tolerance)
+    if args.format == "json":
+        print(json.dumps(result.as_json(), indent=2, allow_nan=False))
+    else:
+        weights = f"{ref.weights}" if ref.weights else "seeded random weights"
+        print(f"compare {ref.name} (reference, {weights}) with {other.name}: input {list(shape)}, "
+              f"tolerance {args.tolerance} ({tolerance.reason})")
+        print(f"weights: {len(result.mapping)} tensors paired by structure")
+        for row in result.modes:
+            verdict = "equivalent" if row.equivalent else "DIFFERENT"
+            where = f"; first divergence: {row.first_divergence}" if row.first_divergence else ""
+            print(f"  {row.mode:5}  max abs diff {row.max_abs_diff:.3g}  {verdict}{where}")
+        print("equivalent" if result.equivalent else "not equivalent")
+    return 0 if result.equivalent else 1

@@ -1,11 +1,13 @@
 """Golden outputs: fixed weights and inputs, recorded outputs, and the reference that vouches for them.
 
-``golden_outputs(name)`` runs a variant with ``seed_weights(GOLDEN_SEED)`` on
-``golden_input()`` in train and eval mode. ``reference_forward`` recomputes the same
-outputs with plain ``torch.nn.functional`` calls from the model's weights and the
-architecture as the fix guide describes it (channels, strides, paddings, slopes,
-shortcuts written out here, not read from the model): golden values are recorded
-only once they match it, so a golden file never enshrines a model bug.
+``golden_model(name)`` holds the golden weights (seeded, or its reference's matched into
+it); ``golden_outputs`` runs it on ``golden_input()`` in train and eval mode;
+``golden_sources(name)`` says which variant's file holds each mode's expected outputs (a
+variant with a reference is held to the reference's). ``reference_forward`` recomputes
+the outputs with plain ``torch.nn.functional`` calls from the model's weights and the
+architecture as the fix guide describes it (``harness.rawnet2.architecture``: channels,
+strides, paddings, slopes, shortcuts written out, not read from the model): golden values
+are recorded only once they match it, so a golden file never enshrines a model bug.
 Files are small JSON (exact float32 values, readable diffs); they are written only
 on request (``pytest --update-golden``), atomically.
 """
@@ -17,7 +19,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
 import torch
 import torch.nn as nn
@@ -25,10 +26,20 @@ import torch.nn.functional as F
 
 from harness.core.errors import HarnessError
 from harness.core.fileio import write_text_atomically
+from harness.core.forms import max_differences
 from harness.core.tolerances import Tolerance, all_close, close_elements
-from harness.rawnet2.equivalence import max_differences, seed_weights
+from harness.rawnet2 import registry
+from harness.rawnet2.architecture import (
+    BLOCKS,
+    BN_EPS,
+    CONV1,
+    IDENTITY,
+    LEAKY_SLOPE,
+    PROJECTION,
+    ReferenceSpec,
+)
+from harness.rawnet2.equivalence import copy_weights, seed_weights
 from harness.rawnet2.layouts import canonical_modules
-from harness.rawnet2.registry import build
 
 GOLDEN_SEED = 20240501
 GOLDEN_MODES = ("train", "eval")
@@ -37,41 +48,6 @@ GOLDEN_INPUT_SHAPE = (4, 1, 1000)
 # BatchNorms differently in eval mode.
 GOLDEN_AMPLITUDES = (0.05, 0.2, 0.5, 1.0)
 GOLDEN_FORMAT = 1
-
-# --- the architecture, as the fix guide describes it ---------------------------------------
-
-CONV1 = (1, 32)  # in, out channels; kernel 3, stride 1, padding 1
-# (in_channels, out_channels, stride) of res_block1..6; kernel 3, padding 1
-BLOCKS = ((32, 32, 1), (32, 64, 2), (64, 64, 1), (64, 128, 2), (128, 128, 1), (128, 256, 2))
-LEAKY_SLOPE = 0.3
-BN_EPS = 1e-5  # nn.BatchNorm1d's default; the guide sets none
-
-IDENTITY, PROJECTION, NONE = "identity", "projection", "none"
-_FIXED_SHORTCUTS = MappingProxyType({1: IDENTITY, 2: PROJECTION, 3: IDENTITY, 4: PROJECTION,
-                                     5: IDENTITY, 6: PROJECTION})
-
-
-@dataclass(frozen=True)
-class ReferenceSpec:
-    """What a subject computes: each block's shortcut, and which modules' BatchNorms use
-    batch statistics even in eval mode."""
-
-    shortcuts: Mapping[int, str]
-    eval_batch_statistics: frozenset[str] = frozenset()
-
-
-REFERENCE_SPECS: Mapping[str, ReferenceSpec] = MappingProxyType({
-    "skip_modules": ReferenceSpec(_FIXED_SHORTCUTS),
-    # The blocks' modules sit in tuples, so eval() never reaches their BatchNorms.
-    "tuple_blocks": ReferenceSpec(
-        _FIXED_SHORTCUTS,
-        frozenset({f"res_block{i}" for i in range(1, 7)} | {"skip2", "skip4", "skip6"}),
-    ),
-    # The shared skip cleared: identity on 1/3/5, no shortcut at all on 2/4/6.
-    "legacy_effective": ReferenceSpec(MappingProxyType(
-        {i: (NONE if s == PROJECTION else s) for i, s in _FIXED_SHORTCUTS.items()})),
-})
-
 
 # What the guide puts in each canonical module, in order (to name a missing tensor's place).
 _MODULE_LAYERS = {
@@ -223,15 +199,41 @@ def golden_input() -> torch.Tensor:
 
 
 def golden_model(name: str) -> nn.Module:
-    return seed_weights(build(name), GOLDEN_SEED)
+    """Variant ``name`` holding the golden weights.
+
+    A variant without a reference is seeded (``seed_weights(GOLDEN_SEED)``); one with a
+    reference receives its reference's golden weights, matched by structure and proven
+    bit for bit in the modes where it must compute the reference's function.
+    """
+    variant = registry.spec(name)
+    model = variant.build()
+    if variant.reference is None:
+        return seed_weights(model, GOLDEN_SEED)
+    copy_weights(golden_model(variant.reference), model, golden_input(), modes=variant.reference_modes)
+    return model
 
 
-def golden_outputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def golden_sources(name: str) -> dict[str, str]:
+    """Mode -> the variant whose golden file holds ``name``'s expected outputs in that mode.
+
+    A variant is held to its reference's golden outputs in its reference modes (no file
+    of its own needed) and to its own file in the rest (``VariantSpec.golden_modes``).
+    """
+    variant = registry.spec(name)
+    sources = {mode: name for mode in variant.golden_modes}
+    if variant.reference is not None:
+        inherited = golden_sources(variant.reference)
+        sources.update({mode: inherited[mode] for mode in variant.reference_modes if mode in inherited})
+    return {mode: sources[mode] for mode in GOLDEN_MODES if mode in sources}
+
+
+def golden_outputs(model: nn.Module, x: torch.Tensor,
+                   modes: tuple[str, ...] = GOLDEN_MODES) -> dict[str, torch.Tensor]:
     """``model``'s output on ``x`` in each mode, each from an untouched copy (train mode
     updates running statistics, which would leak into a later eval call)."""
     outputs = {}
     with torch.no_grad():
-        for mode in GOLDEN_MODES:
+        for mode in modes:
             outputs[mode] = copy.deepcopy(model).train(mode == "train")(x)
     return outputs
 

@@ -26,6 +26,8 @@ LEGACY_SHARED_SKIP_BLOCK = 6
 HEAD_MODULES = ("conv1", "fc1", "fc2")
 
 _BLOCK_ATTR = re.compile(r"^res_block(\d+)$")
+# torchvision's BasicBlock / Bottleneck keep their projection shortcut under this name (None: identity).
+_DOWNSAMPLE = "downsample"
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,9 @@ class ResidualBlock:
 
     ``shortcut`` is the projection module the model keeps for this block, or None
     (identity or, for a broken model, nothing). ``*_path`` say how to reach each
-    module from the model, e.g. ``res_block2`` or ``res_block2[0]``.
+    module from the model, e.g. ``res_block2`` or ``res_block2[0]``. ``adds_itself``:
+    the block module adds the shortcut in its own forward (torchvision's ``BasicBlock``
+    idiom, ``main`` is then the whole block); otherwise its parent adds it (the guide's).
     """
 
     index: int
@@ -42,13 +46,16 @@ class ResidualBlock:
     main_path: str
     shortcut: nn.Module | None
     shortcut_path: str | None
+    adds_itself: bool = False
 
 
 def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
-    """The model's ``res_blockN`` blocks in order, each with its own shortcut module.
+    """The model's residual blocks in order, each with its own shortcut module.
 
-    A block is either a module with an optional ``skipN`` attribute beside it, or a
-    ``(main, skip)`` tuple. Returns an empty list for a model with no such blocks.
+    Two idioms are known: the guide's ``res_blockN`` attributes (a module with an optional
+    ``skipN`` beside it, or a ``(main, skip)`` tuple), and torchvision's, a module holding
+    a ``downsample`` attribute (None for the identity) that adds the shortcut itself.
+    Returns an empty list for a model with neither.
     """
     indices = sorted(
         int(m.group(1)) for name in set(vars(model)) | set(model._modules)
@@ -65,7 +72,22 @@ def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
             shortcut = getattr(model, f"skip{i}", None)
             blocks.append(ResidualBlock(i, held, f"res_block{i}", shortcut,
                                         f"skip{i}" if shortcut is not None else None))
-    return blocks
+    if blocks:
+        return blocks
+    # ``downsample = None`` is a plain attribute, a module one a registered submodule.
+    owners = [(path, module, getattr(module, _DOWNSAMPLE)) for path, module in model.named_modules()
+              if path and (_DOWNSAMPLE in module._modules or _DOWNSAMPLE in vars(module)
+                           and vars(module)[_DOWNSAMPLE] is None)]
+    return [ResidualBlock(i, module, path, shortcut, f"{path}.{_DOWNSAMPLE}" if shortcut is not None else None,
+                          adds_itself=True)
+            for i, (path, module, shortcut) in enumerate(owners, start=1)]
+
+
+def has_guide_layout(model: nn.Module) -> bool:
+    """Whether ``model`` keeps its modules under the guide's names (conv1, res_blockN, fc1, fc2)."""
+    blocks = residual_blocks(model)
+    return all(isinstance(getattr(model, name, None), nn.Module) for name in HEAD_MODULES) and bool(
+        blocks) and not blocks[0].adds_itself
 
 
 def canonical_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -89,7 +111,12 @@ def canonical_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 # --- where each layout keeps each module in its state_dict -------------------------------
 
-LAYOUTS = ("legacy", "skip_modules", "tuple_blocks")
+def declared_layouts() -> tuple[str, ...]:
+    """The layouts the registry declares (``VariantSpec.layout``); each is also a variant's name."""
+    from harness.rawnet2.registry import SUBJECTS
+
+    return tuple(dict.fromkeys(spec.layout for spec in SUBJECTS.values() if spec.layout))
+
 
 # Canonical modules a layout's forward clears (sets to None) before they can contribute.
 # The legacy forward sets ``self.skip = None`` on its first call (``legacy_effective``
@@ -158,8 +185,8 @@ def state_dict_layout(name: str) -> StateDictLayout:
     """
     from harness.rawnet2.registry import build  # the registry builds the models this describes
 
-    if name not in LAYOUTS:
-        raise HarnessError(f"unknown layout {name!r}; known: {', '.join(LAYOUTS)}")
+    if name not in declared_layouts():
+        raise HarnessError(f"unknown layout {name!r}; known: {', '.join(declared_layouts())}")
     found = state_dict_prefixes(build(name))
     return StateDictLayout(
         name=name,

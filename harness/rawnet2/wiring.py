@@ -39,17 +39,26 @@ class BlockObservation:
 
 
 def observe_blocks(model: nn.Module, x: torch.Tensor) -> list[BlockObservation]:
-    """Run ``model(x)`` (no grad) and record each ``res_blockN``'s input, main output and output.
+    """Run ``model(x)`` (no grad) and record each residual block's input, main output and output.
 
-    Blocks whose main path never ran are left out. The forward's exceptions propagate.
+    A block whose parent adds the shortcut (the guide's idiom): its main path module's
+    output, and as the block's output what the next module receives. A block that adds
+    it itself (torchvision's): the last output of its own submodules outside the
+    shortcut as the main output, and the block's return value as its output. Blocks
+    whose main path never ran are left out. The forward's exceptions propagate.
     """
     blocks = residual_blocks(model)
-    by_main = {id(b.main): b for b in blocks}
+    by_main = {id(b.main): b for b in blocks if not b.adds_itself}
+    by_block = {id(b.main): b for b in blocks if b.adds_itself}
     inside = {b.index: {id(m) for part in (b.main, b.shortcut) if part is not None for m in part.modules()}
               for b in blocks}
+    # Self-adding blocks: submodule id -> block index, for the submodules on the main path.
+    main_part = {id(m): b.index for b in by_block.values() for m in b.main.modules()
+                 if m is not b.main and id(m) not in _ids(b.shortcut)}
     names = {id(h.obj): h.path for h in held_modules(model)}
     seen: dict[int, dict[str, object]] = {}
     pending: list[int] = []
+    active: set[int] = set()
 
     def before(module: nn.Module, args: tuple) -> None:
         if pending and module is not model and all(id(module) not in inside[i] for i in pending):
@@ -59,11 +68,23 @@ def observe_blocks(model: nn.Module, x: torch.Tensor) -> list[BlockObservation]:
                     seen[i]["output"] = received.detach().clone()
                     seen[i]["at"] = names.get(id(module), type(module).__name__)
             pending.clear()
-        block = by_main.get(id(module))
+        block = by_main.get(id(module)) or by_block.get(id(module))
         if block is not None and block.index not in seen and args and isinstance(args[0], torch.Tensor):
             seen[block.index] = {"input": args[0].detach().clone()}
+            if block.adds_itself:
+                active.add(block.index)
 
     def after(module: nn.Module, args: tuple, output: object) -> None:
+        index = main_part.get(id(module))
+        if index in active and isinstance(output, torch.Tensor):
+            seen[index]["main"] = output.detach().clone()  # the last one before the addition wins
+        block = by_block.get(id(module))
+        if block is not None and block.index in active:
+            active.discard(block.index)
+            if isinstance(output, torch.Tensor):
+                seen[block.index]["output"] = output.detach().clone()
+                seen[block.index]["at"] = f"{block.main_path} (its own output)"
+            return
         block = by_main.get(id(module))
         if block is not None and "main" not in seen.get(block.index, {"main": None}):
             if isinstance(output, torch.Tensor):
@@ -91,8 +112,12 @@ def observe_blocks(model: nn.Module, x: torch.Tensor) -> list[BlockObservation]:
     return observations
 
 
+def _ids(module: nn.Module | None) -> set[int]:
+    return set() if module is None else {id(m) for m in module.modules()}
+
+
 def check_skip_wiring(ctx: AuditContext) -> list[Finding]:
-    """For ``res_blockN`` (+ ``skipN`` or ``(main, skip)``) layouts: output == main(in) + shortcut(in).
+    """For every residual block (``harness.rawnet2.layouts.residual_blocks``): output == main(in) + shortcut(in).
 
     The shortcut is the block's own projection module when the model holds one, the
     identity when the block keeps its shape; a shape-changing block without one is a

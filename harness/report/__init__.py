@@ -38,7 +38,7 @@ from harness.rawnet2.audits import CHECKS, audit
 from harness.rawnet2.checkpoints import POLICIES, convert_state_dict, get_audio_model
 from harness.rawnet2.equivalence import compare_variants, seed_weights
 from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
-from harness.rawnet2.layouts import LAYOUTS
+from harness.rawnet2.layouts import declared_layouts
 from harness.rawnet2.registry import SUBJECTS, build
 
 Progress = Callable[[str], None]
@@ -199,8 +199,8 @@ def _variants_section(plan: Plan, progress: Progress) -> dict:
         progress(f"auditing {name} ({i}/{len(SUBJECTS)})")
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            structure = describe(info.factory(), example)
-        result = audit(info.factory, example)
+            structure = describe(info.build(), example)
+        result = audit(info.build, example)
         judged = verdict(structure, result.results, info.expected_defects)
         variants[name] = {
             **asdict(structure),
@@ -255,7 +255,7 @@ def _equivalence_section(plan: Plan, device: str, progress: Progress) -> tuple[l
 def _source_checkpoints(seed: int) -> dict[str, tuple[torch.nn.Module, dict]]:
     """Layout -> (a model with seeded weights, the checkpoint it saves) for every layout."""
     sources = {}
-    for layout in LAYOUTS:
+    for layout in declared_layouts():
         # get_audio_model builds each layout's runnable form (legacy: legacy_effective).
         model = seed_weights(get_audio_model(layout), seed).eval()
         sources[layout] = (model, {k: v.clone() for k, v in model.state_dict().items()})
@@ -270,7 +270,7 @@ def _checkpoints_section(plan: Plan, progress: Progress) -> list[dict]:
     for source, (model, state) in _source_checkpoints(seed=0).items():
         with torch.no_grad():
             expected = model(x)
-        for target in LAYOUTS:
+        for target in declared_layouts():
             for policy in POLICIES:
                 row = {"source": source, "target": target, "policy": policy, "loads": False,
                        "max_abs_diff": None, "function_preserved": None}

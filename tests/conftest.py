@@ -1,0 +1,39 @@
+"""Fixtures derived from the registry: every contract runs on every variant that it applies to.
+
+A test asks for a variant by what it needs, never by name (timm's ``test_models.py``
+style): ``variant_name`` (every registered variant and derived form), ``runnable_name``
+(its forward runs), ``referenced_name`` (declares a reference it must equal),
+``golden_name`` (records its own golden file), ``layout_name`` (declares a
+checkpoint layout), ``foldable_name`` (lists deployment forms). Test ids carry the
+variant's name, so ``pytest -k prod`` runs every contract on a variant called prod.
+``tests/test_registry.py`` fails when a registered variant is left out of a contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from harness.rawnet2.registry import SUBJECTS, VariantSpec
+
+# fixture name -> which specs it is parametrized over
+VARIANT_FIXTURES: dict[str, Callable[[VariantSpec], bool]] = {
+    "variant_name": lambda spec: True,
+    "runnable_name": lambda spec: spec.runs,
+    "referenced_name": lambda spec: spec.reference is not None,
+    "golden_name": lambda spec: bool(spec.golden_modes),
+    "layout_name": lambda spec: spec.layout is not None,
+    "foldable_name": lambda spec: spec.runs and bool(spec.forms),
+}
+
+
+def variants(fixture: str) -> list[str]:
+    """The registered names a registry fixture runs over (for hypothesis strategies and loops)."""
+    return [name for name, spec in SUBJECTS.items() if VARIANT_FIXTURES[fixture](spec)]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for fixture in VARIANT_FIXTURES:
+        if fixture in metafunc.fixturenames:
+            metafunc.parametrize(fixture, variants(fixture), ids=str)
