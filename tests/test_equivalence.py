@@ -26,8 +26,9 @@ from harness.core.introspect import batchnorms
 from harness.core.tolerances import BATCHING, DEPLOYMENT_TOLERANCES, EXACT, REFERENCE_FORWARD, assert_close
 from harness.rawnet2.checkpoints import convert_state_dict, get_audio_model
 from harness.rawnet2.equivalence import compare_variants, seed_weights
-from harness.rawnet2.golden import REFERENCE_SPECS, first_divergence
+from harness.rawnet2.golden import first_divergence
 from harness.rawnet2.layouts import canonical_modules
+from harness.rawnet2.registry import SUBJECTS, spec
 
 SEEDS = st.integers(0, 2**32 - 1)
 BLOCK_MODULES = [f"res_block{i}" for i in range(1, 7)] + ["skip2", "skip4", "skip6"]
@@ -73,8 +74,8 @@ def assert_same_outputs(actual: torch.Tensor, expected: torch.Tensor, msg: str, 
     try:
         assert_close(actual, expected, EXACT, msg)
     except AssertionError as exc:
-        where = {name: first_divergence(m, x, REFERENCE_SPECS[name], train=train, tol=REFERENCE_FORWARD)
-                 for name, m in models.items()}
+        where = {name: first_divergence(m, x, spec(name).architecture, train=train, tol=REFERENCE_FORWARD)
+                 for name, m in models.items() if spec(name).architecture is not None}
         found = "; ".join(f"{name}: {w or 'agrees with the guide'}" for name, w in where.items())
         raise AssertionError(f"{exc}\nvs the guide (reference_forward): {found}") from None
 
@@ -311,11 +312,51 @@ def test_cpu_batch_chunk_must_be_positive():
         optimize_for_inference(build("skip_modules"), cpu_batch_chunk=0)
 
 
-@given(seed=SEEDS, x=waveforms(), name=st.sampled_from(["skip_modules", "legacy_effective"]))
-def test_folded_model_matches_eager_within_tolerance(models, seed: int, x: torch.Tensor, name: str):
-    model = seed_weights(models[name], seed)
+FOLDABLE = [name for name, variant in SUBJECTS.items() if variant.runs and "folded" in variant.forms]
+
+
+@given(seed=SEEDS, x=waveforms(), name=st.sampled_from(FOLDABLE))
+def test_folded_model_matches_eager_within_tolerance(seed: int, x: torch.Tensor, name: str):
+    model = seed_weights(build(name), seed)
     difference = compare_form(model, x, "folded")
     assert difference.within, difference
+
+
+def test_every_batchnorm_of_a_foldable_variant_is_folded(foldable_name: str):
+    """Pairs come from the trace, wherever the two modules are held (basic_blocks keeps conv1/bn1
+    as block attributes, not in an nn.Sequential)."""
+    model = build(foldable_name)
+    optimized = optimize_for_inference(model, backend=None)
+    assert optimized.info.unfolded_batchnorms == []
+    assert len(optimized.info.folded) == len(batchnorms(model))
+
+
+def test_fold_batchnorms_folds_none_when_the_convolution_output_is_shared():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv1d(1, 4, 3), nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.bn(h) + self.conv(x)  # the conv serves twice: folding it would change one use
+
+    assert fold_batchnorms(Shared().eval()) == []
+
+
+def test_a_variant_with_a_reference_receives_its_weights_proven(referenced_name: str):
+    """copy_weights from the seeded reference: matched by structure, bit-identical outputs in the
+    modes the spec promises (tuple_blocks: train only)."""
+    variant = spec(referenced_name)
+    reference = seed_weights(build(variant.reference), 5)
+    model = build(referenced_name)
+    x = torch.randn(2, 1, 700, generator=torch.Generator().manual_seed(5))
+    copy_weights(reference, model, x, modes=variant.reference_modes)
+    for mode in variant.reference_modes:
+        with torch.no_grad():
+            expected = copy.deepcopy(reference).train(mode == "train")(x)
+            actual = copy.deepcopy(model).train(mode == "train")(x)
+        assert_close(actual, expected, EXACT, f"{referenced_name} vs {variant.reference} ({mode})")
 
 
 def test_compiled_form_traces_with_dynamo_and_matches_the_folded_model():

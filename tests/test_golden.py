@@ -7,6 +7,7 @@ from the weights and the guide's architecture), so a golden file never records a
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -25,49 +26,71 @@ from harness.rawnet2.golden import (
     GOLDEN_INPUT_SHAPE,
     GOLDEN_MODES,
     GOLDEN_SEED,
-    REFERENCE_SPECS,
     GoldenRecord,
     compare_golden,
     first_divergence,
     golden_input,
     golden_model,
     golden_outputs,
+    golden_sources,
     read_golden,
     reference_forward,
     write_golden,
 )
+from harness.rawnet2.registry import SUBJECTS, spec
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 MAX_GOLDEN_BYTES = 50_000
+# The variants the guide's functional reference can vouch for (their spec names the function).
+VOUCHED = [name for name, variant in SUBJECTS.items() if variant.architecture is not None]
+FILE_OWNERS = [name for name, variant in SUBJECTS.items() if variant.golden_modes]
+
+
+def architecture(name: str):
+    return spec(name).architecture
 
 
 def golden_path(name: str) -> Path:
     return GOLDEN_DIR / f"{name}.json"
 
 
-@pytest.mark.parametrize("name", list(REFERENCE_SPECS))
-def test_outputs_match_golden_file(name: str, update_golden: bool):
-    model, x, spec = golden_model(name), golden_input(), REFERENCE_SPECS[name]
+def test_outputs_match_golden_file(runnable_name: str, update_golden: bool):
+    """Every runnable variant, every mode, against the file that holds it: its own for the modes
+    it records itself, its reference's for the modes where it must compute the reference's
+    function (weights matched by structure, so it needs no file of its own there)."""
+    name, variant = runnable_name, spec(runnable_name)
+    model, x = golden_model(name), golden_input()
+    sources = golden_sources(name)
+    assert set(sources) == set(GOLDEN_MODES), (
+        f"{name}: modes {sorted(set(GOLDEN_MODES) - set(sources))} are held to no golden file; "
+        "declare a reference for them or run `pytest --update-golden`")
     outputs = golden_outputs(model, x)
     # Vouch before any rewrite, and say where the model departs when it does: the outputs
     # must be what the guide's architecture computes from these weights.
-    departures = {mode: first_divergence(model, x, spec, train=mode == "train", tol=REFERENCE_FORWARD)
-                  for mode in GOLDEN_MODES}
-    departures = {mode: where for mode, where in departures.items() if where is not None}
-    path = golden_path(name)
-    if update_golden:
+    departures = {}
+    if variant.architecture is not None:
+        departures = {mode: first_divergence(model, x, variant.architecture, train=mode == "train",
+                                             tol=REFERENCE_FORWARD) for mode in GOLDEN_MODES}
+        departures = {mode: where for mode, where in departures.items() if where is not None}
+    if update_golden and variant.golden_modes:
         assert not departures, f"{name}: not recording outputs that depart from the guide: {departures}"
-        write_golden(path, GoldenRecord(name, GOLDEN_SEED, GOLDEN_INPUT_SHAPE, outputs))
-    try:
-        golden = read_golden(path)
-    except HarnessError as exc:
-        pytest.fail(str(exc))
-    assert (golden.variant, golden.seed, golden.input_shape) == (name, GOLDEN_SEED, GOLDEN_INPUT_SHAPE)
-    diffs = compare_golden(outputs, golden, GOLDEN)
+        own = {mode: outputs[mode] for mode in variant.golden_modes}
+        write_golden(golden_path(name), GoldenRecord(name, GOLDEN_SEED, GOLDEN_INPUT_SHAPE, own))
     problems = []
-    if not all(d.ok for d in diffs):
-        problems.append(f"outputs moved from {path.name} (tolerance: {GOLDEN.reason}):")
-        problems += [f"  {d.describe()}" for d in diffs]
+    for owner in dict.fromkeys(sources.values()):
+        path = golden_path(owner)
+        try:
+            golden = read_golden(path)
+        except HarnessError as exc:
+            pytest.fail(str(exc))
+        assert (golden.variant, golden.seed, golden.input_shape) == (owner, GOLDEN_SEED, GOLDEN_INPUT_SHAPE)
+        modes = [mode for mode, held_by in sources.items() if held_by == owner]
+        held = {mode: golden.outputs[mode] for mode in modes if mode in golden.outputs}
+        diffs = compare_golden({mode: outputs[mode] for mode in modes},
+                               GoldenRecord(owner, golden.seed, golden.input_shape, held), GOLDEN)
+        if not all(d.ok for d in diffs):
+            problems.append(f"outputs moved from {path.name} (tolerance: {GOLDEN.reason}):")
+            problems += [f"  {d.describe()}" for d in diffs]
     if departures:
         problems.append("the model departs from the guide's architecture (reference_forward) at:")
         problems += [f"  {mode}: {where}" for mode, where in departures.items()]
@@ -76,8 +99,14 @@ def test_outputs_match_golden_file(name: str, update_golden: bool):
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
+def test_a_variant_with_a_reference_needs_no_golden_file_of_its_own():
+    assert golden_sources("basic_blocks") == {"train": "skip_modules", "eval": "skip_modules"}
+    assert golden_sources("tuple_blocks") == {"train": "skip_modules", "eval": "tuple_blocks"}
+    assert not golden_path("basic_blocks").exists()
+
+
 @given(
-    name=st.sampled_from(list(REFERENCE_SPECS)),
+    name=st.sampled_from(VOUCHED),
     train=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
     batch=st.integers(1, 3),
@@ -86,7 +115,7 @@ def test_outputs_match_golden_file(name: str, update_golden: bool):
 def test_reference_forward_matches_every_subject(name: str, train: bool, seed: int, batch: int, length: int):
     model = seed_weights(build(name), seed)
     x = torch.randn(batch, 1, length, generator=torch.Generator().manual_seed(seed))
-    where = first_divergence(model, x, REFERENCE_SPECS[name], train=train, tol=REFERENCE_FORWARD)
+    where = first_divergence(model, x, architecture(name), train=train, tol=REFERENCE_FORWARD)
     assert where is None, f"{name} {'train' if train else 'eval'} departs from the guide at {where}"
 
 
@@ -101,7 +130,7 @@ def test_reference_forward_matches_every_subject(name: str, train: bool, seed: i
     ids=["block3-slope", "skip4-eps", "max-pool", "no-sigmoid"],
 )
 def test_first_divergence_names_the_stage_that_changed(break_model, stage: str):
-    model, x, spec = golden_model("skip_modules"), golden_input(), REFERENCE_SPECS["skip_modules"]
+    model, x, spec = golden_model("skip_modules"), golden_input(), architecture("skip_modules")
     assert first_divergence(model, x, spec, train=False, tol=REFERENCE_FORWARD) is None
     break_model(model)
     where = first_divergence(model, x, spec, train=False, tol=REFERENCE_FORWARD)
@@ -111,14 +140,14 @@ def test_first_divergence_names_the_stage_that_changed(break_model, stage: str):
 def test_first_divergence_points_at_a_missing_shortcut():
     """skip_modules judged against legacy_effective's wiring: everything agrees up to block 2's
     residual addition, which only skip_modules makes."""
-    model, spec = golden_model("skip_modules"), REFERENCE_SPECS["legacy_effective"]
+    model, spec = golden_model("skip_modules"), architecture("legacy_effective")
     where = first_divergence(model, golden_input(), spec, train=True, tol=REFERENCE_FORWARD)
     assert where is not None
     assert where.startswith("res_block2 output (main path + shortcut): max abs diff"), where
 
 
 def test_reference_names_a_missing_tensor_and_the_guides_layers():
-    model, x, spec = golden_model("skip_modules"), golden_input(), REFERENCE_SPECS["skip_modules"]
+    model, x, spec = golden_model("skip_modules"), golden_input(), architecture("skip_modules")
     model.res_block2[4] = nn.Identity()  # the second BatchNorm gone
     message = ("res_block2 has no tensor '4.running_mean'; the guide's res_block2 "
                "is Conv1d, BatchNorm1d, LeakyReLU, Conv1d, BatchNorm1d, LeakyReLU with biases")
@@ -129,8 +158,10 @@ def test_reference_names_a_missing_tensor_and_the_guides_layers():
 
 def test_golden_files_tell_the_equivalence_story():
     """Read back from the files: the statements of tests/test_equivalence.py hold for them too."""
-    files = {name: read_golden(golden_path(name)).outputs for name in REFERENCE_SPECS}
-    assert_close(files["tuple_blocks"]["train"], files["skip_modules"]["train"], EXACT, "train: same")
+    files = {name: read_golden(golden_path(name)).outputs for name in FILE_OWNERS}
+    with torch.no_grad():  # tuple_blocks holds no train file: it is held to skip_modules' there
+        train = copy.deepcopy(golden_model("tuple_blocks")).train()(golden_input())
+    assert_close(train, files["skip_modules"]["train"], GOLDEN, "train: same as skip_modules' file")
     differing = (("tuple_blocks", "eval"), ("legacy_effective", "train"), ("legacy_effective", "eval"))
     for other, mode in differing:
         moved = (files[other][mode] - files["skip_modules"][mode]).abs().max()
@@ -138,16 +169,17 @@ def test_golden_files_tell_the_equivalence_story():
 
 
 def test_golden_files_are_small_json():
-    for name in REFERENCE_SPECS:
+    for name in FILE_OWNERS:
         path = golden_path(name)
         assert path.stat().st_size < MAX_GOLDEN_BYTES
-        assert json.loads(path.read_text())["outputs"].keys() == set(GOLDEN_MODES)
+        assert json.loads(path.read_text())["outputs"].keys() == set(spec(name).golden_modes)
+    assert {p.stem for p in GOLDEN_DIR.glob("*.json")} == set(FILE_OWNERS), "a golden file nobody owns"
 
 
 def test_golden_outputs_are_input_dependent_and_unsaturated():
     """A golden file that cannot move is no gate: scores stay off the sigmoid's flat ends and
     differ between samples."""
-    for name in REFERENCE_SPECS:
+    for name in FILE_OWNERS:
         for mode, out in read_golden(golden_path(name)).outputs.items():
             assert bool(((out > 0.05) & (out < 0.95)).all()), f"{name} {mode} saturated"
             assert out.max() - out.min() > 1e-3, f"{name} {mode} ignores its input"

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.module import register_module_forward_hook
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from harness.core.errors import HarnessError
@@ -106,35 +107,97 @@ def _root_cause(exc: BaseException) -> str:
     return text if root is exc else f"{type(exc).__name__} ({text})"
 
 
-def fold_batchnorms(model: nn.Module) -> list[str]:
-    """Fold each eval-mode BatchNorm into the convolution before it, in place.
+def fold_batchnorms(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
+    """Fold each eval-mode BatchNorm into the convolution that feeds it, in place.
 
-    Every ``nn.Sequential`` (conv1, each residual block's main path, each projection
-    shortcut) is searched for a convolution directly followed by a BatchNorm over its
-    outputs; the pair becomes one convolution and an ``nn.Identity``. Returns the
-    paths of the folded BatchNorms. ``model`` must be in eval mode (folding bakes in the
-    running statistics, which only eval mode uses).
+    The pairs come from a traced forward on ``example_input`` (default: ``trace_input``):
+    a BatchNorm whose input is exactly the output of a convolution called just before it,
+    wherever the two are held (inside an ``nn.Sequential`` or as attributes of a block, as
+    torchvision's BasicBlock holds ``conv1``/``bn1``). The convolution is replaced by the
+    fused one and the BatchNorm by an ``nn.Identity``. When no trace can be made (the
+    forward refuses the input), adjacent pairs inside each ``nn.Sequential`` are folded
+    instead. Returns the paths of the folded BatchNorms. ``model`` must be in eval mode
+    (folding bakes in the running statistics, which only eval mode uses).
     """
     if training := [n or "(model)" for n, m in model.named_modules() if m.training]:
         shown = ", ".join(training[:3])
         raise HarnessError(f"fold_batchnorms needs an eval-mode model; in training mode: {shown}")
-    folded = []
-    for path, seq in [(p, m) for p, m in model.named_modules() if isinstance(m, nn.Sequential)]:
-        for i in range(len(seq) - 1):
-            conv, norm = seq[i], seq[i + 1]
-            if (isinstance(conv, _ConvNd) and not conv.transposed and isinstance(norm, _BatchNorm)
-                    and norm.running_mean is not None and norm.num_features == conv.out_channels):
-                seq[i] = fuse_conv_bn_eval(conv, norm)
-                seq[i + 1] = nn.Identity()
-                folded.append(f"{path}.{i + 1}" if path else str(i + 1))
-    return folded
+    pairs = conv_batchnorm_pairs(model, example_input)
+    if pairs is None:
+        pairs = [(f"{p}.{i}" if p else str(i), f"{p}.{i + 1}" if p else str(i + 1))
+                 for p, seq in model.named_modules() if isinstance(seq, nn.Sequential)
+                 for i in range(len(seq) - 1) if _foldable(seq[i], seq[i + 1])]
+    for conv_path, norm_path in pairs:
+        conv, norm = model.get_submodule(conv_path), model.get_submodule(norm_path)
+        _replace(model, conv_path, fuse_conv_bn_eval(conv, norm))
+        _replace(model, norm_path, nn.Identity())
+    return [norm_path for _, norm_path in pairs]
+
+
+def _foldable(conv: nn.Module, norm: nn.Module) -> bool:
+    return (isinstance(conv, _ConvNd) and not conv.transposed and isinstance(norm, _BatchNorm)
+            and norm.running_mean is not None and norm.num_features == conv.out_channels)
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, name, module)
+
+
+def trace_input(model: nn.Module) -> torch.Tensor | None:
+    """A small input for the model's first convolution (``[2, C, 64]`` for a Conv1d), or None."""
+    first = next((m for m in model.modules() if isinstance(m, _ConvNd)), None)
+    if first is None:
+        return None
+    spatial = (64,) * (first.weight.dim() - 2)
+    return torch.randn(2, first.in_channels, *spatial, generator=torch.Generator().manual_seed(0))
+
+
+def conv_batchnorm_pairs(model: nn.Module, example_input: torch.Tensor | None = None,
+                         ) -> list[tuple[str, str]] | None:
+    """(conv path, BatchNorm path) for every registered BatchNorm fed directly by a convolution.
+
+    Observed in one eval forward: the BatchNorm's input must be the very tensor the
+    convolution returned, and the convolution must have been called once (a shared one
+    cannot be folded for one of its users). None when the forward fails on the input.
+    """
+    x = trace_input(model) if example_input is None else example_input
+    if x is None:
+        return []
+    paths = {id(m): p for p, m in model.named_modules() if p}
+    # output tensor id -> (conv that returned it, the tensor: held so that its id is not reused)
+    produced: dict[int, tuple[nn.Module, torch.Tensor]] = {}
+    calls: dict[int, int] = {}
+    pairs: list[tuple[str, str]] = []
+
+    def after(module: nn.Module, args: tuple, output: object) -> None:
+        calls[id(module)] = calls.get(id(module), 0) + 1
+        if isinstance(module, _ConvNd) and isinstance(output, torch.Tensor):
+            produced[id(output)] = (module, output)
+        elif isinstance(module, _BatchNorm) and args and isinstance(args[0], torch.Tensor):
+            conv = produced.get(id(args[0]), (None,))[0]
+            if conv is not None and _foldable(conv, module) and id(conv) in paths and id(module) in paths:
+                pairs.append((paths[id(conv)], paths[id(module)]))
+
+    handle = register_module_forward_hook(after)
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception:  # noqa: BLE001 - the caller falls back to the structural scan
+        return None
+    finally:
+        handle.remove()
+    return [(c, n) for c, n in dict.fromkeys(pairs) if calls.get(id(model.get_submodule(c))) == 1]
 
 
 def optimize_for_inference(
     model: nn.Module, *, backend: str | Callable | None = "inductor",
-    cpu_batch_chunk: int | None = CPU_BATCH_CHUNK,
+    cpu_batch_chunk: int | None = CPU_BATCH_CHUNK, example_input: torch.Tensor | None = None,
 ) -> InferenceModel:
     """The folded, compiled eval-mode equivalent of ``model``; ``model`` itself is not modified.
+
+    ``example_input`` is what ``fold_batchnorms`` traces to find the Conv->BatchNorm pairs
+    (default: a small input for the first convolution).
 
     ``cpu_batch_chunk``: a CPU input batch larger than this runs in chunks of this many
     samples (see ``CPU_BATCH_CHUNK``; None: never split). ``backend`` is passed to
@@ -157,7 +220,7 @@ def optimize_for_inference(
         )
     folded_model = copy.deepcopy(model).eval()
     folded_model.requires_grad_(False)
-    folded = fold_batchnorms(folded_model)
+    folded = fold_batchnorms(folded_model, example_input)
     unfolded = [n for n, m in folded_model.named_modules() if isinstance(m, _BatchNorm)]
     backend_name = None if backend is None else getattr(backend, "__name__", str(backend))
     if cpu_batch_chunk is not None and cpu_batch_chunk < 1:
