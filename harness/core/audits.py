@@ -1,15 +1,21 @@
 """Contract audits: the checks that tell a sound model from a broken one.
 
-``audit(factory, example_input, checks=None)`` runs the checks of a table (``GENERIC_CHECKS``) on fresh
-instances built by ``factory`` and returns an ``AuditReport``: one result per check
-("pass" / "fail" / "n/a"), findings that name the module path, parameter or block
-concerned, and the reason for every "n/a".
+``audit(factory, example_input, checks=None, output="any")`` runs the checks of a table
+(``GENERIC_CHECKS``) on fresh instances built by ``factory`` and returns an ``AuditReport``:
+one result per check ("pass" / "fail" / "n/a"), findings that name the module path,
+parameter, block or output leaf concerned, and the reason for every "n/a".
+
+Any ``nn.Module`` can be audited: the forward may return one tensor or a tuple, list,
+dict, namedtuple or dataclass of them (each check works leaf by leaf, ``Outputs``), and
+``output`` says what it promises ("probability", "logits" or "any"; ``check_output_contract``).
 
 Every check has the same shape, ``check(ctx) -> list[Finding]`` (an empty list is a
 pass), and raises ``NotApplicable(reason)`` when it cannot apply.
 A model that fails in a way a check cannot get past (its forward raises, the factory
-raises, the forward returns something other than a tensor) fails that check with a
-message saying so; it never passes silently and never crashes the audit.
+raises, the forward returns something that holds a non-tensor) fails that check with a
+message saying so; it never passes silently and never crashes the audit. User code that
+tries to end the process (``sys.exit``, ``KeyboardInterrupt``) stops the audit with a
+``HarnessError`` of exit code 2 (``harness.core.loading.call_user_code``).
 
 Every check here is structure-agnostic and builds on ``harness.core.introspect``: what
 the model holds and registers (``held``), and which held tensors its forward really uses
@@ -19,7 +25,7 @@ the model holds and registers (``held``), and which held tensors its forward rea
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import io
 import re
 import textwrap
@@ -32,11 +38,15 @@ from types import MappingProxyType
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from harness.core.errors import HarnessError, error_line
 from harness.core.introspect import Held, held, held_modules, held_tensors, used_tensors
-from harness.core.tolerances import BATCHING, EXACT, all_close, close_elements, max_abs_diff
+from harness.core.loading import UserCodeExit, call_user_code, exit_error
+from harness.core.loading import load_attr as load_attr  # re-exported: importing MODULE:ATTR
+from harness.core.loading import load_factory as load_factory  # re-exported, the same function
+from harness.core.tolerances import BATCHING, EXACT, Tolerance, close_elements, max_abs_diff
 
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "n/a"
 
@@ -76,6 +86,19 @@ class AuditReport:
     @property
     def failed(self) -> list[str]:
         return [check for check, result in self.results.items() if result == FAIL]
+
+    def as_json(self) -> dict[str, object]:
+        """``{"ok", "results": {check: result}, "findings": [{"check", "message", "paths"}], "notes"}``.
+
+        Plain dicts, lists, strings and a bool: ``json.dumps`` takes it as it is.
+        """
+        return {
+            "ok": self.ok,
+            "results": dict(self.results),
+            "findings": [{"check": f.check, "message": f.message, "paths": list(f.paths)}
+                         for f in self.findings],
+            "notes": dict(self.notes),
+        }
 
     def messages(self, check: str) -> list[str]:
         return [f.message for f in self.findings if f.check == check]
@@ -137,11 +160,16 @@ class ModelFailure(Exception):
 
 
 class AuditContext:
-    """What every check gets: fresh instances, the example, guarded forwards, the used tensors."""
+    """What every check gets: fresh instances, the example, guarded forwards, the used tensors.
 
-    def __init__(self, factory: Callable[[], nn.Module], example: torch.Tensor) -> None:
+    ``output`` is the kind of output the model promises (``OUTPUT_KINDS``); only
+    ``output_contract`` reads it.
+    """
+
+    def __init__(self, factory: Callable[[], nn.Module], example: torch.Tensor, output: str = "any") -> None:
         self.factory = factory
         self.example = example
+        self.output = output
         self._built: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._used: list[Held] | None = None
         self.check = ""  # the check running now; names its findings
@@ -151,11 +179,17 @@ class AuditContext:
         return Finding(self.check, message, tuple(paths))
 
     def build(self, seed: int = BUILD_SEED) -> nn.Module:
-        """A fresh instance, initialised under ``seed`` (the global RNG is left as it was)."""
+        """A fresh instance, initialised under ``seed`` (the global RNG is left as it was).
+
+        An ordinary exception from the factory is a ``ModelFailure``; ``sys.exit`` and the other
+        non-``Exception`` exits are a ``UserCodeExit`` (``HarnessError``, exit 2) that stops the audit.
+        """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             try:
-                model = self.factory()
+                model = call_user_code(self.factory, what="the factory")
+            except UserCodeExit:
+                raise
             except Exception as exc:
                 raise ModelFailure(f"factory raises {error_line(exc)}") from exc
         if not isinstance(model, nn.Module):
@@ -167,27 +201,139 @@ class AuditContext:
         self._built.add(model)
         return model
 
-    def forward(self, model: nn.Module, x: torch.Tensor | None = None) -> torch.Tensor:
-        """``model(x)`` (default: the example) in whatever mode the model is in."""
+    def forward(self, model: nn.Module, x: torch.Tensor | None = None) -> object:
+        """``model(x)`` (default: the example) in whatever mode the model is in, as returned.
+
+        The output must be a tensor or a tuple, list, dict, namedtuple or dataclass of
+        tensors (nested freely; None leaves are ignored): anything else is a ``ModelFailure``.
+        """
+        return self.outputs(model, x).raw
+
+    def outputs(self, model: nn.Module, x: torch.Tensor | None = None) -> Outputs:
+        """``model(x)`` as its tensor leaves (``Outputs``), checked as ``forward`` says."""
         x = self.example if x is None else x
         mode = "train" if model.training else "eval"
         try:
-            out = model(x)
+            out = call_user_code(model, x, what="the forward")
+        except UserCodeExit:
+            raise
         except Exception as exc:
             raise ModelFailure(f"forward raises {error_line(exc)} ({mode} mode)") from exc
-        if not isinstance(out, torch.Tensor):
-            raise ModelFailure(f"forward returns {type(out).__name__}, not a tensor ({mode} mode)")
-        return out
+        leaves, others = _flatten_output(out)
+        if others:
+            key, obj = others[0]
+            where = f" at output {key}" if key else ""
+            more = f" (and {_count(len(others) - 1, 'other non-tensor leaf')})" if len(others) > 1 else ""
+            raise ModelFailure(f"forward returns {type(obj).__name__}{where}, not a tensor{more} "
+                               f"({mode} mode)")
+        if not leaves:
+            raise ModelFailure(f"forward returns {type(out).__name__} holding no tensor ({mode} mode)")
+        return Outputs(out, tuple(leaves))
 
     def used(self) -> list[Held]:
         """The held tensors one eval forward of a fresh instance passes to torch (cached)."""
         if self._used is None:
             model = self.build().eval()
             try:
-                self._used = used_tensors(model, self.example)
+                self._used = call_user_code(used_tensors, model, self.example, what="the forward")
+            except UserCodeExit:
+                raise
             except Exception as exc:
                 raise ModelFailure(f"forward raises {error_line(exc)} (eval mode)") from exc
         return self._used
+
+
+# --- what a forward returns: its tensor leaves ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """A forward's output as ``(key, tensor)`` leaves, in ``torch.utils._pytree`` order.
+
+    ``key`` is ``keystr`` of the leaf's path: ``""`` when the forward returned one tensor,
+    ``[1]`` for a tuple or list item, ``['logits']`` for a dict entry, ``.hidden`` for a
+    namedtuple or dataclass field.
+    """
+
+    raw: object
+    leaves: tuple[tuple[str, torch.Tensor], ...]
+
+    @property
+    def bare(self) -> bool:
+        """The forward returned one tensor, not a structure of them."""
+        return len(self.leaves) == 1 and self.leaves[0][0] == ""
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(key for key, _ in self.leaves)
+
+
+def _leaf_name(key: str) -> str:
+    """``output [1]``, ``output ['logits']``, ``output.hidden``; ``output`` for a bare tensor."""
+    if not key:
+        return "output"
+    return f"output{key}" if key.startswith(".") else f"output {key}"
+
+
+def _on(key: str) -> str:
+    """The prefix naming a leaf in a message: none for a bare tensor (``output [1]: ``)."""
+    return f"{_leaf_name(key)}: " if key else ""
+
+
+def _is_unregistered_dataclass(obj: object) -> bool:
+    return (dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+            and type(obj) not in pytree.SUPPORTED_NODES)
+
+
+def _flatten_output(out: object, prefix: str = "", depth: int = 0,
+                    ) -> tuple[list[tuple[str, torch.Tensor]], list[tuple[str, object]]]:
+    """(tensor leaves, non-tensor leaves) of ``out``, each with its key; None leaves are dropped.
+
+    Containers ``torch.utils._pytree`` knows (tuple, list, dict, namedtuple, OrderedDict, ...)
+    are flattened by it; a dataclass it does not know is walked field by field (``.name``).
+    """
+    flat, _ = pytree.tree_flatten_with_path(out, is_leaf=_is_unregistered_dataclass)
+    tensors: list[tuple[str, torch.Tensor]] = []
+    others: list[tuple[str, object]] = []
+    for path, leaf in flat:
+        key = prefix + pytree.keystr(path)
+        if isinstance(leaf, torch.Tensor):
+            tensors.append((key, leaf))
+        elif leaf is None:
+            continue
+        elif _is_unregistered_dataclass(leaf) and depth < 32:
+            for f in dataclasses.fields(leaf):
+                inner = _flatten_output(getattr(leaf, f.name), f"{key}.{f.name}", depth + 1)
+                tensors += inner[0]
+                others += inner[1]
+        else:
+            others.append((key, leaf))
+    return tensors, others
+
+
+def _same(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> bool:
+    """Same shape and every element close (floating) or equal (integer, bool)."""
+    if actual.shape != expected.shape:
+        return False
+    return bool(_close_mask(actual, expected, tol).all())
+
+
+def _close_mask(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> torch.Tensor:
+    if actual.is_floating_point() or actual.is_complex():
+        return close_elements(actual, expected, tol)
+    return actual.cpu() == expected.cpu()
+
+
+def _max_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    if actual.is_complex() or expected.is_complex():
+        a, e = (t.detach().cpu().to(torch.complex128) for t in (actual, expected))
+        diff = (a - e).abs()
+        return float(diff.nan_to_num(nan=float("inf")).max()) if diff.numel() else 0.0
+    return max_abs_diff(actual, expected)
+
+
+def _structure(outputs: Outputs) -> str:
+    return "[" + ", ".join(_leaf_name(k) for k in outputs.keys) + "]"
 
 
 # --- naming what is wrong, readably -------------------------------------------------------------
@@ -399,12 +545,14 @@ def check_state_dict_roundtrip(ctx: AuditContext) -> list[Finding]:
     source = ctx.build(BUILD_SEED).train()
     with torch.no_grad():
         try:
-            source(ctx.example)
+            call_user_code(source, ctx.example, what="the forward")
             warm_up_error = None
+        except UserCodeExit:
+            raise
         except Exception as exc:  # e.g. a batch too small for train-mode BatchNorm
             warm_up_error = error_line(exc)
         source.eval()
-        expected = ctx.forward(source)
+        expected = ctx.outputs(source)
     if warm_up_error:
         ctx.notes.append(f"the train-mode warm-up forward raises {warm_up_error}; "
                          "running statistics stay at their defaults")
@@ -418,15 +566,25 @@ def check_state_dict_roundtrip(ctx: AuditContext) -> list[Finding]:
                             f"{error_line(exc)}")]
     target = ctx.build(OTHER_SEED)
     try:
-        target.load_state_dict(state)
+        call_user_code(target.load_state_dict, state, what="load_state_dict")
+    except UserCodeExit:
+        raise
     except Exception as exc:
         return [ctx.finding(f"load_state_dict into a fresh instance raises {error_line(exc)}")]
     with torch.no_grad():
-        actual = ctx.forward(target.eval())
-    if all_close(actual, expected, EXACT):
+        actual = ctx.outputs(target.eval())
+    loaded = f"a fresh instance (seed {OTHER_SEED}) loaded from the saved state_dict"
+    if actual.keys != expected.keys:
+        findings = [ctx.finding(f"{loaded} returns other outputs: {_structure(actual)} instead of "
+                                f"{_structure(expected)}")]
+    else:
+        findings = [ctx.finding(f"{_on(key)}{loaded} gives different eval outputs: "
+                                + (f"max abs diff {_max_diff(a, e):.3g}" if a.shape == e.shape
+                                   else f"shape {tuple(a.shape)} instead of {tuple(e.shape)}"))
+                    for (key, a), (_, e) in zip(actual.leaves, expected.leaves, strict=True)
+                    if not _same(a, e, EXACT)]
+    if not findings:
         return []
-    findings = [ctx.finding(f"a fresh instance (seed {OTHER_SEED}) loaded from the saved state_dict gives "
-                            f"different eval outputs: max abs diff {max_abs_diff(actual, expected):.3g}")]
     saved = {id(t) for t in target.state_dict(keep_vars=True).values()}
     constants = {id(b) for b in target.buffers()} - saved  # non-persistent buffers: rebuilt, not saved
     tensors = {h.path: h.obj for h in held_tensors(target)}
@@ -448,7 +606,7 @@ def check_state_dict_roundtrip(ctx: AuditContext) -> list[Finding]:
 
 
 def check_batch_independence(ctx: AuditContext) -> list[Finding]:
-    """In eval mode every sample's output alone equals its row in the batched output."""
+    """In eval mode every sample's output alone equals its row in the batched output (every leaf)."""
     x = ctx.example
     if x.shape[0] < 2:
         raise NotApplicable(f"the example input has batch size {x.shape[0]}; there is no other sample")
@@ -456,34 +614,48 @@ def check_batch_independence(ctx: AuditContext) -> list[Finding]:
         raise NotApplicable("every row of the example input is the same, so mixing between samples "
                             "cannot show; use distinct rows")
     model = ctx.build().eval()
+    findings = []
     with torch.no_grad():
-        batched = ctx.forward(model)
-        if batched.dim() == 0 or batched.shape[0] != x.shape[0]:
-            return [ctx.finding(f"output shape {tuple(batched.shape)} has no batch dimension of "
-                                f"{x.shape[0]}")]
-        differing = []
+        batched = ctx.outputs(model)
+        compared = []
+        for key, out in batched.leaves:
+            if out.dim() == 0 or out.shape[0] != x.shape[0]:
+                findings.append(ctx.finding(f"{_leaf_name(key)} shape {tuple(out.shape)} has no batch "
+                                            f"dimension of {x.shape[0]}"))
+            else:
+                compared.append((key, out))
+        differing: dict[str, list[str]] = {key: [] for key, _ in compared}  # key -> "sample (how)"
         for i in range(x.shape[0]):
-            alone = ctx.forward(model, x[i:i + 1])
-            row = batched[i:i + 1]
-            if not all_close(alone, row, BATCHING):
-                differing.append((i, max_abs_diff(alone, row) if alone.shape == row.shape else None))
-    if not differing:
-        return []
-    details = ", ".join(f"{i} (max abs diff {d:.3g})" if d is not None else f"{i} (shape differs)"
-                        for i, d in differing)
-    return [ctx.finding(f"{len(differing)} of {x.shape[0]} samples give a different output alone than inside "
-                        f"the batch (tolerance BATCHING: rtol={BATCHING.rtol:g}, atol={BATCHING.atol:g}): "
-                        f"samples {details}")]
+            alone = dict(ctx.outputs(model, x[i:i + 1]).leaves)
+            for key, out in compared:
+                row, single = out[i:i + 1], alone.get(key)
+                if single is None:
+                    differing[key].append(f"{i} (no such output alone)")
+                elif single.shape != row.shape:
+                    differing[key].append(f"{i} (shape differs)")
+                elif not _same(single, row, BATCHING):
+                    differing[key].append(f"{i} (max abs diff {_max_diff(single, row):.3g})")
+    for key, samples in differing.items():
+        if not samples:
+            continue
+        details = ", ".join(samples)
+        findings.append(ctx.finding(
+            f"{_on(key)}{len(samples)} of {x.shape[0]} samples give a different output alone than inside "
+            f"the batch (tolerance BATCHING: rtol={BATCHING.rtol:g}, atol={BATCHING.atol:g}): "
+            f"samples {details}"))
+    return findings
 
 
 def check_gradient_coverage(ctx: AuditContext) -> list[Finding]:
     """Train mode: every trainable parameter gets a finite, non-zero gradient from a scalar loss,
     and every parameter the forward uses is in ``model.parameters()``.
 
-    The loss is a fixed random projection of the output (a plain sum can be constant,
-    e.g. of softmax probabilities). A parameter whose train-mode gradient is exactly
-    zero is retried in eval mode: a bias feeding a train-mode BatchNorm is cancelled by
-    the batch mean (mathematically zero) yet still reaches the output.
+    The loss is the sum, over the floating-point output leaves, of a fixed random
+    projection of each (a plain sum can be constant, e.g. of softmax probabilities), so a
+    parameter reaching any leaf counts; one whose result reaches none (a dead branch)
+    gets no gradient. A parameter whose train-mode gradient is exactly zero is retried in
+    eval mode: a bias feeding a train-mode BatchNorm is cancelled by the batch mean
+    (mathematically zero) yet still reaches the output.
     """
     findings = []
     model = ctx.build()
@@ -532,59 +704,131 @@ def _gradients(ctx: AuditContext, model: nn.Module, params: list[torch.Tensor]) 
     model.zero_grad(set_to_none=True)
     for p in params:
         p.grad = None
-    out = ctx.forward(model)
-    if not out.requires_grad:
+    outputs = ctx.outputs(model)
+    generator = torch.Generator().manual_seed(BUILD_SEED)
+    loss = None
+    for _, out in outputs.leaves:
+        if not (out.is_floating_point() and out.requires_grad):
+            continue
+        weights = torch.randn(out.shape, generator=generator).to(out)
+        term = (out * weights).sum()
+        loss = term if loss is None else loss + term
+    if loss is None:
         return [None] * len(params)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(BUILD_SEED)).to(out)
-    (out * weights).sum().backward()
+    try:
+        call_user_code(loss.backward, what="the backward pass")
+    except UserCodeExit:
+        raise
+    except Exception as exc:
+        mode = "train" if model.training else "eval"
+        raise ModelFailure(f"backward raises {error_line(exc)} ({mode} mode)") from exc
     return [None if p.grad is None else p.grad.detach().clone() for p in params]
 
 
 def check_determinism(ctx: AuditContext) -> list[Finding]:
-    """The same input twice in eval mode gives identical outputs."""
+    """The same input twice in eval mode gives identical outputs (every leaf)."""
     model = ctx.build().eval()
     with torch.no_grad():
-        first = ctx.forward(model)
-        second = ctx.forward(model)
-    if all_close(second, first, EXACT):
-        return []
-    if first.shape != second.shape:
-        return [ctx.finding(f"two eval forwards of the same input give shapes {tuple(first.shape)} "
-                            f"and {tuple(second.shape)}")]
-    rows = _rows_differing(first, second)
-    return [ctx.finding(f"two eval forwards of the same input differ: max abs diff "
-                        f"{max_abs_diff(first, second):.3g} (samples {rows})")]
+        first = ctx.outputs(model)
+        second = ctx.outputs(model)
+    if first.keys != second.keys:
+        return [ctx.finding(f"two eval forwards of the same input return different outputs: "
+                            f"{_structure(first)} and {_structure(second)}")]
+    findings = []
+    for (key, a), (_, b) in zip(first.leaves, second.leaves, strict=True):
+        if _same(b, a, EXACT):
+            continue
+        if a.shape != b.shape:
+            findings.append(ctx.finding(f"{_on(key)}two eval forwards of the same input give shapes "
+                                        f"{tuple(a.shape)} and {tuple(b.shape)}"))
+        else:
+            findings.append(ctx.finding(f"{_on(key)}two eval forwards of the same input differ: max abs diff "
+                                        f"{_max_diff(a, b):.3g} (samples {_rows_differing(a, b)})"))
+    return findings
 
 
 def _rows_differing(a: torch.Tensor, b: torch.Tensor) -> str:
     if a.dim() == 0:
         return "-"
-    same = close_elements(a, b, EXACT)
+    same = _close_mask(a, b, EXACT)
     same = same.reshape(a.shape[0], -1).all(1)
     return ", ".join(str(i) for i in (~same).nonzero().flatten().tolist())
 
 
+# What a forward may promise to return; ``audit(..., output=KIND)``.
+OUTPUT_KINDS = ("probability", "logits", "any")
+
+# Leaf keys (dict keys, namedtuple or dataclass fields) that name a structured output's scores.
+SCORE_KEYS = ("logits", "scores", "probs", "probabilities")
+
+
+def _scores_leaf(outputs: Outputs) -> tuple[str, str]:
+    """(key, why) of the leaf holding the class scores: see ``check_output_contract``."""
+    if outputs.bare:
+        return "", ""
+    named = [key for key in outputs.keys if _last_name(key).lower() in SCORE_KEYS]
+    if len(named) == 1:
+        return named[0], f"named {_last_name(named[0])!r}"
+    return outputs.keys[-1], "the last tensor leaf, as in (hidden, logits)"
+
+
+def _last_name(key: str) -> str:
+    """A leaf key's last step: ``['logits']`` -> ``logits``, ``.hidden`` -> ``hidden``, ``[1]`` -> ``""``."""
+    match = re.search(r"\.(\w+)$|\[(['\"])(.*)\2\]$", key)
+    if not match:
+        return ""
+    return match.group(1) if match.group(1) is not None else match.group(3)
+
+
 def check_output_contract(ctx: AuditContext) -> list[Finding]:
-    """Output shape ``[B, num_classes]``, finite, within [0, 1] (probabilities)."""
+    """What the output promises, per ``ctx.output`` (``OUTPUT_KINDS``).
+
+    Every kind, every tensor leaf: floating point, finite, and batch first (``shape[0]`` = B,
+    the example's batch size).
+
+    * ``"any"``: nothing more.
+    * ``"logits"``: the scores are ``[B, num_classes]`` (2-D, at least one class), any finite
+      real values.
+    * ``"probability"``: the scores are ``[B, num_classes]`` and within [0, 1].
+
+    The scores are the output itself when the forward returns one tensor. In a structured
+    output they are the one leaf keyed ``logits``, ``scores``, ``probs`` or ``probabilities``
+    (a dict key, namedtuple or dataclass field), else the last tensor leaf (the
+    ``(hidden, logits)`` convention); a note names the leaf taken. The other leaves
+    (hidden states, embeddings) only need the checks every kind makes.
+    """
     model = ctx.build().eval()
     with torch.no_grad():
-        out = ctx.forward(model)
+        outputs = ctx.outputs(model)
     batch = ctx.example.shape[0]
+    kind = ctx.output
+    scores, why = _scores_leaf(outputs) if kind != "any" else ("", "")
+    if why:
+        ctx.notes.append(f"output={kind!r}: the scores are {_leaf_name(scores)} ({why})")
     findings = []
-    if out.dim() != 2 or out.shape[0] != batch or out.shape[1] < 1:
-        findings.append(ctx.finding(f"output shape {tuple(out.shape)} is not [B, num_classes] "
-                                    f"with B = {batch}"))
-    if not out.is_floating_point():
-        return [*findings, ctx.finding(f"output dtype {out.dtype} is not floating point")]
-    finite = out.isfinite()
-    if not bool(finite.all()):
-        rows = (~finite).reshape(out.shape[0], -1).any(1).nonzero().flatten().tolist() if out.dim() else []
-        findings.append(ctx.finding(f"output has {int((~finite).sum())} non-finite values (samples {rows})"))
-    values = out[finite]
-    if values.numel() and (values.min() < 0 or values.max() > 1):
-        low, high = float(values.min()), float(values.max())
-        findings.append(ctx.finding(f"output outside [0, 1]: min {low:.4g}, max {high:.4g} "
-                                    "(logits or log-probabilities, not probabilities)"))
+    for key, out in outputs.leaves:
+        name = _leaf_name(key)
+        is_scores = kind != "any" and key == scores
+        if is_scores and (out.dim() != 2 or out.shape[0] != batch or out.shape[1] < 1):
+            what = "[B, num_classes]" if kind == "probability" else "[B, num_classes] logits"
+            findings.append(ctx.finding(f"{name} shape {tuple(out.shape)} is not {what} with B = {batch}"))
+        elif not is_scores and (out.dim() == 0 or out.shape[0] != batch):
+            findings.append(ctx.finding(f"{name} shape {tuple(out.shape)} has no batch dimension of {batch}"))
+        if not out.is_floating_point():
+            findings.append(ctx.finding(f"{name} dtype {out.dtype} is not floating point"))
+            continue
+        finite = out.isfinite()
+        if not bool(finite.all()):
+            bad = ~finite
+            rows = bad.reshape(out.shape[0], -1).any(1).nonzero().flatten().tolist() if out.dim() else []
+            expected = " (logits are finite reals)" if is_scores and kind == "logits" else ""
+            findings.append(ctx.finding(f"{name} has {int((~finite).sum())} non-finite values "
+                                        f"(samples {rows}){expected}"))
+        values = out[finite]
+        if is_scores and kind == "probability" and values.numel() and (values.min() < 0 or values.max() > 1):
+            low, high = float(values.min()), float(values.max())
+            findings.append(ctx.finding(f"{name} outside [0, 1]: min {low:.4g}, max {high:.4g} "
+                                        "(logits or log-probabilities, not probabilities)"))
     return findings
 
 
@@ -619,19 +863,31 @@ def resolve_checks(checks: Iterable[str] | None, table: CheckTable = GENERIC_CHE
 
 
 def audit(factory: Callable[[], nn.Module], example_input: torch.Tensor, *,
-          checks: Iterable[str] | None = None, table: CheckTable = GENERIC_CHECKS) -> AuditReport:
+          checks: Iterable[str] | None = None, table: CheckTable = GENERIC_CHECKS,
+          output: str = "any") -> AuditReport:
     """Run the contract checks on fresh instances from ``factory``.
 
     ``example_input`` has the batch dimension first (any further shape the model
-    takes). ``checks`` picks check names from ``table`` (default: all of them). The global
-    RNG is left as it was; the audit itself is seeded, so it is reproducible.
+    takes). ``checks`` picks check names from ``table`` (default: all of them). ``output``
+    (one of ``OUTPUT_KINDS``) is what the forward promises to return; ``check_output_contract``
+    says what each kind requires. The forward may return a tensor or a tuple, list, dict,
+    namedtuple or dataclass of tensors: every check compares and differentiates leaf by leaf
+    and names the leaf (``output [1]: ...``). The global RNG is left as it was; the audit
+    itself is seeded, so it is reproducible.
+
+    An ordinary exception from the factory or the model fails the checks that need it
+    (findings); ``sys.exit``, ``KeyboardInterrupt`` and every other non-``Exception`` exit
+    from the model's code stop the audit with a ``UserCodeExit`` (a ``HarnessError``,
+    exit code 2): never findings, never a pass.
     """
     if not callable(factory):
         raise HarnessError(f"factory must be a zero-argument callable, got {type(factory).__name__}")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0:
         raise HarnessError("example_input must be a tensor with a batch dimension first")
+    if output not in OUTPUT_KINDS:
+        raise HarnessError(f"unknown output kind {output!r}; known: {', '.join(OUTPUT_KINDS)}")
     names = resolve_checks(checks, table)
-    ctx = AuditContext(factory, example_input)
+    ctx = AuditContext(factory, example_input, output)
     report = AuditReport(results={})
     devices = list(range(torch.cuda.device_count()))
     with torch.random.fork_rng(devices=devices):
@@ -646,6 +902,11 @@ def audit(factory: Callable[[], nn.Module], example_input: torch.Tensor, *,
                 continue
             except ModelFailure as exc:
                 findings = [ctx.finding(str(exc))]
+            except Exception:
+                raise
+            except BaseException as exc:
+                # A check that called the model's code directly (not via ctx): sys.exit & co.
+                raise exit_error(exc, f"the model's code (during {name})") from exc
             report.results[name] = FAIL if findings else PASS
             report.findings.extend(findings)
             if ctx.notes:
@@ -671,21 +932,3 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise HarnessError(f"--input-shape must be positive integers separated by commas, e.g. 2,1,16000; "
                            f"got {text!r}")
     return shape
-
-
-def load_factory(target: str) -> Callable[[], nn.Module]:
-    """Import ``MODULE:ATTR`` and return the attribute, which must be callable."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise HarnessError(f"expected MODULE:ATTR (e.g. fixed.skip_modules:RawNet2), got {target!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise HarnessError(f"cannot import {module_name!r}: {error_line(exc)}") from None
-    try:
-        factory = getattr(module, attr)
-    except AttributeError:
-        raise HarnessError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not callable(factory):
-        raise HarnessError(f"{target} is a {type(factory).__name__}, not a callable factory")
-    return factory
