@@ -33,7 +33,7 @@ from harness.core.introspect import parameter_count
 from harness.core.loading import parse_kwargs
 from harness.rawnet2.equivalence import copy_weights
 from harness.rawnet2.layouts import canonical_modules, declared_layouts, state_dict_layout
-from harness.rawnet2.registry import SUBJECTS, VariantSpec, build, resolve, spec
+from harness.rawnet2.registry import SUBJECTS, VariantSpec, build, register, resolve, spec
 
 POLICIES = ("preserve-function", "preserve-weights")
 DEFAULT_POLICY = "preserve-function"
@@ -42,7 +42,7 @@ DEFAULT_POLICY = "preserve-function"
 FRESH_INIT_SEED = 0
 # Checkpoint wrappers unwrapped by the loader, outermost first (training loops, Lightning).
 # The layout that holds every canonical module under its canonical name.
-_CANONICAL_LAYOUT = "skip_modules"
+CANONICAL_LAYOUT = "skip_modules"
 _MAX_LISTED = 6
 
 # --- layouts -------------------------------------------------------------------------------
@@ -254,15 +254,15 @@ def _fresh_canonical_state() -> dict[str, torch.Tensor]:
     """Freshly initialised weights of every canonical module, reproducibly (seeded)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(FRESH_INIT_SEED)
-        model = build(_CANONICAL_LAYOUT)
-    layout = state_dict_layout(_CANONICAL_LAYOUT)
+        model = build(CANONICAL_LAYOUT)
+    layout = state_dict_layout(CANONICAL_LAYOUT)
     return {layout.canonical_key(k): v for k, v in model.state_dict().items()}
 
 
 @functools.lru_cache(maxsize=8)
 def _gate_keys(module: str) -> tuple[str, ...]:
     """Canonical keys of the affine weight and bias of the BatchNorm that ends shortcut ``module``."""
-    shortcut = canonical_modules(build(_CANONICAL_LAYOUT))[module]
+    shortcut = canonical_modules(build(CANONICAL_LAYOUT))[module]
     norms = [name for name, m in shortcut.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     return (f"{module}.{norms[-1]}.weight", f"{module}.{norms[-1]}.bias")
 
@@ -361,6 +361,22 @@ def get_audio_model(
     return model.to(device).eval()
 
 
+def in_declared_layout(source: str, state: Mapping[str, torch.Tensor]) -> StateDict:
+    """``state`` (a checkpoint of variant ``source``) in a declared layout that conversion knows.
+
+    A variant that declares a layout is already in one; any other is loaded into its own
+    model strictly and matched by structure into the canonical layout's model (proven).
+    """
+    variant = spec(source)
+    if variant.layout is not None:
+        return dict(state)
+    model = variant.build()
+    model.load_state_dict(dict(state), strict=True)
+    hub = spec(CANONICAL_LAYOUT).build()
+    copy_weights(model, hub)
+    return {k: v.detach() for k, v in hub.state_dict().items()}
+
+
 def load_into(target: VariantSpec, state: Mapping[str, torch.Tensor], *, policy: str = DEFAULT_POLICY,
               ) -> tuple[nn.Module, list[str]]:
     """A fresh ``target`` holding ``state``'s function (see ``get_audio_model``), and what was done."""
@@ -377,8 +393,8 @@ def load_into(target: VariantSpec, state: Mapping[str, torch.Tensor], *, policy:
     if own == {k: tuple(v.shape) for k, v in state.items()}:
         model.load_state_dict(dict(state), strict=True)
         return model, [f"loaded as it is: the checkpoint has {target.name}'s own {len(own)} keys"]
-    hub = spec(_CANONICAL_LAYOUT)
-    canonical, report = convert_state_dict(state, _CANONICAL_LAYOUT, policy=policy)
+    hub = spec(CANONICAL_LAYOUT)
+    canonical, report = convert_state_dict(state, CANONICAL_LAYOUT, policy=policy)
     hub_model = hub.build(num_classes=num_classes_of(canonical))
     hub_model.load_state_dict(canonical, strict=True)
     try:
@@ -386,7 +402,7 @@ def load_into(target: VariantSpec, state: Mapping[str, torch.Tensor], *, policy:
     except HarnessError as exc:
         raise HarnessError(f"cannot move the weights into {target.name}: {exc}",
                            exit_code=exc.exit_code) from None
-    matched = (f"{_CANONICAL_LAYOUT} -> {target.name}: every tensor matched by structure ({len(own)} keys), "
+    matched = (f"{CANONICAL_LAYOUT} -> {target.name}: every tensor matched by structure ({len(own)} keys), "
                "outputs proven bit-identical in train and eval mode")
     return model, [*report.lines(), matched]
 
@@ -423,12 +439,15 @@ def cli_migrate(args: argparse.Namespace) -> int:
     state, notes = read_checkpoint(src)
     source = None if args.source == "auto" else args.source
     with _about(str(src)):
+        if source is not None and source not in declared_layouts() and (source in SUBJECTS or ":" in source):
+            # A checkpoint of a model without a declared layout: matched into the canonical one first.
+            state, source = in_declared_layout(_registered(resolve(source)), state), None
         if args.to in declared_layouts() or ":" not in args.to and args.to not in SUBJECTS:
             converted, report = convert_state_dict(state, args.to, source=source, policy=args.policy)
             lines = report.lines()
         else:
             if source is not None:
-                state, _ = convert_state_dict(state, _CANONICAL_LAYOUT, source=source, policy=args.policy)
+                state, _ = convert_state_dict(state, CANONICAL_LAYOUT, source=source, policy=args.policy)
             target = resolve(args.to, kwargs=parse_kwargs(args.kwargs) if args.kwargs else None)
             model, lines = load_into(target, state, policy=args.policy)
             converted = {k: v.detach() for k, v in model.state_dict().items()}
@@ -438,6 +457,13 @@ def cli_migrate(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     print(f"wrote {dst} ({len(converted)} keys)")
     return 0
+
+
+def _registered(target: VariantSpec) -> str:
+    """Register an ad-hoc ``MODULE:ATTR`` spec for this process so name-based helpers take it."""
+    if target.name not in SUBJECTS:
+        register(target)
+    return target.name
 
 
 def _same_file(src: Path, dst: Path) -> bool:

@@ -1,0 +1,221 @@
+"""Rendering the report: the same tables as Markdown (a pull-request comment), JSON (the data
+itself) and HTML (one self-contained page, no scripts)."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from harness.core.audits import FAIL
+
+# --------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class Table:
+    """One section of the report as the Markdown and HTML renderings lay it out."""
+
+    title: str
+    intro: tuple[str, ...]
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...] = ()
+
+
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
+def _diff(value: float | None) -> str:
+    return "n/a" if value is None else ("0" if value == 0 else f"{value:.3g}")
+
+
+def _verdict_table(report: dict) -> Table:
+    rows = tuple((name, v["verdict"]) for name, v in report["variants"].items())
+    return Table("Verdict", ("Derived from the structure facts and the audit results below, "
+                             "against each variant's declared defects.",), ("variant", "verdict"), rows)
+
+
+def _structure_table(report: dict) -> Table:
+    rows = []
+    for name, v in report["variants"].items():
+        forward = "runs" if v["forward_error"] is None else f"raises {v['forward_error']}"
+        norms = f"{v['batchnorms_reached_by_eval']}/{v['batchnorms']}"
+        rows.append((name, _count(v["registered_parameters"]), _count(v["used_parameters"]),
+                     str(v["state_dict_keys"]), norms, forward))
+    return Table("Structure", ("Counted on a fresh model; 'used' are the parameters one forward really "
+                               "touches (n/a where the forward raises).",),
+                 ("variant", "registered params", "used params", "state_dict keys",
+                  "BatchNorms reached by eval", "fresh forward"), tuple(rows))
+
+
+def _audit_table(report: dict) -> Table:
+    names = list(report["variants"])
+    rows = []
+    for check in report["meta"]["checks"]:
+        cells = []
+        for name in names:
+            variant = report["variants"][name]
+            result = variant["audit"].get(check, "n/a")
+            declared = check in variant["declared_defects"]
+            mark = " (undeclared)" if result == FAIL and not declared else \
+                " (declared, not seen)" if result != FAIL and declared else ""
+            cells.append(result + mark)
+        rows.append((check, *cells))
+    shape = "x".join(map(str, report["meta"]["audit_input_shape"]))
+    return Table("Audit matrix", (f"harness.core.audits on an example input of {shape}; "
+                                  "`python -m harness audit --variant NAME` prints every finding.",),
+                 ("check", *names), tuple(rows))
+
+
+def _equivalence_table(report: dict) -> Table:
+    rows = tuple((e["a"], e["b"], e["mode"], e["weights"], _diff(e["max_abs_diff"]), e["tolerance"]["name"],
+                  ("yes" if e["equivalent"] else "no") + ("" if e.get("required", True) else " (not needed)"),
+                  e.get("first_divergence") or e.get("detail") or "")
+                 for e in report["equivalence"])
+    notes = tuple(f"not run: {item}" for item in report["meta"]["not_run"])
+    shape = "x".join(map(str, report["meta"]["compare_input_shape"]))
+    return Table("Equivalence", (f"Same weights in both (seeded, BatchNorm statistics away from their "
+                                 f"defaults), input {shape}.",),
+                 ("a", "b", "mode", "b's weights", "max abs diff", "tolerance", "equivalent",
+                  "where they part"), rows, notes)
+
+
+def _checkpoint_table(report: dict) -> Table:
+    targets = list(dict.fromkeys(r["target"] for r in report["checkpoints"]))
+    policies = list(dict.fromkeys(r["policy"] for r in report["checkpoints"]))
+    cells = {(r["source"], r["target"], r["policy"]): r for r in report["checkpoints"]}
+    rows = []
+    for source in dict.fromkeys(r["source"] for r in report["checkpoints"]):
+        row = [source]
+        for target in targets:
+            for policy in policies:
+                r = cells[(source, target, policy)]
+                if not r["loads"]:
+                    row.append("refused")
+                elif r["function_preserved"]:
+                    row.append("loads, same function")
+                else:
+                    row.append(f"loads, function changes (max abs diff {_diff(r['max_abs_diff'])})")
+        rows.append(tuple(row))
+    refusals = dict.fromkeys(r["detail"] for r in report["checkpoints"] if not r["loads"])
+    return Table("Checkpoint compatibility",
+                 ("A seeded checkpoint of each layout (rows), converted with convert_state_dict and "
+                  "loaded strictly with get_audio_model into each layout (columns, per policy); "
+                  "'same function' means bit-identical outputs.",),
+                 ("checkpoint", *(f"-> {t} ({p})" for t in targets for p in policies)), tuple(rows),
+                 tuple(f"refused: {reason}" for reason in refusals))
+
+
+def _timing_tables(report: dict) -> list[Table]:
+    timing = report["timing"]
+    machine = timing["machine"]
+    where = machine["gpu"] if timing["device"] == "cuda" else machine["cpu"]
+    peak = timing["matmul_peak_gflops_per_s"]
+    intro = (f"{timing['device']} ({where}), torch {machine['torch_version']}, {machine['torch_threads']} "
+             f"threads; matmul peak {peak:.0f} GFLOP/s measured in the same run. Eval mode under "
+             "torch.inference_mode(); every held module (tuple_blocks' too) placed in eval mode on the "
+             "device. FLOPs: 2 per multiply-accumulate of the convolutions and linear layers "
+             "(harness.flops).", timing["caveat"])
+    rows = tuple((f"{b['batch']} x {b['length']}", b["variant"], f"{b['median_ms']:.1f}",
+                  f"{b['iqr_ms']:.1f}", str(b["repeats"]), f"{b['samples_per_s']:.1f}",
+                  f"{b['real_time_factor']:.4f}", f"{b['gflops_per_s']:.1f}", f"{b['peak_fraction']:.0%}",
+                  b["form"])
+                 for b in report["benchmarks"])
+    table = Table("Forward timing", intro,
+                  ("batch x length", "variant", "median ms", "IQR ms", "repeats", "samples/s",
+                   "real-time factor", "GFLOP/s", "of matmul peak", "form"), rows)
+    ratio_rows = tuple((f"{r['batch']} x {r['length']}", r["kind"], f"{r['a']} / {r['b']}" if
+                        r["kind"].startswith("time") else f"{r['a']} eager / {r['b']}", _ratio(r["ratio"]))
+                       for r in timing["ratios"])
+    ratios = Table("Targets as measured",
+                   ("Median time of each variant over its reference's (target 0.95-1.05: a fix should cost "
+                    "what the model it must equal costs) and each eager form over its optimized form (target "
+                    ">= 1.3 at batch 4-8 on CPU).",),
+                   ("batch x length", "ratio", "of", "value"), ratio_rows)
+    return [table, ratios]
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def tables(report: dict) -> list[Table]:
+    """The report's sections in reading order, as tables of strings."""
+    return [_verdict_table(report), _structure_table(report), _audit_table(report),
+            _equivalence_table(report), _checkpoint_table(report), *_timing_tables(report)]
+
+
+def _title(report: dict) -> str:
+    return "RawNet2 variants side by side" + (" (--quick: short inputs, few repeats)"
+                                                if report["meta"]["quick"] else "")
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: dict) -> str:
+    """Markdown for a pull-request comment."""
+    lines = [f"# {_title(report)}", "", f"Generated {report['meta']['generated_utc']} by "
+             "`python -m harness report`.", ""]
+    for table in tables(report):
+        lines += [f"## {table.title}", ""]
+        lines += [*table.intro, ""] if table.intro else []
+        lines.append("| " + " | ".join(map(_md_cell, table.header)) + " |")
+        lines.append("|" + "---|" * len(table.header))
+        lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in table.rows]
+        lines += ["", *(f"- {_md_cell(note)}" for note in table.notes)] if table.notes else []
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_json(report: dict) -> str:
+    # allow_nan=False: NaN/Infinity are not JSON; a non-finite figure is a bug to surface.
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"
+
+
+_HTML_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 90rem; }
+table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+td.fail { background: #fde2e2; } td.pass { background: #e3f6e3; }
+p.note { color: #555; font-size: 0.85rem; }
+"""
+
+
+def _html_cell(text: str) -> str:
+    head = text.split(" ", 1)[0].rstrip(":")
+    css = {"fail": "fail", "refused": "fail", "no": "fail", "do": "fail",
+           "pass": "pass", "ship": "pass", "yes": "pass", "loads,": "pass"}.get(head)
+    return f"<td class=\"{css}\">{html.escape(text)}</td>" if css else f"<td>{html.escape(text)}</td>"
+
+
+def render_html(report: dict) -> str:
+    """One self-contained page: inline CSS, no scripts, no external assets."""
+    title = html.escape(_title(report))
+    parts = ["<!DOCTYPE html>", "<html lang=\"en\">", "<head>", "<meta charset=\"utf-8\">",
+             f"<title>{title}</title>", f"<style>{_HTML_STYLE}</style>", "</head>", "<body>",
+             f"<h1>{title}</h1>",
+             f"<p class=\"note\">Generated {html.escape(report['meta']['generated_utc'])} by "
+             "<code>python -m harness report</code>.</p>"]
+    for table in tables(report):
+        parts.append(f"<h2>{html.escape(table.title)}</h2>")
+        parts += [f"<p>{html.escape(line)}</p>" for line in table.intro]
+        parts.append("<table>")
+        parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in table.header) + "</tr>")
+        parts += ["<tr>" + "".join(_html_cell(cell) for cell in row) + "</tr>" for row in table.rows]
+        parts.append("</table>")
+        parts += [f"<p class=\"note\">{html.escape(note)}</p>" for note in table.notes]
+    parts += ["</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+RENDERERS: Mapping[str, Callable[[dict], str]] = {
+    "markdown": render_markdown,
+    "json": render_json,
+    "html": render_html,
+}
