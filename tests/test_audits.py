@@ -513,7 +513,8 @@ def test_render_lists_results_findings_and_reasons():
 def test_cli_variant_clean_exits_0(capsys: pytest.CaptureFixture[str]):
     assert main(["audit", "--variant", "skip_modules", "--input-shape", "2,1,64"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("audit of skip_modules (fixed/skip_modules.py), input [2, 1, 64], output probability\n")
+    assert out.startswith("audit of skip_modules (fixed/skip_modules.py), input [2, 1, 64], "
+                          "output probability\n")
     assert out.rstrip().endswith("matches the declared expected defects")
 
 

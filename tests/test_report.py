@@ -57,8 +57,8 @@ def _synthetic_report() -> dict:
                          "detail": "no room"}],
         "timing": {"device": "cpu", "matmul_peak_gflops_per_s": 200.0, "caveat": "noisy",
                    "machine": {"torch_version": "2", "torch_threads": 2, "cpu": "cpu", "gpu": None},
-                   "ratios": [{"batch": 1, "length": 2000, "tuple_blocks_over_skip_modules": None,
-                               "speedup_optimized_over_eager": None}]},
+                   "ratios": [{"batch": 1, "length": 2000, "kind": "time over its reference's",
+                               "a": "tuple_blocks", "b": "skip_modules", "ratio": 1.02}]},
         "meta": {"quick": True, "generated_utc": "now", "audit_input_shape": [2, 1, 1000],
                  "compare_input_shape": [2, 1, 1000], "checks": list(CHECKS), "not_run": ["compiled"]},
     }

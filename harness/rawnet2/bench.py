@@ -1,7 +1,9 @@
-"""What the benchmarks and the report time: the RawNet2 variants' timed forms.
+"""What the benchmarks and the report time: the registered variants' timed forms.
 
-The measuring itself (FLOPs, timing, the matmul peak, throughput) is generic and lives
-in ``harness.core.bench``.
+``timed_forms()`` derives them from the registry (``harness.rawnet2.registry``) when
+called, so a variant registered after import (a team's ``pyproject.toml`` table,
+``harness.register``) is timed too. The measuring itself (FLOPs, timing, the matmul
+peak, throughput) is generic and lives in ``harness.core.bench``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ import torch
 import torch.nn as nn
 
 from harness.core.bench import place_for_inference
-from harness.rawnet2.registry import build
+from harness.rawnet2.registry import SUBJECTS, build
+
+# The deployment form (VariantSpec.forms) a spec must list to be timed optimized: the
+# optimized form folds every BatchNorm, which a model whose eval() misses some cannot take.
+OPTIMIZED_NEEDS_FORM = "folded"
+OPTIMIZED_SUFFIX = "_optimized"
 
 
 @dataclass(frozen=True)
@@ -21,15 +28,20 @@ class TimedForm:
 
     name: str
     subject: str  # the harness.rawnet2.registry.SUBJECTS entry it is built from
-    optimized: bool = False  # passed through harness.rawnet2.equivalence.optimize_for_inference
+    optimized: bool = False  # passed through harness.core.forms.optimize_for_inference
 
 
-TIMED_FORMS: tuple[TimedForm, ...] = (
-    TimedForm("legacy_effective", "legacy_effective"),
-    TimedForm("tuple_blocks", "tuple_blocks"),
-    TimedForm("skip_modules", "skip_modules"),
-    TimedForm("skip_modules_optimized", "skip_modules", optimized=True),
-)
+def timed_forms() -> tuple[TimedForm, ...]:
+    """Every runnable subject's eager form, each followed by its optimized form where its spec
+    lists ``"folded"`` among its deployment forms; in registry order, read at call time."""
+    forms: list[TimedForm] = []
+    for name, spec in SUBJECTS.items():
+        if not spec.runs:
+            continue
+        forms.append(TimedForm(name, name))
+        if OPTIMIZED_NEEDS_FORM in spec.forms:
+            forms.append(TimedForm(f"{name}{OPTIMIZED_SUFFIX}", name, optimized=True))
+    return tuple(forms)
 
 
 def build_timed(form: TimedForm, device: torch.device | str, *, compile: bool = True) -> nn.Module:
@@ -47,3 +59,9 @@ def build_timed(form: TimedForm, device: torch.device | str, *, compile: bool = 
     return model
 
 
+def __getattr__(name: str) -> tuple[TimedForm, ...]:
+    # Transitional: ``TIMED_FORMS`` was a hand-written tuple; read now, it is ``timed_forms()``
+    # of the registry as it stands. Callers should call ``timed_forms()``.
+    if name == "TIMED_FORMS":
+        return timed_forms()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

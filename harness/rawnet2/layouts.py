@@ -78,8 +78,8 @@ def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
     owners = [(path, module, getattr(module, _DOWNSAMPLE)) for path, module in model.named_modules()
               if path and (_DOWNSAMPLE in module._modules or _DOWNSAMPLE in vars(module)
                            and vars(module)[_DOWNSAMPLE] is None)]
-    return [ResidualBlock(i, module, path, shortcut, f"{path}.{_DOWNSAMPLE}" if shortcut is not None else None,
-                          adds_itself=True)
+    return [ResidualBlock(i, module, path, shortcut,
+                          f"{path}.{_DOWNSAMPLE}" if shortcut is not None else None, adds_itself=True)
             for i, (path, module, shortcut) in enumerate(owners, start=1)]
 
 

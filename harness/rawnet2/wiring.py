@@ -117,7 +117,7 @@ def _ids(module: nn.Module | None) -> set[int]:
 
 
 def check_skip_wiring(ctx: AuditContext) -> list[Finding]:
-    """For every residual block (``harness.rawnet2.layouts.residual_blocks``): output == main(in) + shortcut(in).
+    """For every residual block (``layouts.residual_blocks``): output == main(in) + shortcut(in).
 
     The shortcut is the block's own projection module when the model holds one, the
     identity when the block keeps its shape; a shape-changing block without one is a
