@@ -26,8 +26,9 @@ LEGACY_SHARED_SKIP_BLOCK = 6
 HEAD_MODULES = ("conv1", "fc1", "fc2")
 
 _BLOCK_ATTR = re.compile(r"^res_block(\d+)$")
-# torchvision's BasicBlock / Bottleneck keep their projection shortcut under this name (None: identity).
-_DOWNSAMPLE = "downsample"
+# A block that adds its own shortcut keeps it under one of these names (None: identity):
+# torchvision's BasicBlock / Bottleneck say downsample, many other code bases shortcut.
+SHORTCUT_NAMES = ("downsample", "shortcut")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
 
     Two idioms are known: the guide's ``res_blockN`` attributes (a module with an optional
     ``skipN`` beside it, or a ``(main, skip)`` tuple), and torchvision's, a module holding
-    a ``downsample`` attribute (None for the identity) that adds the shortcut itself.
+    a ``downsample`` (or ``shortcut``) attribute, None for the identity, that adds the
+    shortcut itself.
     Returns an empty list for a model with neither.
     """
     indices = sorted(
@@ -75,12 +77,15 @@ def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
     if blocks:
         return blocks
     # ``downsample = None`` is a plain attribute, a module one a registered submodule.
-    owners = [(path, module, getattr(module, _DOWNSAMPLE)) for path, module in model.named_modules()
-              if path and (_DOWNSAMPLE in module._modules or _DOWNSAMPLE in vars(module)
-                           and vars(module)[_DOWNSAMPLE] is None)]
-    return [ResidualBlock(i, module, path, shortcut,
-                          f"{path}.{_DOWNSAMPLE}" if shortcut is not None else None, adds_itself=True)
-            for i, (path, module, shortcut) in enumerate(owners, start=1)]
+    owners = []
+    for path, module in model.named_modules():
+        name = next((n for n in SHORTCUT_NAMES if n in module._modules
+                     or n in vars(module) and vars(module)[n] is None), None)
+        if path and name is not None:
+            shortcut = getattr(module, name)
+            owners.append((path, module, shortcut, f"{path}.{name}" if shortcut is not None else None))
+    return [ResidualBlock(i, module, path, shortcut, shortcut_path, adds_itself=True)
+            for i, (path, module, shortcut, shortcut_path) in enumerate(owners, start=1)]
 
 
 def has_guide_layout(model: nn.Module) -> bool:
