@@ -27,18 +27,24 @@ from harness.core.bench import (
 )
 from harness.core.errors import HarnessError
 from harness.core.introspect import batchnorms
-from harness.rawnet2.bench import TIMED_FORMS, build_timed
+from harness.rawnet2.bench import TimedForm, build_timed, timed_forms
 from harness.rawnet2.inputs import SAMPLE_RATE
-from harness.rawnet2.registry import build
-
-RUNNABLE = ("legacy_effective", "tuple_blocks", "skip_modules")
+from harness.rawnet2.registry import SUBJECTS, build
+from tests.conftest import variants
 
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, nn.Module]:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return {name: build(name) for name in RUNNABLE}
+    """Runnable subject -> one instance (seed 0), built on first use."""
+
+    class Built(dict):
+        def __missing__(self, name: str) -> nn.Module:
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                self[name] = build(name)
+            return self[name]
+
+    return Built()
 
 
 def test_conv_layer_matches_hand_count() -> None:
@@ -54,15 +60,15 @@ def test_grouped_conv_and_linear_match_hand_count() -> None:
     assert flops(nn.Linear(256, 64), (3, 256)) == 2 * 3 * 64 * 256
 
 
-@settings(max_examples=5)  # each new shape costs a FlopCounterMode forward; 5 cover the three models
-@given(name=st.sampled_from(RUNNABLE), batch=st.integers(1, 2), length=st.integers(64, 800))
+@settings(max_examples=2)  # per runnable variant: each new shape costs a FlopCounterMode forward
+@given(batch=st.integers(1, 2), length=st.integers(64, 800))
 def test_flops_match_torch_flop_counter(
-    models: dict[str, nn.Module], name: str, batch: int, length: int
+    models: dict[str, nn.Module], runnable_name: str, batch: int, length: int
 ) -> None:
     # FlopCounterMode counts the aten convolution/addmm calls of a real forward: an
     # independent count of the same thing (2 FLOPs per multiply-accumulate). Eval mode
     # everywhere: it runs training-mode BatchNorm as slow Python decompositions.
-    model = place_for_inference(models[name], "cpu")
+    model = place_for_inference(models[runnable_name], "cpu")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(batch, 1, length))
     assert flops(model, (batch, 1, length)) == counter.get_total_flops()
@@ -71,6 +77,13 @@ def test_flops_match_torch_flop_counter(
 def test_asvspoof_input_costs_what_the_issue_measured(models: dict[str, nn.Module]) -> None:
     # The issue's figures: 2.31 s at 51 GFLOP/s for 8 x 64600 means about 118 GFLOP.
     assert flops(models["skip_modules"], (8, 1, 64600)) == pytest.approx(118.6e9, rel=1e-3)
+
+
+def test_a_variant_costs_what_its_reference_costs(models: dict[str, nn.Module], referenced_name: str) -> None:
+    # Same function, same layers: whatever the names, tuples or block idiom, the same FLOPs.
+    shape = (1, 1, 1000)
+    reference = SUBJECTS[referenced_name].reference
+    assert flops(models[referenced_name], shape) == flops(models[reference], shape)
 
 
 def test_tuple_members_are_counted(models: dict[str, nn.Module]) -> None:
@@ -153,11 +166,25 @@ def test_place_for_inference_reaches_tuple_members() -> None:
     assert all(not h.obj.training for h in batchnorms(model))
 
 
-def test_timed_forms_run() -> None:
+def test_timed_forms_follow_the_registry() -> None:
+    forms = timed_forms()
+    assert len({form.name for form in forms}) == len(forms)
+    assert [form.subject for form in forms if not form.optimized] == variants("runnable_name")
+    assert [form.subject for form in forms if form.optimized] == [
+        name for name in variants("runnable_name") if "folded" in SUBJECTS[name].forms]
+    # the built-ins: tuple_blocks' eval() misses its block BatchNorms, so it cannot be folded
+    assert {"skip_modules_optimized", "basic_blocks_optimized"} <= {form.name for form in forms}
+    assert "tuple_blocks_optimized" not in {form.name for form in forms}
+
+
+@pytest.mark.parametrize("form", timed_forms(), ids=lambda form: form.name)
+def test_timed_forms_run(form: TimedForm) -> None:
     x = waveform(2, 500)
-    for form in TIMED_FORMS:
-        model = build_timed(form, "cpu", compile=False)  # compiling is the equivalence tests' job
-        assert inference_call(model, x)().shape == (2, 1)
+    model = build_timed(form, "cpu", compile=False)  # compiling is the equivalence tests' job
+    out = inference_call(model, x)()
+    assert out.shape == (2, 1)
+    if SUBJECTS[form.subject].output == "probability":
+        assert ((out >= 0) & (out <= 1)).all()
 
 
 def test_waveform_is_reproducible_per_seed() -> None:

@@ -3,7 +3,8 @@
 The raw variants' behaviour is pinned as found: they raise deep inside (messages about
 conv weights or running_mean sizes) for every wrong rank, channel count or dtype; they
 turn NaN/Inf into NaN scores without a word (tuple_blocks spreads one bad sample to the
-whole batch); an empty batch comes back as an empty output.
+whole batch); an empty batch comes back as an empty output. Every runnable variant in
+the registry is held to these facts (``runnable_name``), a team's included.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import HarnessError, build, legacy_effective, validate_input
+from harness import SUBJECTS, HarnessError, build, validate_input
+from harness.core.introspect import batchnorms
 from harness.rawnet2.inputs import DOWNSAMPLING, InputError, last_norm_values, min_train_length
-
-RUNNABLE = ("tuple_blocks", "skip_modules", "legacy_effective")
 
 batches = st.integers(1, 8)
 lengths = st.integers(1, 4000)
 
 
 def model(name: str) -> torch.nn.Module:
-    return (legacy_effective() if name == "legacy_effective" else build(name)).eval()
+    return build(name).eval()
+
+
+def eval_normalises_per_batch(model: torch.nn.Module) -> bool:
+    """Whether some BatchNorm (tuple members included) is still in training mode after eval()."""
+    return any(held.obj.training for held in batchnorms(model))
 
 
 # --- the validator --------------------------------------------------------------------------------
@@ -138,7 +143,6 @@ def test_length_rule_constants():
 # --- what the raw variants do with the same inputs -------------------------------------------------
 
 
-@pytest.mark.parametrize("name", RUNNABLE)
 @pytest.mark.parametrize(("shape", "dtype", "error"), [
     # [B, T] is read as an unbatched [C, L] input: C = B channels
     ((2, 300), torch.float32, r"expected input\[1, 2, 300\] to have 1 channels, but got 2"),
@@ -151,39 +155,47 @@ def test_length_rule_constants():
     ((2, 1, 300), torch.float64, r"Input type \(double\) and bias type \(float\) should be the same"),
     ((2, 1, 0), torch.float32, r"Kernel size can't be greater than actual input size"),
 ], ids=["rank2", "rank2-batch1", "rank4", "channels", "channels-last", "int64", "float64", "length0"])
-def test_raw_variants_raise_deep_inside(name: str, shape: tuple[int, ...], dtype: torch.dtype, error: str):
+def test_raw_variants_raise_deep_inside(runnable_name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                                       error: str):
     x = torch.zeros(shape).to(dtype)
     with pytest.raises(ValueError):
         validate_input(x)  # the validator refuses it up front, with what was expected
     with pytest.raises(RuntimeError, match=error), torch.no_grad():
-        model(name)(x)
+        model(runnable_name)(x)
 
 
-@pytest.mark.parametrize("name", RUNNABLE)
 @given(batch=st.integers(1, 3), length=st.integers(1, 300))
-def test_no_rank_2_input_passes_a_raw_variant_silently(name: str, batch: int, length: int):
+def test_no_rank_2_input_passes_a_raw_variant_silently(runnable_name: str, batch: int, length: int):
     # Whatever the numbers, a [B, T] input never reaches the output with a changed shape:
     # channels grow while lengths shrink, so some BatchNorm always sees a size mismatch.
     with pytest.raises(RuntimeError), torch.no_grad():
-        model(name)(torch.zeros(batch, length))
+        model(runnable_name)(torch.zeros(batch, length))
 
 
-@pytest.mark.parametrize("name", RUNNABLE)
-def test_raw_variants_return_an_empty_batch_silently(name: str):
+def test_raw_variants_return_an_empty_batch_silently(runnable_name: str):
     with torch.no_grad():
-        out = model(name)(torch.zeros(0, 1, 300))
+        out = model(runnable_name)(torch.zeros(0, 1, 300))
     assert out.shape == (0, 1)
 
 
-@pytest.mark.parametrize(("name", "poisoned"), [
-    ("skip_modules", [1]), ("legacy_effective", [1]),
-    # eval() does not reach the tuple blocks' BatchNorms: batch statistics carry the NaN to every row
-    ("tuple_blocks", [0, 1, 2]),
-])
 @pytest.mark.parametrize("value", [math.nan, math.inf])
-def test_raw_variants_turn_non_finite_input_into_nan_scores(name: str, poisoned: list[int], value: float):
+def test_raw_variants_turn_non_finite_input_into_nan_scores(runnable_name: str, value: float):
     x = torch.randn(3, 1, 300)
     x[1, 0, 17] = value
+    net = model(runnable_name)
+    # A variant whose eval() misses BatchNorms (tuple_blocks' tuple members) normalises with
+    # batch statistics: they carry the NaN to every row. Otherwise only the poisoned row is NaN.
+    poisoned = [0, 1, 2] if eval_normalises_per_batch(net) else [1]
     with torch.no_grad():
-        out = model(name)(x)
+        out = net(x)
     assert (~torch.isfinite(out)).any(1).nonzero().flatten().tolist() == poisoned
+
+
+def test_a_variant_normalises_per_batch_after_eval_exactly_when_its_spec_says_so(runnable_name: str):
+    # The rule above reads the model; its spec must declare the same (a mode_propagation defect).
+    declared = "mode_propagation" in SUBJECTS[runnable_name].declared_defects
+    assert eval_normalises_per_batch(model(runnable_name)) == declared
+
+
+def test_tuple_blocks_normalises_per_batch_after_eval():
+    assert eval_normalises_per_batch(model("tuple_blocks"))

@@ -2,7 +2,9 @@
 
 Every forward here is at the model's real input length (64,600 samples, ~0.15-0.3 s per
 clip on the 2-core CPU), so each test scores as few clips as its claim needs.
-The batching and bookkeeping properties run on a stand-in model instead.
+The batching and bookkeeping properties run on a stand-in model instead. Every runnable
+variant in the registry is scored (``runnable_name``), a team's included; what a variant
+is expected to get wrong comes from its spec, never from a list here.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import build, get_audio_model
+from harness import SUBJECTS, build, get_audio_model
 from harness.__main__ import main
 from harness.core.introspect import batchnorms
 from harness.core.tolerances import BATCHING, EXACT, assert_close
@@ -36,11 +38,17 @@ from harness.rawnet2.audio import (
 AUDIO = Path(__file__).parent / "data" / "audio"
 FIXTURES = [str(AUDIO / n) for n in ("hello.wav", "numbers.wav", "hello_44k_stereo.wav", "hello_16k.flac")]
 HELLO, NUMBERS = FIXTURES[0], FIXTURES[1]
-# variant -> why a file's eval-mode score depends on its batch mates (absent: it must not)
-BATCH_DEPENDENT = {
-    "tuple_blocks": "its 15 block BatchNorms live in tuples, eval() misses them: they normalise per batch",
-}
-SCORED_VARIANTS = ["legacy_effective", "tuple_blocks", "skip_modules"]
+
+
+def batch_dependence(variant: str) -> str | None:
+    """Why a file's eval-mode score depends on its batch mates, as its spec declares (None: it must not)."""
+    return SUBJECTS[variant].declared_defects.get("batch_independence")
+
+
+def holds_a_checkpoint(variant: str) -> bool:
+    """Whether the variant's state_dict can hold a trained model's weights: not when its spec declares
+    the state_dict round trip broken (tuple_blocks: the blocks live in tuples state_dict() never sees)."""
+    return "state_dict_roundtrip" not in SUBJECTS[variant].declared_defects
 
 
 def random_model(variant: str) -> nn.Module:
@@ -96,23 +104,33 @@ class FixtureScores(dict):
     one batch). Filled on first use: the most expensive step here, so each xdist worker
     pays only for the forms its tests need."""
 
-    FORMS = ("legacy_effective", "skip_modules")
+    REFERENCE = "legacy_effective"  # the checkpoint's own function: what every converted form must score
+
+    @staticmethod
+    def forms() -> list[str]:
+        """Every runnable variant that can hold the checkpoint: the reference, built by hand, and
+        every other one through the converter (preserve-function)."""
+        return [name for name in SUBJECTS if SUBJECTS[name].runs and holds_a_checkpoint(name)]
+
+    @classmethod
+    def converted_forms(cls) -> list[str]:
+        return [name for name in cls.forms() if name != cls.REFERENCE]
 
     def __init__(self, checkpoint: Path) -> None:
         super().__init__()
         self.checkpoint = checkpoint
 
     def __missing__(self, form: str) -> tuple[nn.Module, torch.Tensor]:
-        if form == "legacy_effective":
+        if form not in self.forms():
+            raise KeyError(form)
+        if form == self.REFERENCE:
             # the reference, built without the converter: the legacy class, its weights, skip cleared
             model = build("legacy")
             model.load_state_dict(torch.load(self.checkpoint, weights_only=True))
             model.skip = None
             model.eval()
-        elif form == "skip_modules":
-            model = get_audio_model("skip_modules", self.checkpoint, policy="preserve-function")
         else:
-            raise KeyError(form)
+            model = get_audio_model(form, self.checkpoint, policy="preserve-function")
         self[form] = model, scores_of(score_files(model, FIXTURES, batch_size=len(FIXTURES)))
         return self[form]
 
@@ -122,26 +140,35 @@ def fixture_scores(legacy_checkpoint: Path) -> FixtureScores:
     return FixtureScores(legacy_checkpoint)
 
 
-def test_converted_legacy_checkpoint_scores_real_audio_like_legacy_effective(fixture_scores: FixtureScores):
-    legacy, converted = fixture_scores["legacy_effective"][1], fixture_scores["skip_modules"][1]
-    assert_close(converted, legacy, EXACT, "skip_modules (preserve-function) vs legacy_effective")
+@pytest.mark.parametrize("form", FixtureScores.converted_forms())
+def test_converted_legacy_checkpoint_scores_real_audio_like_legacy_effective(
+    form: str, fixture_scores: FixtureScores
+):
+    legacy, converted = fixture_scores[FixtureScores.REFERENCE][1], fixture_scores[form][1]
+    assert_close(converted, legacy, EXACT, f"{form} (preserve-function) vs legacy_effective")
     # the scores come from the audio: the two utterances differ by more than float noise
     assert ((legacy > 0) & (legacy < 1)).all()
     assert not torch.isclose(legacy[0], legacy[1], rtol=BATCHING.rtol, atol=BATCHING.atol)
 
 
-@pytest.mark.parametrize("variant", SCORED_VARIANTS)
-def test_a_files_score_does_not_depend_on_its_batch_mates(variant: str, fixture_scores: FixtureScores):
-    if variant in FixtureScores.FORMS:  # trained-like weights, hello's score among all four fixtures
+def test_the_checkpoint_forms_are_every_runnable_variant_but_tuple_blocks():
+    # The example behind FixtureScores.forms(): only tuple_blocks' spec says its state_dict cannot hold one.
+    runnable = [name for name, spec in SUBJECTS.items() if spec.runs and spec.origin == "built in"]
+    assert [name for name in runnable if name not in FixtureScores.forms()] == ["tuple_blocks"]
+
+
+def test_a_files_score_does_not_depend_on_its_batch_mates(runnable_name: str, fixture_scores: FixtureScores):
+    variant = runnable_name
+    if variant in FixtureScores.forms():  # trained-like weights, hello's score among all four fixtures
         model, scores = fixture_scores[variant]
         in_batch = scores[:1]
     else:
         model = random_model(variant)
         in_batch = scores_of(score_files(model, [HELLO, NUMBERS], batch_size=2))[:1]
     alone = scores_of(score_files(model, [HELLO], batch_size=1))
-    if variant in BATCH_DEPENDENT:  # the known defect, shown: same file, same weights, other score
+    if (why := batch_dependence(variant)) is not None:  # the declared defect, shown: same file, other score
         assert not torch.isclose(in_batch, alone, rtol=BATCHING.rtol, atol=BATCHING.atol).any(), (
-            f"{variant} no longer depends on its batch ({BATCH_DEPENDENT[variant]}): update BATCH_DEPENDENT"
+            f"{variant} no longer depends on its batch ({why}): update its spec's expected_defects"
         )
     else:
         assert_close(in_batch, alone, BATCHING, f"{variant}: hello alone vs in a batch")
@@ -266,6 +293,17 @@ def test_cli_table_without_checkpoint_scores_with_seeded_random_weights(capsys: 
     assert hello_row.startswith(HELLO) and hello_row.split()[-1] == f"{expected.item():.6f}"
     assert captured.err.startswith("warning: no --checkpoint: skip_modules has random weights (seed 0)")
     assert "scored" not in captured.err  # no progress for fewer than PROGRESS_MIN_FILES files
+
+
+def test_cli_scores_with_every_runnable_variant(runnable_name: str, capsys: pytest.CaptureFixture):
+    assert main(["score", HELLO, "--variant", runnable_name, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    (row,) = json.loads(captured.out)
+    expected = score_waveforms(random_model(runnable_name), torch.from_numpy(load_clip(HELLO))[None])
+    assert row["file"] == HELLO
+    assert_close(torch.tensor([row["score"]], dtype=expected.dtype), expected.flatten(), EXACT,
+                 f"{runnable_name}: CLI score vs score_waveforms")
+    assert captured.err.startswith(f"warning: no --checkpoint: {runnable_name} has random weights")
 
 
 @pytest.mark.parametrize(

@@ -7,13 +7,16 @@ observation), so a change to any variant that alters a fact fails here.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn as nn
 
-from harness import VARIANTS, HarnessError, build, legacy_effective
+from harness import SUBJECTS, VARIANTS, HarnessError, build, legacy_effective
 from harness.core.introspect import batchnorms, parameter_count, used_tensors
 from harness.core.tolerances import EXACT, assert_close
+from harness.rawnet2.equivalence import copy_weights, seed_weights
 from harness.rawnet2.layouts import PROJECTION_BLOCKS, residual_blocks
 from harness.rawnet2.wiring import observe_blocks
 
@@ -34,18 +37,28 @@ def analytic_parameter_count(projections: tuple[int, ...], num_classes: int = 1)
     return total + (256 * 64 + 64) + (64 * num_classes + num_classes)
 
 
-def test_registry_holds_exactly_the_three_variants():
-    assert list(VARIANTS) == ["legacy", "tuple_blocks", "skip_modules"]
+BUILT_IN = ("legacy", "tuple_blocks", "skip_modules", "basic_blocks")
+BUILT_IN_DERIVED = ("legacy_effective",)
+
+
+def test_registry_holds_the_built_in_variants_and_any_team_ones():
+    built_in = [name for name, spec in SUBJECTS.items() if spec.origin == "built in"]
+    assert built_in == [*BUILT_IN, *BUILT_IN_DERIVED]
+    assert [name for name in VARIANTS if SUBJECTS[name].origin == "built in"] == list(BUILT_IN)
+    assert [name for name in built_in if SUBJECTS[name].derived] == list(BUILT_IN_DERIVED)
+    # Everything else was registered by a team (a pyproject table or harness.register), after them.
+    team = [name for name in SUBJECTS if name not in built_in]
+    assert list(VARIANTS) == [*BUILT_IN, *(name for name in team if not SUBJECTS[name].derived)]
 
 
 def test_build_rejects_unknown_name():
-    with pytest.raises(HarnessError, match="unknown variant 'resnet'.*legacy, tuple_blocks, skip_modules"):
+    known = re.escape(", ".join(SUBJECTS))
+    with pytest.raises(HarnessError, match=f"unknown variant 'resnet'; known: {known}$"):
         build("resnet")
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_build_returns_a_fresh_instance(name: str):
-    a, b = build(name), build(name)
+def test_build_returns_a_fresh_instance(variant_name: str):
+    a, b = build(variant_name), build(variant_name)
     assert a is not b and isinstance(a, nn.Module)
 
 
@@ -160,18 +173,60 @@ def test_skip_modules_registers_everything_it_uses():
     assert parameter_count(used_tensors(model.eval(), torch.randn(2, 1, 64))) == 581_185
 
 
+# --- basic_blocks --------------------------------------------------------------------------
+
+
+def test_basic_blocks_registers_everything_it_uses():
+    model = build("basic_blocks")
+    assert parameter_count(model.parameters()) == 581_185 == analytic_parameter_count(PROJECTION_BLOCKS)
+    assert len(model.state_dict()) == 116
+    assert parameter_count(used_tensors(model.eval(), torch.randn(2, 1, 64))) == 581_185
+
+
+def test_basic_blocks_eval_and_train_reach_all_16_batchnorms():
+    model = build("basic_blocks")
+    held = batchnorms(model)
+    assert len(held) == 16  # stem, two per block, one per projection shortcut
+    registered = {id(m) for m in model.modules()}
+    assert all(id(h.obj) in registered for h in held)
+    assert not any(h.obj.training for h in batchnorms(model.eval()))
+    assert all(h.obj.training for h in batchnorms(model.train()))
+
+
+def test_basic_blocks_keeps_one_projection_per_shape_changing_block():
+    blocks = residual_blocks(build("basic_blocks"))
+    assert [b.index for b in blocks] == [1, 2, 3, 4, 5, 6]
+    assert all(b.adds_itself for b in blocks)
+    assert [b.index for b in blocks if b.shortcut is not None] == list(PROJECTION_BLOCKS)
+    assert [b.shortcut_path for b in blocks if b.shortcut is not None] == [
+        f"layers.{i - 1}.downsample" for i in PROJECTION_BLOCKS]
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_basic_blocks_is_bit_identical_to_skip_modules_given_its_weights(train: bool):
+    # Different attribute names (stem, layers.N.conv1, downsample, embed, classifier):
+    # copy_weights pairs the tensors by structure and proves the pairing before copying.
+    skip_modules = seed_weights(build("skip_modules"), 7)
+    basic_blocks = build("basic_blocks")
+    copy_weights(skip_modules, basic_blocks)
+    x = torch.randn(3, 1, 1000, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        expected = skip_modules.train(train)(x)
+        actual = basic_blocks.train(train)(x)
+    assert_close(actual, expected, EXACT, f"basic_blocks vs skip_modules ({'train' if train else 'eval'})")
+    assert not torch.isclose(expected[0], expected[1]).all()  # the weights are not degenerate
+
+
 # --- every runnable form -------------------------------------------------------------------
 
-RUNNABLE = {"tuple_blocks": VARIANTS["tuple_blocks"], "skip_modules": VARIANTS["skip_modules"],
-            "legacy_effective": legacy_effective}
 
-
-@pytest.mark.parametrize("name", list(RUNNABLE))
 @pytest.mark.parametrize("num_classes", [1, 3])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_output_is_batch_by_classes_in_open_unit_interval(name: str, num_classes: int, train: bool):
-    model = RUNNABLE[name](num_classes=num_classes).train(train)
+def test_output_is_batch_by_classes_in_open_unit_interval(runnable_name: str, num_classes: int, train: bool):
+    model = build(runnable_name, num_classes=num_classes).train(train)
     with torch.no_grad():
         out = model(torch.randn(4, 1, 300))
     assert out.shape == (4, num_classes)
-    assert bool(((out > 0) & (out < 1)).all())
+    assert bool(torch.isfinite(out).all())
+    if SUBJECTS[runnable_name].output == "probability":  # a spec declaring logits promises no range
+        assert bool(((out > 0) & (out < 1)).all())

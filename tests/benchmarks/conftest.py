@@ -1,9 +1,11 @@
 """Benchmark-suite set-up: smoke vs timed runs, and the machine facts a timing depends on.
 
 pyproject's addopts disable timing, so a plain ``pytest`` runs each benchmark's
-function once, untimed. Even untimed, the whole matrix (4 forms x 2 batches x 2
-lengths) costs over 10 s of forwards on 2 cores, so a smoke run keeps only the
-smallest configuration (``SMOKE_PARAMS``) of each form and deselects the rest.
+function once, untimed. Even untimed, the whole matrix (every timed form of every
+runnable variant, ``harness.rawnet2.bench.timed_forms``, x 2 batches x 2 lengths) costs
+well over 10 s of forwards on 2 cores, so a smoke run keeps only the smallest
+configuration (``SMOKE_PARAMS``) of each form and deselects the rest: every form still
+runs once.
 ``--benchmark-enable`` (``make bench``) runs and times all of them.
 """
 
