@@ -17,7 +17,7 @@ from harness.__main__ import main
 from harness.core.audits import FAIL, NOT_APPLICABLE, PASS
 from harness.core.introspect import Structure
 from harness.rawnet2.audits import CHECKS
-from harness.rawnet2.bench import TIMED_FORMS
+from harness.rawnet2.bench import timed_forms
 from harness.rawnet2.registry import SUBJECTS
 from harness.report import (
     QUICK,
@@ -93,7 +93,7 @@ def test_quick_report_json_validates_and_follows_the_declarations(tmp_path, caps
         assert v["ship"] == (not SUBJECTS[name].expected_defects), (name, v["verdict"])
         assert v["verdict"].startswith("ship: " if v["ship"] else "do not ship: ")
     configs = len(QUICK.batches) * len(QUICK.lengths)
-    assert len(report["benchmarks"]) == configs * len(TIMED_FORMS)
+    assert len(report["benchmarks"]) == configs * len(timed_forms())
     for row in report["checkpoints"]:
         if "tuple_blocks" in (row["source"], row["target"]):
             assert not row["loads"], row  # its state_dict cannot hold the blocks

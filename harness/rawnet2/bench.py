@@ -58,10 +58,3 @@ def build_timed(form: TimedForm, device: torch.device | str, *, compile: bool = 
         model = optimize_for_inference(model, backend="inductor" if compile else None)
     return model
 
-
-def __getattr__(name: str) -> tuple[TimedForm, ...]:
-    # Transitional: ``TIMED_FORMS`` was a hand-written tuple; read now, it is ``timed_forms()``
-    # of the registry as it stands. Callers should call ``timed_forms()``.
-    if name == "TIMED_FORMS":
-        return timed_forms()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
