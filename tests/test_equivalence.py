@@ -21,7 +21,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import HarnessError, build, copy_weights, legacy_effective, optimize_for_inference
-from harness.core.forms import DEPLOYMENT_FORMS, compare_form, compare_forms, fold_batchnorms
+from harness.core.forms import (
+    DEPLOYMENT_FORMS,
+    compare_form,
+    compare_forms,
+    fold_batchnorms,
+    ieee_float32_on_cuda,
+)
 from harness.core.introspect import batchnorms
 from harness.core.tolerances import BATCHING, DEPLOYMENT_TOLERANCES, EXACT, REFERENCE_FORWARD, assert_close
 from harness.rawnet2.checkpoints import convert_state_dict, get_audio_model
@@ -430,12 +436,15 @@ def test_inductor_compiled_model_matches_eager_within_tolerance():
     assert difference.within, difference
 
 
-def test_optimized_model_on_device_matches_eager_on_that_device(device: torch.device):
-    model = seed_weights(build("skip_modules"), 6).eval().to(device)
+def test_optimized_model_on_device_matches_eager_on_that_device(device: torch.device, foldable_name: str):
+    """Float32 parity on each device: TF32 (cuDNN's default for convolutions) is switched off, as
+    for the cuda form; with it on, the H200 gave 9e-5 between folded and eager, a precision choice."""
+    model = seed_weights(build(foldable_name), 6).eval().to(device)
     x = torch.randn(2, 1, 1000, device=device)
-    with torch.no_grad():
-        assert_close(optimize_for_inference(model, backend=None)(x), model(x),
-                     DEPLOYMENT_TOLERANCES["folded"], f"folded vs eager on {device}")
+    with torch.no_grad(), ieee_float32_on_cuda():
+        optimized = optimize_for_inference(model, backend=None)
+        assert optimized.info.unfolded_batchnorms == []  # the trace ran on the model's device
+        assert_close(optimized(x), model(x), DEPLOYMENT_TOLERANCES["folded"], f"folded vs eager on {device}")
 
 
 # --- statement 4: deployment forms ----------------------------------------------------------

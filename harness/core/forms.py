@@ -145,12 +145,13 @@ def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def trace_input(model: nn.Module) -> torch.Tensor | None:
-    """A small input for the model's first convolution (``[2, C, 64]`` for a Conv1d), or None."""
+    """A small input for the first convolution (``[2, C, 64]`` for a Conv1d), on its device; or None."""
     first = next((m for m in model.modules() if isinstance(m, _ConvNd)), None)
     if first is None:
         return None
     spatial = (64,) * (first.weight.dim() - 2)
-    return torch.randn(2, first.in_channels, *spatial, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, first.in_channels, *spatial, generator=torch.Generator().manual_seed(0))
+    return x.to(device=first.weight.device, dtype=first.weight.dtype)
 
 
 def conv_batchnorm_pairs(model: nn.Module, example_input: torch.Tensor | None = None,
