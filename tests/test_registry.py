@@ -100,14 +100,15 @@ def write_registry(directory: Path, tables: dict[str, dict[str, str]]) -> Path:
 
 @pytest.fixture
 def team(tmp_path, monkeypatch):
-    """A team's checkout: prod (skip_modules' function) and buggy (one slope 0.2), registered from
-    its pyproject.toml; unregistered afterwards so other tests see the built-ins only."""
+    """A team's checkout: fixture_prod (skip_modules' function) and fixture_buggy (one slope 0.2),
+    registered from its pyproject.toml; unregistered afterwards so other tests see only what the
+    run registered (names no team would pick, so a run with a team's own registry does not clash)."""
     monkeypatch.syspath_prepend(str(tmp_path))
     prod = write_module(tmp_path, "team_prod")
     buggy = write_module(tmp_path, "team_buggy", slope=0.2)
     path = write_registry(tmp_path, {
-        "prod": {"factory": prod, "reference": "skip_modules", "output": "probability"},
-        "buggy": {"factory": buggy, "reference": "skip_modules", "output": "probability"},
+        "fixture_prod": {"factory": prod, "reference": "skip_modules", "output": "probability"},
+        "fixture_buggy": {"factory": buggy, "reference": "skip_modules", "output": "probability"},
     })
     specs = load_registry_file(path)
     yield {s.name: s for s in specs}
@@ -116,10 +117,11 @@ def team(tmp_path, monkeypatch):
 
 
 def test_a_pyproject_table_registers_a_model_with_everything_a_built_in_gets(team):
-    prod = team["prod"]
-    assert SUBJECTS["prod"] is prod and "prod" in VARIANTS and prod.origin.endswith("pyproject.toml")
-    assert type(build("prod")).__name__ == "ProdDetector"
-    assert golden_sources("prod") == {"train": "skip_modules", "eval": "skip_modules"}  # no file needed
+    prod = team["fixture_prod"]
+    assert SUBJECTS["fixture_prod"] is prod and "fixture_prod" in VARIANTS
+    assert prod.origin.endswith("pyproject.toml")
+    assert type(build("fixture_prod")).__name__ == "ProdDetector"
+    assert golden_sources("fixture_prod") == {"train": "skip_modules", "eval": "skip_modules"}  # no file
     x = torch.randn(2, 1, 600, generator=torch.Generator().manual_seed(1))
     result = compare_specs(spec("skip_modules"), prod, x)
     assert result.equivalent and [m.max_abs_diff for m in result.modes] == [0.0, 0.0]
@@ -127,14 +129,14 @@ def test_a_pyproject_table_registers_a_model_with_everything_a_built_in_gets(tea
 
 def test_a_departure_from_the_reference_is_named_and_means_do_not_ship(team):
     x = torch.randn(2, 1, 600, generator=torch.Generator().manual_seed(1))
-    result = compare_specs(spec("skip_modules"), team["buggy"], x)
+    result = compare_specs(spec("skip_modules"), team["fixture_buggy"], x)
     assert not result.equivalent
     for mode in result.modes:
         assert "stages.2" in mode.first_divergence or "stages.3" in mode.first_divergence, mode
-    rows = _reference_rows(["buggy"], QUICK, lambda message: None)
-    departures = _departures("buggy", rows)
+    rows = _reference_rows(["fixture_buggy"], QUICK, lambda message: None)
+    departures = _departures("fixture_buggy", rows)
     assert set(departures) == {"train", "eval"}
-    structure = describe(build("buggy"), x)
+    structure = describe(build("fixture_buggy"), x)
     judged = verdict(structure, {"registration": "pass"}, {}, departures)
     assert not judged.ship and "computes another function than its reference" in judged.line
 
@@ -145,7 +147,7 @@ def test_compare_cli_exit_codes_and_json(team, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["equivalent"] is True and len(data["mapping"]) == 116
     assert [(m["mode"], m["max_abs_diff"]) for m in data["modes"]] == [("train", 0.0), ("eval", 0.0)]
-    assert main(["compare", "skip_modules", "buggy", "--input-shape", "2,1,600"]) == 1
+    assert main(["compare", "skip_modules", "fixture_buggy", "--input-shape", "2,1,600"]) == 1
     out = capsys.readouterr().out
     # The slope sits after stage 2's last conv: the next paired module is the first whose output parts.
     assert "DIFFERENT; first divergence: ref res_block4.0 vs other stages.3.branch.0" in out
@@ -155,7 +157,7 @@ def test_compare_cli_exit_codes_and_json(team, capsys):
     assert err.startswith("error: ") and "no pairing fits" in err and err.count("\n") == 1
 
 
-def test_migrate_to_a_module_attr_reproduces_legacy_effective_exactly(team, tmp_path, capsys):
+def test_migrate_to_a_module_attr_gives_exactly_legacy_effective(team, tmp_path, capsys):
     legacy = seed_weights(legacy_effective(), 3)
     source = tmp_path / "legacy.pt"
     save_checkpoint(legacy.state_dict(), source)
