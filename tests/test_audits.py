@@ -298,7 +298,7 @@ def test_sound_models_pass_every_check(factory, example: torch.Tensor):
     report = audit(factory, example)
     assert report.results == results_except(report) and report.ok
     assert report.findings == []
-    assert "no res_blockN" in report.notes["skip_wiring"]
+    assert "no residual blocks of a known idiom" in report.notes["skip_wiring"]
 
 
 def test_log_probabilities_pass_when_output_contract_is_left_out():
@@ -507,7 +507,7 @@ def test_render_lists_results_findings_and_reasons():
     assert "registration          fail    fail" in text
     assert "mode_propagation      fail    pass !" in text
     assert "[registration] norms (list) is not registered" in text
-    assert "not applicable:\n  [skip_wiring] no res_blockN blocks" in text
+    assert "not applicable:\n  [skip_wiring] no residual blocks of a known idiom" in text
 
 
 # --- command line -------------------------------------------------------------------------------

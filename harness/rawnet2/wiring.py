@@ -125,7 +125,8 @@ def check_skip_wiring(ctx: AuditContext) -> list[Finding]:
     """
     model = ctx.build().eval()
     if not residual_blocks(model):
-        raise NotApplicable("no res_blockN blocks: the model has no known block layout")
+        raise NotApplicable("no residual blocks of a known idiom (res_blockN with skipN, or a block holding "
+                            "downsample/shortcut): nothing to observe")
     try:
         observations = observe_blocks(model, ctx.example)
     except Exception as exc:
