@@ -1,4 +1,5 @@
-"""rawnet2-harness: regression and equivalence harness for the RawNet2 variants.
+"""rawnet2-harness: regression and equivalence harness for the RawNet2 variants, and any model
+a team registers (``harness.register`` or ``[tool.rawnet2-harness.variants.NAME]``).
 
 The registry is imported eagerly; the heavier tools are loaded on first use so that
 ``import harness`` stays cheap.
@@ -20,6 +21,11 @@ _LAZY = {
     "copy_weights": "harness.rawnet2.equivalence",
     "optimize_for_inference": "harness.core.forms",
     "flops": "harness.core.bench",
+    "register": "harness.rawnet2.registry",
+    "resolve": "harness.rawnet2.registry",
+    "match_weights": "harness.core.matching",
+    "compare_models": "harness.core.matching",
+    "seed_weights": "harness.rawnet2.equivalence",
 }
 
 __all__ = [

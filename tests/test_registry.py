@@ -339,3 +339,14 @@ def test_a_team_registry_runs_the_whole_suite_on_its_model(tmp_path):
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == expected, run.stdout[-3000:]
         assert " passed" in run.stdout
+
+
+def test_score_takes_a_module_attr_with_kwargs(team, capsys):
+    wav = str(ROOT / "tests" / "data" / "audio" / "hello.wav")
+    argv = ["score", wav, "--variant", "team_prod:ProdDetector", "--kwargs", '{"num_classes": 1}',
+            "--format", "json"]
+    assert main(argv) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["file"] == wav and 0.0 < row["score"] < 1.0
+    assert main(["score", wav, "--variant", "team_prod:ProdDetector", "--kwargs", '{"num_classes": "x"']) == 2
+    assert "invalid JSON" in capsys.readouterr().err

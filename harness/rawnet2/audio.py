@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 
 from harness.core.errors import HarnessError
+from harness.core.loading import parse_kwargs
 from harness.rawnet2.checkpoints import get_audio_model
 from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
 
@@ -303,17 +304,18 @@ def cli_score(args: argparse.Namespace) -> int:
     """``python -m harness score``: exit 0 when every file scored, 1 when any failed."""
     if args.batch_size < 1:
         raise HarnessError(f"--batch-size must be at least 1, got {args.batch_size}")
+    kwargs = parse_kwargs(args.kwargs) if getattr(args, "kwargs", None) else None
     if args.checkpoint is None:
         with torch.random.fork_rng():
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = get_audio_model(args.variant, None, policy=args.policy)
+            model = get_audio_model(args.variant, None, policy=args.policy, kwargs=kwargs)
         print(
             f"warning: no --checkpoint: {args.variant} has random weights (seed {RANDOM_WEIGHTS_SEED}); "
             "the scores mean nothing",
             file=sys.stderr,
         )
     else:
-        model = get_audio_model(args.variant, args.checkpoint, policy=args.policy)
+        model = get_audio_model(args.variant, args.checkpoint, policy=args.policy, kwargs=kwargs)
     progress = _progress_to_stderr if len(args.files) >= PROGRESS_MIN_FILES else None
     try:
         results = score_files(model, args.files, batch_size=args.batch_size, progress=progress)
