@@ -22,7 +22,7 @@ from fixed.basic_blocks import RawNet2 as BasicBlocks
 from fixed.skip_modules import RawNet2 as SkipModules
 from fixed.tuple_blocks import RawNet2 as TupleBlocks
 from harness.core.errors import HarnessError
-from harness.core.introspect import batchnorms, held_tensors
+from harness.core.introspect import held_tensors
 from harness.core.matching import (
     Comparison,
     MatchError,
@@ -32,6 +32,7 @@ from harness.core.matching import (
     pair_weights,
 )
 from harness.core.tolerances import EXACT, Tolerance, assert_close
+from harness.core.weights import seed_weights
 
 X = torch.randn(2, 1, 800, generator=torch.Generator().manual_seed(0))
 MODES = ("train", "eval")
@@ -39,20 +40,8 @@ few = settings(max_examples=max(3, settings.default.max_examples // 10), deadlin
 
 
 def randomized(factory: type[nn.Module], seed: int) -> nn.Module:
-    """A fresh model with weights drawn under ``seed`` and BatchNorm state away from its defaults."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = factory()
-    with torch.no_grad():
-        for held in batchnorms(model):  # tuple members too
-            bn = held.obj
-            bn.running_mean.normal_(0.0, 0.1, generator=generator)
-            bn.running_var.uniform_(0.5, 2.0, generator=generator)
-            bn.weight.uniform_(0.5, 1.5, generator=generator)
-            bn.bias.normal_(0.0, 0.1, generator=generator)
-            bn.num_batches_tracked.fill_(seed)
-    return model
+    """A fresh model with weights and BatchNorm state drawn under ``seed`` (``harness.core.weights``)."""
+    return seed_weights(factory(), seed)
 
 
 def output(model: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:

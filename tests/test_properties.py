@@ -31,6 +31,7 @@ from harness.core.introspect import batchnorms
 from harness.core.tolerances import EXACT, assert_close
 from harness.rawnet2.architecture import NONE, PROJECTION, ReferenceSpec
 from harness.rawnet2.audits import audit, declared_results
+from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.inputs import last_norm_values, min_train_length
 from harness.rawnet2.layouts import PROJECTION_BLOCKS, residual_blocks
 from harness.rawnet2.wiring import observe_blocks
@@ -52,19 +53,8 @@ some = per_variant(settings.default.max_examples)
 
 
 def randomized(name: str, seed: int, num_classes: int = 1) -> nn.Module:
-    """A fresh instance with weights drawn under ``seed`` and BatchNorm state away from its defaults."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SUBJECTS[name].build(num_classes=num_classes)
-    with torch.no_grad():
-        for held in batchnorms(model):  # tuple members too
-            bn = held.obj
-            bn.running_mean.normal_(0.0, 0.1, generator=generator)
-            bn.running_var.uniform_(0.5, 2.0, generator=generator)
-            bn.weight.uniform_(0.5, 1.5, generator=generator)
-            bn.bias.normal_(0.0, 0.1, generator=generator)
-    return model
+    """A fresh instance with weights and BatchNorm state drawn under ``seed`` (the library's seeding)."""
+    return seed_weights(SUBJECTS[name].build(num_classes=num_classes), seed)
 
 
 @functools.cache
