@@ -46,7 +46,7 @@ from harness.core.introspect import Held, held, held_modules, held_tensors, used
 from harness.core.loading import UserCodeExit, call_user_code, exit_error
 from harness.core.loading import load_attr as load_attr  # re-exported: importing MODULE:ATTR
 from harness.core.loading import load_factory as load_factory  # re-exported, the same function
-from harness.core.tolerances import BATCHING, EXACT, Tolerance, close_elements, max_abs_diff
+from harness.core.tolerances import BATCHING, EXACT, all_close, close_elements, max_abs_diff
 
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "n/a"
 
@@ -311,27 +311,6 @@ def _flatten_output(out: object, prefix: str = "", depth: int = 0,
     return tensors, others
 
 
-def _same(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> bool:
-    """Same shape and every element close (floating) or equal (integer, bool)."""
-    if actual.shape != expected.shape:
-        return False
-    return bool(_close_mask(actual, expected, tol).all())
-
-
-def _close_mask(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> torch.Tensor:
-    if actual.is_floating_point() or actual.is_complex():
-        return close_elements(actual, expected, tol)
-    return actual.cpu() == expected.cpu()
-
-
-def _max_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    if actual.is_complex() or expected.is_complex():
-        a, e = (t.detach().cpu().to(torch.complex128) for t in (actual, expected))
-        diff = (a - e).abs()
-        return float(diff.nan_to_num(nan=float("inf")).max()) if diff.numel() else 0.0
-    return max_abs_diff(actual, expected)
-
-
 def _structure(outputs: Outputs) -> str:
     return "[" + ", ".join(_leaf_name(k) for k in outputs.keys) + "]"
 
@@ -579,10 +558,10 @@ def check_state_dict_roundtrip(ctx: AuditContext) -> list[Finding]:
                                 f"{_structure(expected)}")]
     else:
         findings = [ctx.finding(f"{_on(key)}{loaded} gives different eval outputs: "
-                                + (f"max abs diff {_max_diff(a, e):.3g}" if a.shape == e.shape
+                                + (f"max abs diff {max_abs_diff(a, e):.3g}" if a.shape == e.shape
                                    else f"shape {tuple(a.shape)} instead of {tuple(e.shape)}"))
                     for (key, a), (_, e) in zip(actual.leaves, expected.leaves, strict=True)
-                    if not _same(a, e, EXACT)]
+                    if not all_close(a, e, EXACT)]
     if not findings:
         return []
     saved = {id(t) for t in target.state_dict(keep_vars=True).values()}
@@ -633,8 +612,8 @@ def check_batch_independence(ctx: AuditContext) -> list[Finding]:
                     differing[key].append(f"{i} (no such output alone)")
                 elif single.shape != row.shape:
                     differing[key].append(f"{i} (shape differs)")
-                elif not _same(single, row, BATCHING):
-                    differing[key].append(f"{i} (max abs diff {_max_diff(single, row):.3g})")
+                elif not all_close(single, row, BATCHING):
+                    differing[key].append(f"{i} (max abs diff {max_abs_diff(single, row):.3g})")
     for key, samples in differing.items():
         if not samples:
             continue
@@ -736,21 +715,21 @@ def check_determinism(ctx: AuditContext) -> list[Finding]:
                             f"{_structure(first)} and {_structure(second)}")]
     findings = []
     for (key, a), (_, b) in zip(first.leaves, second.leaves, strict=True):
-        if _same(b, a, EXACT):
+        if all_close(b, a, EXACT):
             continue
         if a.shape != b.shape:
             findings.append(ctx.finding(f"{_on(key)}two eval forwards of the same input give shapes "
                                         f"{tuple(a.shape)} and {tuple(b.shape)}"))
         else:
             findings.append(ctx.finding(f"{_on(key)}two eval forwards of the same input differ: max abs diff "
-                                        f"{_max_diff(a, b):.3g} (samples {_rows_differing(a, b)})"))
+                                        f"{max_abs_diff(a, b):.3g} (samples {_rows_differing(a, b)})"))
     return findings
 
 
 def _rows_differing(a: torch.Tensor, b: torch.Tensor) -> str:
     if a.dim() == 0:
         return "-"
-    same = _close_mask(a, b, EXACT)
+    same = close_elements(a, b, EXACT)
     same = same.reshape(a.shape[0], -1).all(1)
     return ", ".join(str(i) for i in (~same).nonzero().flatten().tolist())
 

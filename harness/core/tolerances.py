@@ -99,7 +99,10 @@ REFERENCE_FORWARD = Tolerance(**_FLOAT32_DEFAULT, reason="same ops; pooling may 
 
 
 def close_elements(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> torch.Tensor:
-    """Elementwise ``|actual - expected| <= atol + rtol * |expected|``, NaN agreeing only with NaN."""
+    """Elementwise ``|actual - expected| <= atol + rtol * |expected|``, NaN agreeing only with NaN;
+    integer and bool tensors must be equal."""
+    if not (actual.is_floating_point() or actual.is_complex()):
+        return actual.cpu() == expected.cpu()
     return torch.isclose(actual, expected.to(actual), rtol=tol.rtol, atol=tol.atol, equal_nan=True)
 
 
@@ -111,7 +114,8 @@ def all_close(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> b
 def abs_diff(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     """Elementwise ``|actual - expected|`` in float64 on the CPU: 0 where both are equal (equal
     infinities too) or both NaN, inf where only one is NaN."""
-    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    kind = torch.complex128 if actual.is_complex() or expected.is_complex() else torch.float64
+    a, e = actual.detach().cpu().to(kind), expected.detach().cpu().to(kind)
     agree = (a == e) | (a.isnan() & e.isnan())
     return (a - e).abs().masked_fill(agree, 0.0).nan_to_num(nan=float("inf"))
 
