@@ -31,7 +31,7 @@ test-serial: $(STAMP)
 # options through BENCH_ARGS, e.g. make bench BENCH_ARGS="--benchmark-autosave".
 BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) -m pytest tests/benchmarks --benchmark-only --benchmark-enable -p no:xdist $(BENCH_ARGS)
+	$(PY) -m pytest tests/benchmarks --benchmark-only -p no:xdist $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check harness tests conftest.py

@@ -39,7 +39,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # A plain `pytest` smoke-runs the benchmarks untimed; `pytest --benchmark-only` (or
+    # --benchmark-enable) times them. Set here, before pytest-benchmark reads its options: as an
+    # addopts entry, --benchmark-disable made `pytest --benchmark-only` a usage error.
+    if config.pluginmanager.hasplugin("benchmark") and not (
+            config.getoption("benchmark_only") or config.getoption("benchmark_enable")):
+        config.option.benchmark_disable = True
     # Before collection: every list of variants the tests parametrize over comes from the registry.
     from harness.rawnet2.registry import load_registry_file
 

@@ -197,3 +197,19 @@ def test_machine_info_names_torch_threads_and_gpu() -> None:
     assert info["torch_version"] == torch.__version__
     assert info["torch_threads"] == torch.get_num_threads()
     assert ("gpu" in info) and (info["gpu"] is None) == (not torch.cuda.is_available())
+
+
+@pytest.mark.parametrize("spelling", [[], ["--benchmark-only"], ["--benchmark-only", "-k", "cpu"],
+                                      ["--benchmark-enable"]])
+def test_the_plain_benchmark_spellings_are_accepted(spelling: list[str]):
+    """`pytest --benchmark-only` is how a pytest-benchmark user times; it must not be a usage error."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", *spelling,
+                          str(root / "tests" / "benchmarks")], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "test_forward" in run.stdout
