@@ -38,7 +38,10 @@ def _model_options(p: argparse.ArgumentParser, *, weights: bool = True) -> None:
 def _report_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="side-by-side report of the variants (the main job)")
     p.add_argument("--format", choices=("markdown", "json", "html"), default="markdown")
-    p.add_argument("--output", metavar="PATH", help="write here instead of stdout (atomically)")
+    p.add_argument("--output", metavar="PATH", help="write here instead of stdout (atomically): a regular "
+                   "file (replaced) or a new path, never a directory, device or FIFO")
+    p.add_argument("--force", action="store_true",
+                   help="let --output replace a symbolic link: the link itself, never what it points to")
     p.add_argument("--quick", action="store_true", help="short inputs, few repeats (seconds)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--variant", action="append", metavar="NAME",
@@ -87,7 +90,9 @@ def _migrate_parser(sub: argparse._SubParsersAction) -> None:
                    help="preserve-function (default): the result computes what the source computed; "
                         "preserve-weights: carry every weight that has a place")
     _model_options(p, weights=False)
-    p.add_argument("--force", action="store_true", help="overwrite an existing DST (never SRC itself)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing DST file, or replace a symbolic link DST (the link itself, "
+                        "never what it points to); never SRC itself")
 
 
 def _score_parser(sub: argparse._SubParsersAction) -> None:

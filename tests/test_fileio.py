@@ -59,11 +59,13 @@ def test_impossible_targets_are_refused_before_writing(tmp_path: Path, make, exp
         write_text_atomically(make(tmp_path), "x")
 
 
-def test_existing_target_needs_force(tmp_path: Path):
+def test_existing_target_needs_force_unless_overwrite(tmp_path: Path):
     target = tmp_path / "ckpt.pt"
     target.write_text("keep me")
     with pytest.raises(HarnessError, match="already exists; use --force"):
-        write_text_atomically(target, "new", force=False)
+        write_text_atomically(target, "new", overwrite=False)
     assert target.read_text() == "keep me"
-    write_text_atomically(target, "new", force=True)
+    write_text_atomically(target, "new", force=True, overwrite=False)
     assert target.read_text() == "new"
+    write_text_atomically(target, "newer")  # reports and golden files: a regular file is replaced
+    assert target.read_text() == "newer"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from harness.core.errors import HarnessError
-from harness.core.fileio import write_atomically
+from harness.core.fileio import check_regular_input, describe_unreadable, write_atomically
 
 WRAPPER_KEYS = ("state_dict", "model")
 # Prefix added by nn.DataParallel / DistributedDataParallel.
@@ -31,19 +30,27 @@ DATA_PARALLEL_PREFIX = "module."
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"
 _MAX_LISTED = 6
+# The integer buffers torch's own layers keep in a state_dict (BatchNorm's step count): the
+# only non-floating tensors a checkpoint may hold when no target model is at hand.
+INTEGER_BUFFERS = ("num_batches_tracked",)
 StateDict = dict[str, torch.Tensor]
 
 
 # --- reading -------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str | os.PathLike) -> StateDict:
-    """The state_dict in ``path``, unwrapped; ``HarnessError`` naming the file for any bad input."""
-    return read_checkpoint(Path(path))[0]
+def load_checkpoint(path: str | os.PathLike, *, reference: Mapping[str, torch.Tensor] | None = None,
+                    ) -> StateDict:
+    """The state_dict in ``path``, unwrapped and its dtypes checked (``check_dtypes``, against
+    ``reference``, the target model's own state_dict, when the caller has one);
+    ``HarnessError`` naming the file for any bad input."""
+    return read_checkpoint(Path(path), reference=reference)[0]
 
 
-def read_checkpoint(path: Path) -> tuple[StateDict, list[str]]:
+def read_checkpoint(path: Path, *, reference: Mapping[str, torch.Tensor] | None = None,
+                    ) -> tuple[StateDict, list[str]]:
     """The state_dict and notes on what was unwrapped (for the CLI to print)."""
+    path = Path(path)
     head = _check_readable_file(path)
     if path.suffix == ".safetensors" or _looks_like_safetensors(head, path.stat().st_size):
         payload = _load_safetensors(path)
@@ -52,29 +59,23 @@ def read_checkpoint(path: Path) -> tuple[StateDict, list[str]]:
     else:
         kind = "a text file" if _is_text(head) else f"an unrecognised format (starts with {head[:8]!r})"
         raise HarnessError(f"{path}: not a PyTorch or safetensors checkpoint: {kind}")
-    return as_state_dict(payload, str(path))
+    return as_state_dict(payload, str(path), reference=reference)
 
 
 def _check_readable_file(path: Path) -> bytes:
-    """The file's first bytes, after refusing what is not a readable, non-empty regular file."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise HarnessError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise HarnessError(f"{path}: cannot read: {exc.strerror}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise HarnessError(f"{path}: is a directory, not a checkpoint file")
-    if not stat.S_ISREG(info.st_mode):
-        # A FIFO or device would block or stream forever.
-        raise HarnessError(f"{path}: not a regular file")
+    """The file's first bytes, after refusing what is not a readable, non-empty regular file.
+
+    A FIFO or device would block or stream forever; a symlink loop says so
+    (``harness.core.fileio.check_regular_input``).
+    """
+    info = check_regular_input(path)
     if info.st_size == 0:
         raise HarnessError(f"{path}: empty file (0 bytes)")
     try:
         with path.open("rb") as f:
             return f.read(64)
     except OSError as exc:
-        raise HarnessError(f"{path}: cannot read: {exc.strerror}") from None
+        raise HarnessError(describe_unreadable(path, exc)) from None
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -134,11 +135,13 @@ def _load_safetensors(path: Path) -> object:
         raise HarnessError(f"{path}: corrupt safetensors file ({_first_sentence(str(exc))})") from None
 
 
-def as_state_dict(payload: object, label: str = "checkpoint") -> tuple[StateDict, list[str]]:
+def as_state_dict(payload: object, label: str = "checkpoint", *,
+                  reference: Mapping[str, torch.Tensor] | None = None) -> tuple[StateDict, list[str]]:
     """Unwrap a loaded payload into a plain ``{str: Tensor}`` dict; notes say what was removed.
 
     Accepts ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers (other entries of the
     wrapper, e.g. an optimizer, are ignored and noted) and ``module.`` key prefixes.
+    Every tensor's dtype is checked (``check_dtypes``, with ``reference`` when given).
     """
     notes = []
     while isinstance(payload, Mapping) and (key := _wrapper_key(payload)) is not None:
@@ -161,7 +164,53 @@ def as_state_dict(payload: object, label: str = "checkpoint") -> tuple[StateDict
     while all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
         state = {k[len(DATA_PARALLEL_PREFIX):]: v for k, v in state.items()}
         notes.append(f"stripped the {DATA_PARALLEL_PREFIX!r} prefix")
+    check_dtypes(state, label, reference=reference)
     return state, notes
+
+
+def check_dtypes(state: Mapping[str, torch.Tensor], label: str = "checkpoint", *,
+                 reference: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Refuse, in one line naming the keys, tensors a model cannot hold as they are meant.
+
+    A model's weights are floating point: float16, bfloat16 and float64 are accepted (loading
+    casts them to the model's dtype, the values as rounded in the file); integer, bool and
+    complex tensors are not, since ``load_state_dict`` would silently cast an int32 weight
+    and the model would compute garbage. Integers are accepted only where the model itself
+    holds an integer tensor: per ``reference`` (the target model's own state_dict) when the
+    caller has one, else for torch's integer buffers (``INTEGER_BUFFERS``: BatchNorm's
+    ``num_batches_tracked``). Against a ``reference``, a key it holds must have the same kind
+    (floating, integer or bool) there.
+    """
+    bad = []
+    for key, tensor in state.items():
+        own = reference.get(key) if reference is not None else None
+        if own is not None and isinstance(own, torch.Tensor):
+            if _dtype_kind(tensor.dtype) != _dtype_kind(own.dtype) or tensor.is_complex():
+                bad.append(f"{key!r} ({_dtype_name(tensor.dtype)}; the model holds {_dtype_name(own.dtype)})")
+        elif tensor.is_floating_point():
+            continue
+        elif (_dtype_kind(tensor.dtype) != "integer"
+              or key.rpartition(".")[2] not in INTEGER_BUFFERS):
+            bad.append(f"{key!r} ({_dtype_name(tensor.dtype)})")
+    if bad:
+        shown = ", ".join(bad[:_MAX_LISTED]) + (f" (+{len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED
+                                                 else "")
+        raise HarnessError(
+            f"{label}: {len(bad)} tensor{'s' * (len(bad) != 1)} of a dtype the model cannot hold as weights: "
+            f"{shown}; weights must be floating point (float16, bfloat16, float32, float64), integers only "
+            "where the model itself keeps integers (e.g. BatchNorm's num_batches_tracked)")
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "floating"
+    return "bool" if dtype == torch.bool else "integer"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _wrapper_key(payload: Mapping) -> str | None:
@@ -177,14 +226,12 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
 
     Temp file in the target directory, flush, fsync, ``os.replace``; the temp file is
     removed on any failure. ``.safetensors`` paths are written as safetensors. An
-    existing ``path`` is refused unless ``force``.
+    existing ``path`` (or a symbolic link there) is refused unless ``force``; a directory,
+    device, FIFO or socket always (``harness.core.fileio.check_output_path``).
     """
-    path = Path(path)
-    write_atomically(
-        path,
-        lambda f: _serialize(dict(state_dict), f, safetensors=path.suffix == ".safetensors"),
-        force=force,
-    )
+    safetensors = Path(os.fspath(path)).suffix == ".safetensors"
+    write_atomically(path, lambda f: _serialize(dict(state_dict), f, safetensors=safetensors),
+                     force=force, overwrite=False)
 
 
 def _serialize(state_dict: StateDict, f, *, safetensors: bool) -> None:

@@ -1,54 +1,214 @@
-"""Atomic file output: a reader sees the old file or the whole new one, never half of one.
+"""Where the harness may write and read files: the one home for output paths and atomic writes.
 
-The one home for writing results (checkpoints, reports, golden files): temp file in the
-target directory (O_EXCL, so a link planted at the temp name is never followed), flush,
-fsync, ``os.replace``, then fsync of the directory; the temp file is removed on failure.
+Output (checkpoints, reports, golden files) goes only to a regular file or a new path:
+
+* ``check_output_path(path, force=, overwrite=)`` refuses, before any work, an empty path, a
+  path ending in a separator (it names a directory), a directory, a special file (character
+  or block device, FIFO, socket), a symbolic link unless ``force`` (then the link itself is
+  replaced, never what it points to), an existing file unless ``overwrite`` or ``force``,
+  and a directory that is missing or not writable. Each refusal is one ``HarnessError``
+  line naming the path.
+* ``write_atomically`` checks the same, writes a temp file in the target directory (O_EXCL,
+  so a link planted at the temp name is never followed), flush, fsync, checks the target
+  again, ``os.replace`` (which replaces a directory entry, never writes through it), then
+  fsync of the directory; the temp file is removed on failure. Nothing is ever opened for
+  writing at the destination itself.
+
+Input: ``check_regular_input(path)`` is the stat that refuses what is not a readable
+regular file (a symlink loop, a broken link, a directory, a FIFO or device) in one line;
+``describe_unreadable(path, exc)`` is the line for an ``OSError`` met while reading.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from harness.core.errors import HarnessError
 
-
-def check_writable_target(path: Path, *, force: bool = True) -> None:
-    """Refuse a target whose directory is missing, that is a directory, or that exists (unless force)."""
-    if not path.parent.is_dir():
-        raise HarnessError(f"{path}: directory {str(path.parent)!r} does not exist")
-    if path.is_dir():
-        raise HarnessError(f"{path}: is a directory")
-    if not force and os.path.lexists(path):
-        raise HarnessError(f"{path}: already exists; use --force (force=True) to overwrite it")
+PathLike = str | os.PathLike
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None], *, force: bool = True) -> None:
-    """Call ``write(f)`` on a temp file beside ``path``, then move it into place atomically."""
-    path = Path(path)
-    check_writable_target(path, force=force)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+# --- what a path is --------------------------------------------------------------------------------
+
+
+def file_kind(mode: int) -> str:
+    """``a directory``, ``a FIFO (named pipe)``, ``a character device``...: what a mode says, in words."""
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISLNK, "a symbolic link"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def _link_target(path: PathLike) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def describe_unreadable(path: PathLike, exc: OSError) -> str:
+    """The one line (``PATH: why``) for an ``OSError`` met while opening or stat-ing ``path`` to read it.
+
+    A symlink loop says so (``ELOOP`` is otherwise read as "no such file" by careless
+    callers); a broken link names where it points.
+    """
+    code = exc.errno
+    if code == errno.ELOOP:
+        return f"{path}: symlink loop (too many levels of symbolic links)"
+    if code == errno.ENOENT:
+        if os.path.islink(path):
+            return f"{path}: broken symbolic link (points to {_link_target(path)!r}, which does not exist)"
+        return f"{path}: no such file"
+    if code == errno.ENOTDIR:
+        return f"{path}: no such file (a component of the path is not a directory)"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"{path}: cannot read: permission denied"
+    if code == errno.ENAMETOOLONG:
+        return f"{path}: file name too long"
+    return f"{path}: cannot read: {exc.strerror or exc}"
+
+
+def check_regular_input(path: PathLike) -> os.stat_result:
+    """``os.stat(path)`` of a regular file to read, else one ``HarnessError`` line (exit 2) saying why.
+
+    Refuses an empty path, a missing file, a broken link, a symlink loop, a directory and
+    a special file (a FIFO or a device would block or stream forever). Symlinks to a
+    regular file are followed, as any reader does.
+    """
+    if os.fspath(path) == "":
+        raise HarnessError("empty path ('') given for an input file")
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise HarnessError(describe_unreadable(path, exc)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise HarnessError(f"{path}: is a directory, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise HarnessError(f"{path}: is {file_kind(info.st_mode)}, not a regular file")
+    return info
+
+
+# --- where output may go ---------------------------------------------------------------------------
+
+
+def check_output_path(path: PathLike, *, force: bool = False, overwrite: bool = True) -> Path:
+    """``path`` as a ``Path`` if the harness may write there, else one ``HarnessError`` line (exit 2).
+
+    Call it before any measuring or loading. ``overwrite``: an existing regular file may be
+    replaced (reports, golden files); without it only ``force`` may (checkpoints).
+    ``force`` also lets a symbolic link be replaced: the link itself, never its target.
+    The directory must exist and be writable (``os.access``; a write that still fails,
+    e.g. as root on a read-only mount, is caught when it happens).
+    """
+    raw = os.fspath(path)
+    if raw == "":
+        raise HarnessError("empty path ('') given for the output; give a file name")
+    separators = (os.sep, os.altsep) if os.altsep else (os.sep,)
+    target = Path(raw)
+    if raw.endswith(separators):
+        if os.path.isdir(raw):
+            raise HarnessError(f"{raw}: is a directory; give a file name inside it")
+        raise HarnessError(f"{raw}: ends with {raw[-1]!r}, so it names a directory, not a file; "
+                           "give a file name")
+    _check_directory(target)
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return target  # a new path
+    except OSError as exc:
+        raise HarnessError(f"{target}: cannot check the output path: {exc.strerror or exc}") from None
+    _check_existing(target, info, force=force, overwrite=overwrite)
+    return target
+
+
+def _check_directory(target: Path) -> None:
+    directory = target.parent
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        raise HarnessError(f"{target}: directory {str(directory)!r} does not exist") from None
+    except NotADirectoryError:
+        raise HarnessError(f"{target}: {str(directory)!r} is not a directory") from None
+    except OSError as exc:
+        raise HarnessError(f"{target}: directory {str(directory)!r}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise HarnessError(f"{target}: {str(directory)!r} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise HarnessError(f"{target}: directory {str(directory)!r} is not writable")
+
+
+def _check_existing(target: Path, info: os.stat_result, *, force: bool, overwrite: bool) -> None:
+    """Refuse what already exists at ``target`` (``info`` from ``lstat``) unless it may be replaced."""
+    mode = info.st_mode
+    if stat.S_ISLNK(mode):
+        if not force:
+            raise HarnessError(
+                f"{target}: is a symbolic link (to {_link_target(target)!r}); output goes only to a regular "
+                "file or a new path; use --force (force=True) to replace the link itself (what it points "
+                "to is never written)")
+        return
+    if stat.S_ISDIR(mode):
+        raise HarnessError(f"{target}: is a directory; give a file name inside it")
+    if not stat.S_ISREG(mode):
+        raise HarnessError(f"{target}: is {file_kind(mode)}, not a regular file; output goes only to a "
+                           "regular file or a new path")
+    if not (force or overwrite):
+        raise HarnessError(f"{target}: already exists; use --force (force=True) to overwrite it")
+
+
+def _recheck(target: Path, *, force: bool, overwrite: bool) -> None:
+    """The destination again, just before the rename: what appeared there meanwhile is not replaced."""
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise HarnessError(f"{target}: cannot check the output path: {exc.strerror or exc}") from None
+    _check_existing(target, info, force=force, overwrite=overwrite)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def write_atomically(path: PathLike, write: Callable[[BinaryIO], None], *, force: bool = False,
+                     overwrite: bool = True) -> None:
+    """Call ``write(f)`` on a temp file beside ``path``, then move it into place atomically.
+
+    ``force`` and ``overwrite`` as in ``check_output_path``, which runs first.
+    """
+    target = check_output_path(path, force=force, overwrite=overwrite)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    created = False
     try:
         # 0o666: the umask decides, as for any ordinary file the user writes.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        created = True
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _recheck(target, force=force, overwrite=overwrite)
+        os.replace(tmp, target)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        if created:  # never a file someone else planted at the temp name
+            tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise HarnessError(f"{path}: cannot write: {exc.strerror or exc}") from None
+            raise HarnessError(f"{target}: cannot write: {exc.strerror or exc}") from None
         raise
-    _fsync_directory(path.parent)
+    _fsync_directory(target.parent)
 
 
-def write_text_atomically(path: Path, text: str, *, force: bool = True) -> None:
-    write_atomically(path, lambda f: f.write(text.encode("utf-8")), force=force)
+def write_text_atomically(path: PathLike, text: str, *, force: bool = False, overwrite: bool = True) -> None:
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")), force=force, overwrite=overwrite)
 
 
 def _fsync_directory(directory: Path) -> None:

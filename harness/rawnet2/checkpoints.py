@@ -29,6 +29,7 @@ from harness.core.checkpoints import (
     save_checkpoint,
 )
 from harness.core.errors import HarnessError
+from harness.core.fileio import check_output_path
 from harness.core.introspect import parameter_count
 from harness.core.loading import parse_kwargs
 from harness.rawnet2.equivalence import copy_weights
@@ -432,10 +433,12 @@ def cli_migrate(args: argparse.Namespace) -> int:
     pairing proven) and its own state_dict is written.
     """
     src, dst = Path(args.src), Path(args.dst)
-    if _same_file(src, dst):
+    if args.dst and _same_file(src, dst):
         raise HarnessError(f"{dst}: is the source checkpoint {src}; write the migration to a new file")
-    if os.path.lexists(dst) and not args.force:
-        raise HarnessError(f"{dst}: already exists; use --force to overwrite it")
+    # Before reading anything: DST must be a new path or a regular file (--force), never a
+    # directory, device, FIFO or socket, nor a symlink without --force (the raw spelling, so
+    # that a trailing separator still names a directory).
+    check_output_path(args.dst, force=args.force, overwrite=False)
     state, notes = read_checkpoint(src)
     source = None if args.source == "auto" else args.source
     with _about(str(src)):
@@ -451,7 +454,7 @@ def cli_migrate(args: argparse.Namespace) -> int:
             target = resolve(args.to, kwargs=parse_kwargs(args.kwargs) if args.kwargs else None)
             model, lines = load_into(target, state, policy=args.policy)
             converted = {k: v.detach() for k, v in model.state_dict().items()}
-    save_checkpoint(converted, dst, force=args.force)
+    save_checkpoint(converted, args.dst, force=args.force)
     for note in notes:
         print(f"{src}: {note}")
     print("\n".join(lines))

@@ -172,7 +172,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a checkpoint into ``model`` strictly, through the one safe loader; one-line errors."""
     from harness.core.checkpoints import load_checkpoint
 
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, reference=model.state_dict())  # dtypes checked against the model's own
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

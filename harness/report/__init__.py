@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.core.fileio import check_writable_target, write_text_atomically
+from harness.core.fileio import check_output_path, write_text_atomically
 from harness.report.build import FULL, QUICK, Plan, Progress, Verdict, build_report, verdict
 from harness.report.render import RENDERERS, Table, render_html, render_json, render_markdown, tables
 from harness.report.schema import REPORT_SCHEMA, validate
@@ -38,9 +38,12 @@ def cli_report(args: argparse.Namespace) -> int:
     """``python -m harness report``: measure, render in ``--format``, print or write ``--output``."""
     from harness.rawnet2.registry import SUBJECTS, register, resolve
 
-    output = Path(args.output) if args.output else None
-    if output is not None:
-        check_writable_target(output)  # before measuring for minutes
+    force = bool(getattr(args, "force", False))
+    output: Path | None = None
+    if args.output is not None:
+        # Before measuring for minutes: a regular file or a new path in a writable directory;
+        # never a directory, device, FIFO or socket, nor a symlink without --force.
+        output = check_output_path(args.output, force=force, overwrite=True)
     names = None
     if args.variant:
         names = []
@@ -55,6 +58,6 @@ def cli_report(args: argparse.Namespace) -> int:
     if output is None:
         sys.stdout.write(text)
     else:
-        write_text_atomically(output, text)
+        write_text_atomically(args.output, text, force=force, overwrite=True)
         progress(f"wrote {output}")
     return 0
