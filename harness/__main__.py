@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness [--registry FILE] {report,audit,compare,migrate,score} ...``.
+"""Command line: ``python -m harness [--registry FILE] {report,audit,compare,migrate,score,export} ...``.
 
 Thin: each subcommand parses its arguments here and calls one ``cli_*`` function in the
 library module that owns it. Every command that takes a model takes a registered name or
@@ -23,6 +23,7 @@ _HANDLERS = {
     "compare": "harness.rawnet2.equivalence:cli_compare",
     "migrate": "harness.rawnet2.checkpoints:cli_migrate",
     "score": "harness.rawnet2.audio:cli_score",
+    "export": "harness.rawnet2.deploy:cli_export",
 }
 _MODEL = "a registered variant name or MODULE:ATTR (a class or function building the model)"
 _KWARGS = "constructor arguments as a JSON object, or @FILE holding one"
@@ -103,8 +104,27 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default="preserve-function",
                    choices=("preserve-function", "preserve-weights"))
     _model_options(p, weights=False)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--batch-size", type=int, default=8, help="usable files per forward (default 8)")
+    p.add_argument("--format", choices=("table", "json"),
+                   help="what stdout gets without --output (default: table)")
+    p.add_argument("--output", metavar="PATH",
+                   help="write JSON Lines here instead, one line per file in input order, fsync'd after "
+                        "each batch: a new path, or an existing regular file with --resume or --force")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="finish the --output file a stopped run left: skip the files it records, append "
+                            "the rest")
+    again.add_argument("--force", action="store_true",
+                       help="overwrite an existing --output file (a symbolic link: replace the link itself)")
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX, verified against eager before it is kept")
+    p.add_argument("model", metavar="MODEL", help=_MODEL)
+    p.add_argument("out", metavar="OUT.onnx")
+    _model_options(p)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing OUT")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TOML file with [tool.rawnet2-harness.variants.NAME] tables "
                              "(default: ./pyproject.toml when present)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_report_parser, _audit_parser, _compare_parser, _migrate_parser, _score_parser):
+    for add in (_report_parser, _audit_parser, _compare_parser, _migrate_parser, _score_parser,
+                _export_parser):
         add(sub)
     return parser
 

@@ -29,6 +29,7 @@ from harness.core.forms import (
     ieee_float32_on_cuda,
 )
 from harness.core.introspect import batchnorms
+from harness.core.onnx import onnx_missing
 from harness.core.tolerances import BATCHING, DEPLOYMENT_TOLERANCES, EXACT, REFERENCE_FORWARD, assert_close
 from harness.rawnet2.checkpoints import convert_state_dict, get_audio_model
 from harness.rawnet2.equivalence import compare_variants, seed_weights
@@ -473,7 +474,9 @@ def test_compare_forms_runs_what_this_machine_can_and_refuses_the_rest(monkeypat
     x = torch.randn(2, 1, 1000)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     results = compare_forms(model, x, compile_backend="eager")
-    assert [r.form for r in results] == ["folded", "compiled", "float64", "bfloat16_autocast"]
+    expected = ["folded", "compiled", "float64", "bfloat16_autocast"]
+    expected += ["onnxruntime"] if onnx_missing() is None else []
+    assert [r.form for r in results] == expected
     assert all(r.within for r in results), results
     with pytest.raises(HarnessError, match="'cuda' needs a CUDA GPU"):
         compare_form(model, x, "cuda")

@@ -305,12 +305,37 @@ def _cuda(model: nn.Module, x: torch.Tensor, backend: str | Callable) -> FormOut
         return copy.deepcopy(model).cuda()(x.cuda()), torch.cuda.get_device_name()
 
 
+def _onnxruntime(model: nn.Module, x: torch.Tensor, backend: str | Callable) -> FormOutput:
+    from harness.core.onnx import OnnxRuntimeSession, export_onnx
+
+    exported = export_onnx(model, x, verify_inputs=())  # compare_form itself is the verification
+    import onnxruntime
+
+    return OnnxRuntimeSession(exported.onnx_bytes)(x), f"onnxruntime {onnxruntime.__version__}"
+
+
+def _no_cuda() -> str | None:
+    return None if torch.cuda.is_available() else "needs a CUDA GPU; none is available"
+
+
+def _no_onnx() -> str | None:
+    from harness.core.onnx import onnx_missing
+
+    return onnx_missing()
+
+
 @dataclass(frozen=True)
 class DeploymentForm:
     name: str
     description: str
     run: Callable[[nn.Module, torch.Tensor, str | Callable], FormOutput] = field(repr=False)
     needs_cuda: bool = False
+    # Why the form cannot run on this machine (a missing GPU or package), or None.
+    unavailable: Callable[[], str | None] = field(default=lambda: None, repr=False)
+
+    @property
+    def missing(self) -> str | None:
+        return self.unavailable()
 
 
 _FORMS = (
@@ -319,7 +344,9 @@ _FORMS = (
     DeploymentForm("float64", "the model and input cast to float64", _float64),
     DeploymentForm("bfloat16_autocast", "torch.autocast('cpu', dtype=torch.bfloat16)", _bfloat16_autocast),
     DeploymentForm("cuda", "the same float32 model on a CUDA GPU, TF32 off", _cuda,
-                   needs_cuda=True),
+                   needs_cuda=True, unavailable=_no_cuda),
+    DeploymentForm("onnxruntime", "exported to ONNX (dynamic batch and time axes), run by ONNX Runtime on "
+                   "the CPU", _onnxruntime, unavailable=_no_onnx),
 )
 DEPLOYMENT_FORMS: Mapping[str, DeploymentForm] = MappingProxyType({f.name: f for f in _FORMS})
 
@@ -344,8 +371,8 @@ def compare_form(model: nn.Module, x: torch.Tensor, form: str, *,
     """
     if form not in DEPLOYMENT_FORMS:
         raise HarnessError(f"unknown deployment form {form!r}; known: {', '.join(DEPLOYMENT_FORMS)}")
-    if DEPLOYMENT_FORMS[form].needs_cuda and not torch.cuda.is_available():
-        raise HarnessError(f"deployment form {form!r} needs a CUDA GPU; none is available")
+    if missing := DEPLOYMENT_FORMS[form].missing:
+        raise HarnessError(f"deployment form {form!r} {missing}")
     model = copy.deepcopy(model).eval()
     with torch.no_grad():
         expected = model(x)
@@ -360,6 +387,5 @@ def compare_form(model: nn.Module, x: torch.Tensor, form: str, *,
 def compare_forms(model: nn.Module, x: torch.Tensor, *, compile_backend: str | Callable = "inductor",
                   ) -> list[FormDifference]:
     """``compare_form`` for every deployment form this machine can run."""
-    cuda = torch.cuda.is_available()
     return [compare_form(model, x, name, compile_backend=compile_backend)
-            for name, form in DEPLOYMENT_FORMS.items() if cuda or not form.needs_cuda]
+            for name, form in DEPLOYMENT_FORMS.items() if form.missing is None]

@@ -81,6 +81,10 @@ DEPLOYMENT_TOLERANCES = MappingProxyType({
         "the same float32 function on cuDNN/cuBLAS, which sum in another order than oneDNN; torch's "
         "float32 default, with TF32 switched off for the comparison (TF32 rounds operands to 10 "
         "mantissa bits: a precision choice, bounded like bfloat16, not parity); not yet measured on a GPU")),
+    "onnxruntime": Tolerance(**_FLOAT32_DEFAULT, reason=(
+        "the same float32 graph run by ONNX Runtime's own kernels (MLAS convolutions, fused "
+        "Conv+BatchNorm), which sum in another order; torch's float32 default (measured max 2.4e-7 on "
+        "seeded weights at 3 x 4000)")),
 })
 
 # Golden files are recorded on one machine and compared on others, whose CPUs and oneDNN

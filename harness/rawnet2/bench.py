@@ -14,12 +14,17 @@ import torch
 import torch.nn as nn
 
 from harness.core.bench import place_for_inference
+from harness.core.errors import HarnessError
 from harness.rawnet2.registry import SUBJECTS, build
 
 # The deployment form (VariantSpec.forms) a spec must list to be timed optimized: the
 # optimized form folds every BatchNorm, which a model whose eval() misses some cannot take.
 OPTIMIZED_NEEDS_FORM = "folded"
 OPTIMIZED_SUFFIX = "_optimized"
+ONNXRUNTIME_FORM = "onnxruntime"
+ONNXRUNTIME_SUFFIX = "_onnxruntime"
+# The input the ONNX form is exported with (its batch and time axes stay dynamic).
+ONNX_EXPORT_SHAPE = (2, 1, 4000)
 
 
 @dataclass(frozen=True)
@@ -29,11 +34,20 @@ class TimedForm:
     name: str
     subject: str  # the harness.rawnet2.registry.SUBJECTS entry it is built from
     optimized: bool = False  # passed through harness.core.forms.optimize_for_inference
+    onnxruntime: bool = False  # exported to ONNX and run by ONNX Runtime (harness.core.onnx)
+
+    @property
+    def kind(self) -> str:
+        return "optimized" if self.optimized else ONNXRUNTIME_FORM if self.onnxruntime else "eager"
 
 
 def timed_forms() -> tuple[TimedForm, ...]:
     """Every runnable subject's eager form, each followed by its optimized form where its spec
-    lists ``"folded"`` among its deployment forms; in registry order, read at call time."""
+    lists ``"folded"`` among its deployment forms and its ONNX Runtime form where it lists
+    ``"onnxruntime"`` and onnxruntime is installed; in registry order, read at call time."""
+    from harness.core.onnx import onnx_missing
+
+    onnx = onnx_missing() is None
     forms: list[TimedForm] = []
     for name, spec in SUBJECTS.items():
         if not spec.runs:
@@ -41,6 +55,8 @@ def timed_forms() -> tuple[TimedForm, ...]:
         forms.append(TimedForm(name, name))
         if OPTIMIZED_NEEDS_FORM in spec.forms:
             forms.append(TimedForm(f"{name}{OPTIMIZED_SUFFIX}", name, optimized=True))
+        if onnx and ONNXRUNTIME_FORM in spec.forms:
+            forms.append(TimedForm(f"{name}{ONNXRUNTIME_SUFFIX}", name, onnxruntime=True))
     return tuple(forms)
 
 
@@ -49,8 +65,16 @@ def build_timed(form: TimedForm, device: torch.device | str, *, compile: bool = 
 
     ``compile=False`` gives the optimized form without ``torch.compile`` (BatchNorm
     folded, eager): compiling costs 5-15 s per input shape on 2 cores, too much for
-    a smoke run or ``--quick``.
+    a smoke run or ``--quick``. The ONNX Runtime form runs on the CPU only.
     """
+    if form.onnxruntime:
+        from harness.core.onnx import OnnxRuntimeSession, export_onnx
+
+        if torch.device(device).type != "cpu":
+            raise HarnessError(f"{form.name}: the ONNX Runtime form runs on the CPU (this wheel has no GPU "
+                               "provider)")
+        example = torch.randn(ONNX_EXPORT_SHAPE, generator=torch.Generator().manual_seed(0))
+        return OnnxRuntimeSession(export_onnx(build(form.subject), example, verify_inputs=()).onnx_bytes)
     model = place_for_inference(build(form.subject), device)
     if form.optimized:
         from harness.core.forms import optimize_for_inference  # pulls in torch.compile: import on use

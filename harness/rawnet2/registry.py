@@ -46,7 +46,7 @@ OUTPUT_KINDS = ("probability", "logits", "any")
 MODES = ("train", "eval")
 # Deployment forms a spec may list (harness.core.forms.DEPLOYMENT_FORMS); a variant whose
 # eval() misses modules cannot be folded, so it lists none.
-ALL_FORMS = ("folded", "compiled", "float64", "bfloat16_autocast", "cuda")
+ALL_FORMS = ("folded", "compiled", "float64", "bfloat16_autocast", "cuda", "onnxruntime")
 NOT_APPLICABLE_PREFIX = "n/a:"
 TOOL_TABLE = "rawnet2-harness"
 SPEC_KEYS = ("factory", "kwargs", "description", "weights", "reference", "reference_modes", "output",

@@ -233,7 +233,11 @@ def _equivalence_section(subjects: list[str], plan: Plan, device: str, reference
             rows.append({"a": name, "b": CANONICAL_LAYOUT, "mode": mode, "max_abs_diff": diff.max_abs,
                          "equivalent": diff.identical, "max_rel_diff": diff.max_rel, "required": False,
                          "weights": diff.weights, "tolerance": _tolerance("EXACT", EXACT)})
-    forms = [name for name, form in DEPLOYMENT_FORMS.items() if not form.needs_cuda or device == "cuda"]
+    forms = [name for name, form in DEPLOYMENT_FORMS.items() if form.missing is None]
+    skipped += [f"{name} ({form.missing})" for name, form in DEPLOYMENT_FORMS.items()
+                if form.missing is not None and not (name == "cuda" and device != "cuda")]
+    if device != "cuda" and "cuda" in forms:
+        forms.remove("cuda")  # a CPU report compares CPU forms; --device cuda adds the GPU
     if not plan.compile:
         forms.remove("compiled")
         skipped.append("compiled (--quick: compiling takes 5-15 s per input shape)")
@@ -298,7 +302,9 @@ def _timing_section(subjects: list[str], plan: Plan, device: str,
     progress(f"measuring the {device} matmul peak ({plan.peak_size}x{plan.peak_size} float32)")
     peak = bench.matmul_peak(device, size=plan.peak_size, min_run_time=plan.peak_min_run_time)
     configs = [(batch, length) for length in plan.lengths for batch in plan.batches]
-    timed = [form for form in rawnet2_bench.timed_forms() if form.subject in subjects]
+    # The ONNX Runtime form runs on the CPU: a cuda report times the torch forms only.
+    timed = [form for form in rawnet2_bench.timed_forms()
+             if form.subject in subjects and not (form.onnxruntime and device != "cpu")]
     rows = []
     for i, (batch, length) in enumerate(configs, 1):
         x = bench.waveform(batch, length, device)
@@ -320,7 +326,7 @@ def _timing_section(subjects: list[str], plan: Plan, device: str,
                 "variant": form.name, "device": device, "batch": batch, "length": length,
                 "median_ms": timing.median_s * 1e3, "iqr_ms": timing.iqr_s * 1e3,
                 "repeats": len(timing.times_s), "flops": flops[form.subject], **asdict(rates),
-                "form": info.form if info is not None else "eager",
+                "form": info.form if info is not None else form.kind,
             })
         progress("  median ms: " + ", ".join(f"{name} {t.median_s * 1e3:.1f}" for name, t in timings.items()))
     meta = {"device": device, "matmul_peak_gflops_per_s": peak / 1e9, "plan": asdict(plan),
@@ -356,10 +362,10 @@ def _ratios(rows: list[dict]) -> list[dict]:
         for name, median in medians.items():
             form = forms[name]
             reference = spec(form.subject).reference
-            if form.optimized and form.subject in medians:
-                out.append({"batch": batch, "length": length, "kind": "speed-up of the optimized form",
+            if form.kind != "eager" and form.subject in medians:
+                out.append({"batch": batch, "length": length, "kind": f"speed-up of the {form.kind} form",
                             "a": form.subject, "b": name, "ratio": medians[form.subject] / median})
-            elif not form.optimized and reference in medians:
+            elif form.kind == "eager" and reference in medians:
                 out.append({"batch": batch, "length": length, "kind": "time over its reference's",
                             "a": name, "b": reference, "ratio": median / medians[reference]})
     return out
