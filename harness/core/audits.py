@@ -42,7 +42,7 @@ import torch.utils._pytree as pytree
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from harness.core.errors import HarnessError, error_line
-from harness.core.introspect import Held, held, held_modules, held_tensors, used_tensors
+from harness.core.introspect import Held, cycles, held, held_modules, held_tensors, used_tensors
 from harness.core.loading import UserCodeExit, call_user_code, exit_error
 from harness.core.loading import load_attr as load_attr  # re-exported: importing MODULE:ATTR
 from harness.core.loading import load_factory as load_factory  # re-exported, the same function
@@ -375,10 +375,23 @@ def _values(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def check_registration(ctx: AuditContext) -> list[Finding]:
-    """Every tensor and module the model holds is registered (also inside lists, tuples, dicts)."""
+    """Every tensor and module the model holds is registered (also inside lists, tuples, dicts).
+
+    The walk ends on any object graph; where it comes back to an ancestor (``cycles``): a
+    module registered inside itself is a finding (torch's recursive ``eval()``, ``.to()``,
+    ``state_dict()`` never end on it), a loop through plain attributes or containers a note.
+    """
     model = ctx.build()
     hidden = [h for h in held(model) if not h.registered]
     findings = []
+    for loop in cycles(model):
+        if loop.registered:
+            findings.append(ctx.finding(f"{loop.describe()}: a module registered inside itself, so torch's "
+                                        "recursive methods (eval(), .to(), state_dict()) never end",
+                                        [loop.path]))
+        else:
+            ctx.notes.append(f"reference cycle: {loop.describe()} (a plain attribute or container; "
+                             "walked once, not followed)")
     for container, paths in _by_container(model, [h.path for h in hidden]).items():
         members = set(paths)
         items = [h for h in hidden if h.path in members]

@@ -5,7 +5,8 @@ tensors hidden from ``nn.Module``'s registries are found too. ``used_tensors``
 runs a forward under a ``TorchFunctionMode`` and records every held tensor passed
 to a torch function: the parameters and buffers the forward really uses, whether
 or not they are registered. Both are structure-agnostic: no attribute names are
-assumed.
+assumed. The walk is iterative and enters each object once, so it ends on any object
+graph, however deep; ``cycles`` says where the graph comes back to an ancestor.
 """
 
 from __future__ import annotations
@@ -29,60 +30,165 @@ class Held:
     registered: bool
 
 
-def _walk(obj: object, path: str, registered: bool, seen: set[int]) -> Iterator[Held]:
-    if id(obj) in seen:
-        return
-    if isinstance(obj, (torch.Tensor, nn.Module)):
-        seen.add(id(obj))
-        yield Held(path, obj, registered)
+@dataclass(frozen=True)
+class Cycle:
+    """Where the object graph comes back to an object on the path that reached it.
+
+    ``path`` is the reference that closes the loop (``things[1]``, ``inner.parent``),
+    ``target`` the path of the ancestor it points back to (``""``: the model itself).
+    ``registered``: the loop runs through registered submodules only, so torch's own
+    recursive methods (``state_dict()``, ``eval()``, ``.to()``, ``named_modules(remove_duplicate=False)``)
+    never end; otherwise it runs through a plain attribute, list, tuple or dict, which torch ignores.
+    """
+
+    path: str
+    target: str
+    registered: bool
+
+    def describe(self) -> str:
+        back = f"{self.target!r}" if self.target else "the model itself"
+        return f"{self.path} leads back to {back}"
+
+
+_DONE = object()
+
+
+def _children(obj: object, registered: bool) -> Iterator[tuple[str, object, bool]] | None:
+    """``(step, child, registered)`` for what the walk enters below ``obj``; None for a leaf.
+
+    Base-class methods only, so no user-defined ``__iter__`` or ``items`` runs; each
+    level is snapshot, so nothing the walk sees changes under it.
+    """
     if isinstance(obj, nn.Module):
-        prefix = f"{path}." if path else ""
-        for registry in _REGISTRIES:
-            for name, child in getattr(obj, registry).items():
-                if child is not None:
-                    yield from _walk(child, prefix + name, registered, seen)
-        for name, child in vars(obj).items():
-            if name not in _REGISTRIES:
-                yield from _walk(child, prefix + name, False, seen)
-    elif isinstance(obj, (list, tuple)):
-        for i, child in enumerate(obj):
-            yield from _walk(child, f"{path}[{i}]", False, seen)
-    elif isinstance(obj, dict):
-        for key, child in obj.items():
-            yield from _walk(child, f"{path}[{key!r}]", False, seen)
+        registries = [(f".{name}", child, registered) for registry in _REGISTRIES
+                      for name, child in list(dict.items(getattr(obj, registry))) if child is not None]
+        attributes = [(f".{name}", child, False) for name, child in list(dict.items(vars(obj)))
+                      if name not in _REGISTRIES]
+        return iter(registries + attributes)
+    if isinstance(obj, list):
+        return iter([(f"[{i}]", child, False) for i, child in enumerate(list.__iter__(obj))])
+    if isinstance(obj, tuple):
+        return iter([(f"[{i}]", child, False) for i, child in enumerate(tuple.__iter__(obj))])
+    if isinstance(obj, dict):
+        return iter([(f"[{key!r}]", child, False) for key, child in list(dict.items(obj))])
+    return None
+
+
+def _walk(obj: object, path: str, registered: bool, seen: set[int], on_path: dict[int, str | int],
+          cycles: list[Cycle]) -> Iterator[Held]:
+    """Every tensor and module below ``obj`` not yet ``seen``, depth first, without recursion.
+
+    Containers and modules are marked ``seen`` by id, so each is entered once and the walk
+    ends on any object graph, however deep or cyclic. ``on_path`` maps the ids of the
+    objects on the current path (the caller's registered ancestors first) to their path,
+    or to an index into the steps taken here; a reference back to one of them is a
+    ``Cycle``, recorded in ``cycles`` and not followed.
+    """
+    steps: list[str] = []  # steps[i]: the step into the container of stack[i + 1]
+    stack: list[tuple[int | None, Iterator[tuple[str, object, bool]]]] = [
+        (None, iter([(path, obj, registered)]))]
+    while stack:
+        owner, children = stack[-1]
+        item = next(children, _DONE)
+        if item is _DONE:
+            stack.pop()
+            if owner is not None:
+                del on_path[owner]
+                steps.pop()
+            continue
+        step, child, child_registered = item  # type: ignore[misc]
+        key = id(child)
+        if key in on_path:
+            where = on_path[key]
+            target = "".join(steps[:where]) if isinstance(where, int) else where
+            cycles.append(Cycle("".join(steps) + step, target, registered=False))
+            continue
+        if key in seen:
+            continue
+        is_held = isinstance(child, (torch.Tensor, nn.Module))
+        below = _children(child, child_registered)
+        if is_held or below is not None:
+            seen.add(key)
+        if is_held:
+            yield Held("".join(steps) + step, child, child_registered)  # type: ignore[arg-type]
+        if below is not None:
+            steps.append(step)
+            on_path[key] = len(steps)
+            stack.append((key, below))
+
+
+def _registered_modules(model: nn.Module, cycles: list[Cycle]) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` for the model (path ``""``) and every registered submodule, in
+    ``named_modules()`` order, each once; a submodule registered inside itself is a ``Cycle``."""
+    modules = [("", model)]
+    seen = {id(model)}
+    on_path = {id(model): ""}
+    stack = [(model, "", iter(list(dict.items(model._modules))))]
+    while stack:
+        module, path, children = stack[-1]
+        item = next(children, None)
+        if item is None:
+            stack.pop()
+            del on_path[id(module)]
+            continue
+        name, child = item
+        if child is None:
+            continue
+        child_path = f"{path}.{name}" if path else name
+        if id(child) in on_path:
+            cycles.append(Cycle(child_path, on_path[id(child)], registered=True))
+            continue
+        if id(child) in seen:
+            continue
+        seen.add(id(child))
+        modules.append((child_path, child))
+        on_path[id(child)] = child_path
+        stack.append((child, child_path, iter(list(dict.items(child._modules)))))
+    return modules
+
+
+def _inventory(model: nn.Module) -> tuple[list[Held], list[Cycle]]:
+    cycles: list[Cycle] = []
+    modules = _registered_modules(model, cycles)
+    seen: set[int] = set()
+    out: list[Held] = []
+    # Registered objects first so that an object reachable both ways counts as registered.
+    registered = [Held(path, module, True) for path, module in modules if path]
+    for registry in ("_parameters", "_buffers"):
+        registered += [Held(f"{path}.{name}" if path else name, tensor, True)
+                       for path, module in modules
+                       for name, tensor in dict.items(getattr(module, registry)) if tensor is not None]
+    for item in registered:
+        if id(item.obj) not in seen:
+            seen.add(id(item.obj))
+            out.append(item)
+    seen.add(id(model))
+    by_path = dict(modules)
+    for path, module in modules:
+        # The registered chain from the model down to this module: what a plain attribute may loop back to.
+        parts = path.split(".") if path else []
+        on_path: dict[int, str | int] = {id(by_path[".".join(parts[:i])]): ".".join(parts[:i])
+                                         for i in range(len(parts) + 1)}
+        for attr, child in list(dict.items(vars(module))):
+            if attr not in _REGISTRIES:
+                out.extend(_walk(child, f"{path}.{attr}" if path else attr, False, seen, on_path, cycles))
+    return out, cycles
 
 
 def held(model: nn.Module) -> list[Held]:
     """Every tensor and module reachable from ``model``, registered ones first.
 
     A plain attribute, list, tuple or dict entry makes everything below it
-    unregistered, even ``nn.Parameter``s inside an ``nn.Module`` held there.
+    unregistered, even ``nn.Parameter``s inside an ``nn.Module`` held there. The walk
+    ends on any object graph: each object is entered once, and a reference back to an
+    ancestor (``cycles``) is not followed.
     """
-    seen: set[int] = set()
-    # Registered objects first so that an object reachable both ways counts as registered.
-    registered = [Held(n, m, True) for n, m in model.named_modules(remove_duplicate=False) if n]
-    registered += [Held(n, t, True) for n, t in model.named_parameters(remove_duplicate=False)]
-    registered += [Held(n, t, True) for n, t in model.named_buffers(remove_duplicate=False)]
-    out = []
-    for item in registered:
-        if id(item.obj) not in seen:
-            seen.add(id(item.obj))
-            out.append(item)
-    seen.add(id(model))
-    out.extend(_walk_unregistered(model, seen))
-    return out
+    return _inventory(model)[0]
 
 
-def _walk_unregistered(model: nn.Module, seen: set[int]) -> Iterator[Held]:
-    for name, child in vars(model).items():
-        if name not in _REGISTRIES:
-            yield from _walk(child, name, False, seen)
-    for name, module in model.named_modules():
-        if module is model:
-            continue
-        for attr, child in vars(module).items():
-            if attr not in _REGISTRIES:
-                yield from _walk(child, f"{name}.{attr}", False, seen)
+def cycles(model: nn.Module) -> list[Cycle]:
+    """Every place where the model's object graph comes back to an ancestor (see ``Cycle``)."""
+    return _inventory(model)[1]
 
 
 def held_tensors(model: nn.Module) -> list[Held]:

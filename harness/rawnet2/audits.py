@@ -19,14 +19,18 @@ from harness.core.audits import (
     BUILD_SEED,
     GENERIC_CHECKS,
     NOT_APPLICABLE,
+    AuditContext,
     AuditReport,
     CheckTable,
+    ModelFailure,
     matches_declaration,
     parse_shape,
     resolve_checks,
 )
 from harness.core.errors import HarnessError, error_line
-from harness.core.loading import parse_kwargs
+from harness.core.introspect import Cycle, cycles
+from harness.core.loading import UserCodeExit, call_user_code, parse_kwargs
+from harness.rawnet2.inputs import train_length_problem
 from harness.rawnet2.registry import NOT_APPLICABLE_PREFIX, SUBJECTS, VariantSpec, resolve
 from harness.rawnet2.wiring import check_skip_wiring
 
@@ -51,20 +55,116 @@ def declared_results(expected_defects: Mapping[str, str], checks: Iterable[str] 
             for c, r in results.items()}
 
 
+# Checks that run the example through a train-mode forward whose failure they report as the
+# model's (state_dict_roundtrip's warm-up forward only notes a failure; the others run in eval).
+TRAIN_MODE_CHECKS = ("mode_propagation", "gradient_coverage")
+# Checks that never run a forward.
+FORWARDLESS_CHECKS = ("registration",)
+# What torch's normalisation layers raise for an input with too few values per channel.
+_TOO_FEW_VALUES = ("Expected more than 1 value per channel when training",
+                   "Expected more than 1 spatial element when training")
+
+
 def audit_spec(spec: VariantSpec, example_input: torch.Tensor, *,
                checks: Iterable[str] | None = None) -> AuditReport:
     """Audit a registered (or resolved) variant with its own output kind.
 
     One instance is built first, outside the audit: a factory or import that fails is
-    the caller's error (``HarnessError``, exit 2), never a finding.
+    the caller's error (``HarnessError``, exit 2), never a finding. So is an example input
+    too small for the train-mode forward that ``TRAIN_MODE_CHECKS`` run
+    (``check_example_input``). A module registered inside itself (``introspect.cycles``)
+    makes torch's own recursive methods overflow the stack: each check that meets that
+    fails with a finding saying so, instead of a RecursionError ending the audit.
     """
+    names = resolve_checks(checks, CHECKS)
+    with torch.random.fork_rng(devices=[]):
+        try:
+            model = spec.build()
+        except HarnessError:
+            raise
+        except Exception as exc:
+            raise HarnessError(f"cannot build {spec.name}: the factory raises {error_line(exc)}") from None
+        loops = [c for c in cycles(model) if c.registered]
+        if not loops:
+            check_example_input(spec, model, example_input, names)
+    table = CHECKS if not loops else MappingProxyType(
+        {name: _recursion_is_a_finding(check, loops[0]) for name, check in CHECKS.items()})
+    return core_audits.audit(spec.build, example_input, checks=names, table=table, output=spec.output)
+
+
+def in_family(spec: VariantSpec) -> bool:
+    """Whether ``spec`` computes a RawNet2 function: it declares a layout, or its ``reference``
+    (followed through the registry) does. Then ``harness.rawnet2.inputs`` knows its input rules."""
+    seen: set[str] = set()
+    current: VariantSpec | None = spec
+    while current is not None and current.name not in seen:
+        if current.layout is not None:
+            return True
+        seen.add(current.name)
+        current = SUBJECTS.get(current.reference) if current.reference else None
+    return False
+
+
+def check_example_input(spec: VariantSpec, model: nn.Module, example: torch.Tensor,
+                        checks: Iterable[str]) -> None:
+    """Refuse (``HarnessError``, exit 2) an example too small for the forwards ``checks`` run.
+
+    For the family (``in_family``, a ``[B, 1, T]`` example) the rule is known
+    (``inputs.min_train_length``) and holds for every check that runs a forward: a
+    variant whose ``eval()`` misses its BatchNorms (tuple_blocks) normalises per batch in
+    eval mode too. Any model is probed when a check of ``TRAIN_MODE_CHECKS`` is selected:
+    one train-mode forward of the example; a normalisation layer refusing it for too few
+    values per channel is the caller's too-small example, not the model's defect. The
+    probe's other failures are left to the audit, which reports them as findings.
+    """
+    checks = list(checks)
+    shape = tuple(example.shape)
+    train = [c for c in checks if c in TRAIN_MODE_CHECKS]
+    uses = f"{' and '.join(train)} run{'s' * (len(train) == 1)} the model in train mode"
+    if in_family(spec) and len(shape) == 3 and shape[1] == 1 and any(c not in FORWARDLESS_CHECKS
+                                                                      for c in checks):
+        problem = train_length_problem(shape)
+        if problem:
+            why = uses if train else "the family's BatchNorms may normalise per batch even after eval()"
+            raise HarnessError(f"example input {list(shape)}: {problem} ({why})")
+    if not train:
+        return
+    refused = _train_forward_refusal(model, example)
+    if refused is None:
+        return
+    hint = "use a larger example input"
+    pair = example.repeat(2, *([1] * (example.dim() - 1)))
+    if shape[0] == 1 and _train_forward_refusal(model, pair) is None:
+        hint = "use a batch of 2 or more (a batch of 2 works)"
+    raise HarnessError(f"example input {list(shape)}: too small for a train-mode forward of {spec.name} "
+                       f"({uses}): it raises {refused}; {hint}")
+
+
+def _train_forward_refusal(model: nn.Module, example: torch.Tensor) -> str | None:
+    """The error line when a train-mode forward refuses ``example`` for too few values per channel."""
+    model.train()
     try:
-        spec.build()
-    except HarnessError:
+        with torch.no_grad():
+            call_user_code(model, example, what="the forward")
+    except UserCodeExit:
         raise
-    except Exception as exc:
-        raise HarnessError(f"cannot build {spec.name}: the factory raises {error_line(exc)}") from None
-    return audit(spec.build, example_input, checks=checks, output=spec.output)
+    except ValueError as exc:
+        return error_line(exc) if any(m in str(exc) for m in _TOO_FEW_VALUES) else None
+    except Exception:  # noqa: BLE001 - the audit reports the model's own failures
+        return None
+    return None
+
+
+def _recursion_is_a_finding(check: Callable[[AuditContext], list], loop: Cycle,
+                            ) -> Callable[[AuditContext], list]:
+    def guarded(ctx: AuditContext) -> list:
+        try:
+            return check(ctx)
+        except RecursionError:
+            raise ModelFailure(f"torch recursed without end: {loop.describe()} (a module registered inside "
+                               "itself)") from None
+
+    return guarded
 
 
 def cli_audit(args: argparse.Namespace) -> int:

@@ -49,6 +49,21 @@ def min_train_length(batch: int) -> int:
     return DOWNSAMPLING + 1 if batch == 1 else 1
 
 
+def train_length_problem(shape: tuple[int, ...]) -> str | None:
+    """Why a ``[B, 1, T]`` batch is too short for a train-mode forward of the family, or None.
+
+    The one wording of the rule ``min_train_length`` states, for ``validate_input`` and
+    for the audit's refusal of a too-small example input.
+    """
+    batch, length = shape[0], shape[-1]
+    if length >= min_train_length(batch):
+        return None
+    values = last_norm_values(batch, length)
+    return (f"shape {tuple(shape)} is too short for a train-mode forward: the last BatchNorm would see "
+            f"{values} value per channel (B * ceil(T / {DOWNSAMPLING})) and needs at least 2; "
+            f"use T >= {min_train_length(batch)} or a batch of 2 or more")
+
+
 def validate_input(
     x: object,
     *,
@@ -89,9 +104,7 @@ def validate_input(
         rows = (~finite).reshape(shape[0], -1).any(1).nonzero().flatten().tolist()
         raise InputError(f"waveform has {nan} NaN and {inf} Inf values (samples {rows}); "
                          "the model would score them as NaN without an error")
-    if training and shape[2] < min_train_length(shape[0]):
-        raise InputError(
-            f"shape {shape} is too short for a train-mode forward: the last BatchNorm would see "
-            f"{last_norm_values(shape[0], shape[2])} value per channel (B * ceil(T / {DOWNSAMPLING})) "
-            f"and needs at least 2; use T >= {min_train_length(shape[0])} or a batch of 2 or more")
+    problem = train_length_problem(shape) if training else None
+    if problem:
+        raise InputError(problem)
     return x
