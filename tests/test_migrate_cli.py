@@ -11,6 +11,7 @@ import functools
 import io
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -186,6 +187,62 @@ def test_dst_in_a_missing_directory_is_refused(legacy_file: Path):
     code, _, err = run_cli(legacy_file, dst, "--to", "skip_modules")
     assert code == 2
     assert_one_line_error(err, f"error: {dst}: directory", "does not exist")
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["", "force"])
+def test_dst_with_a_trailing_separator_names_a_directory_and_is_refused(legacy_file: Path, force: bool):
+    out = legacy_file.parent / "out"
+    out.mkdir()
+    dst = f"{out}{os.sep}newdir{os.sep}"
+    code, stdout, err = run_cli(legacy_file, dst, "--to", "skip_modules", *(["--force"] if force else []))
+    assert code == 2 and stdout == ""
+    assert_one_line_error(err, f"error: {dst}: ends with {os.sep!r}, so it names a directory, not a file")
+    assert list(out.iterdir()) == []  # no file named newdir
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["", "force"])
+def test_dst_that_is_a_directory_says_so_straight_away(legacy_file: Path, force: bool):
+    existing = legacy_file.parent / "existing_dir"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("keep")
+    code, out, err = run_cli(legacy_file, existing, "--to", "skip_modules", *(["--force"] if force else []))
+    assert code == 2 and out == ""
+    assert_one_line_error(err, f"error: {existing}: is a directory")
+    assert "--force" not in err  # the hint would mislead: --force cannot help
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]
+
+
+def test_empty_dst_is_refused(legacy_file: Path):
+    code, out, err = run_cli(legacy_file, "", "--to", "skip_modules")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "error: empty path ('') given for the output")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_dst_fifo_is_refused_even_with_force_and_stays_a_fifo(legacy_file: Path):
+    fifo = legacy_file.parent / "pipe.pt"
+    os.mkfifo(fifo)
+    for extra in ([], ["--force"]):
+        code, out, err = run_cli(legacy_file, fifo, "--to", "skip_modules", *extra)
+        assert code == 2 and out == ""
+        assert_one_line_error(err, f"error: {fifo}: is a FIFO (named pipe), not a regular file")
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_dst_symlink_needs_force_and_then_only_the_link_is_replaced(legacy_file: Path):
+    victim = legacy_file.parent / "victim.pt"
+    victim.write_bytes(b"what the link points to")
+    link = legacy_file.parent / "link.pt"
+    link.symlink_to(victim)
+    code, out, err = run_cli(legacy_file, link, "--to", "skip_modules")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, f"error: {link}: is a symbolic link (to '{victim}')", "use --force")
+    assert link.is_symlink()
+    before = file_state(victim)
+    code, out, err = run_cli(legacy_file, link, "--to", "skip_modules", "--force")
+    assert code == 0 and err == ""
+    assert not link.is_symlink() and len(load_checkpoint(link)) == 116
+    assert file_state(victim) == before
 
 
 # --- save -> migrate -> load -> save sequences ---------------------------------------------------
