@@ -106,6 +106,9 @@ class ModeComparison:
     max_abs_diff: float  # over every output tensor, float64; inf where NaN meets a number or shapes differ
     equivalent: bool
     first_divergence: str | None  # None when equivalent
+    # Every paired module in ref's forward order: (ref path, other path, max abs diff of their outputs;
+    # inf where other never calls its module): where, stage by stage, the two part.
+    stages: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class Comparison:
                     "max_abs_diff": m.max_abs_diff if m.max_abs_diff < float("inf") else None,
                     "equivalent": m.equivalent,
                     "first_divergence": m.first_divergence,
+                    "stages": [{"ref": r, "other": o, "max_abs_diff": d if d < float("inf") else None}
+                               for r, o, d in m.stages],
                 }
                 for m in self.modes
             ],
@@ -460,6 +465,18 @@ def _first_divergence(modules: list[ModulePair], left: _Run, right: _Run, tolera
             f"module agrees, the outputs differ ({final}): a parameterless op or the wiring after it differs")
 
 
+def _stages(modules: list[ModulePair], left: _Run, right: _Run) -> tuple[tuple[str, str, float], ...]:
+    by_src = {pair.src: pair for pair in modules}
+    stages = []
+    for path in left.order:
+        other = by_src[path].dst
+        if other in right.leaf_outputs:
+            stages.append((path, other, _diff(right.leaf_outputs[other], left.leaf_outputs[path], EXACT).max_abs))
+        else:
+            stages.append((path, other, float("inf")))
+    return tuple(stages)
+
+
 def _check_modes(modes: Sequence[str]) -> tuple[str, ...]:
     modes = tuple(modes)
     if not modes or any(m not in MODES for m in modes):
@@ -524,7 +541,8 @@ def compare_models(ref: nn.Module | Callable[[], nn.Module], other: nn.Module | 
         left, right = _run(ref_model, args, mode, "ref"), _run(loaded, args, mode, "other")
         diff = _diff(right.output, left.output, tolerance)
         divergence = None if diff.close else _first_divergence(match.modules, left, right, tolerance, names)
-        results.append(ModeComparison(mode, diff.max_abs, diff.close, divergence))
+        results.append(ModeComparison(mode, diff.max_abs, diff.close, divergence,
+                                      _stages(match.modules, left, right)))
     return Comparison(all(r.equivalent for r in results), tuple(results), dict(match.mapping))
 
 

@@ -161,6 +161,8 @@ def _reference_rows(subjects: list[str], plan: Plan, progress: Progress) -> list
                          "max_abs_diff": _finite(row.max_abs_diff), "equivalent": row.equivalent,
                          "required": row.mode in variant.reference_modes,
                          "first_divergence": row.first_divergence, "weights": "structural match",
+                         "stages": [{"ref": r, "other": o, "max_abs_diff": _finite(d)}
+                                    for r, o, d in row.stages],
                          "tolerance": _tolerance("EXACT", EXACT)})
     return rows
 

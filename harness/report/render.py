@@ -194,9 +194,68 @@ def _html_cell(text: str) -> str:
     return f"<td class=\"{css}\">{html.escape(text)}</td>" if css else f"<td>{html.escape(text)}</td>"
 
 
+def _static_svg(chart: object) -> str:
+    """The chart's SVG without pygal's script elements (its config script comes even with ``js=[]``)."""
+    from xml.etree import ElementTree
+
+    # Default namespaces, so the SVG is inline-able in HTML (a prefixed <ns0:svg> is not SVG there).
+    ElementTree.register_namespace("", "http://www.w3.org/2000/svg")
+    ElementTree.register_namespace("xlink", "http://www.w3.org/1999/xlink")
+    tree = ElementTree.fromstring(chart.render(is_unicode=True))
+    for parent in list(tree.iter()):
+        for child in list(parent):
+            if child.tag.rpartition("}")[2] == "script":
+                parent.remove(child)
+    return ElementTree.tostring(tree, encoding="unicode")
+
+
+def _svg_charts(report: dict) -> list[tuple[str, str, str]]:
+    """(section title, caption, inline SVG) for the charts a reviewer would rather look at than read.
+
+    pygal (it comes with pytest-benchmark[histogram]) renders them; its scripts are stripped
+    (``_static_svg``), so the page stays one self-contained file with no scripts. Without
+    pygal: no charts.
+    """
+    try:
+        import pygal
+    except ImportError:
+        return []
+    style = dict(js=[], disable_xml_declaration=True, width=960, height=420, explicit_size=True,
+                 legend_at_bottom=True, truncate_legend=-1, x_label_rotation=30)
+    charts = []
+    rows = report["benchmarks"]
+    if rows:
+        forms = list(dict.fromkeys(r["variant"] for r in rows))
+        chart = pygal.Bar(title="Median forward time (ms; whiskers: interquartile range)", **style)
+        chart.x_labels = forms
+        for config in dict.fromkeys((r["batch"], r["length"]) for r in rows):
+            by_form = {r["variant"]: r for r in rows if (r["batch"], r["length"]) == config}
+            chart.add(f"{config[0]} x {config[1]}", [
+                {"value": by_form[f]["median_ms"],
+                 "ci": {"low": max(0.0, by_form[f]["median_ms"] - by_form[f]["iqr_ms"] / 2),
+                        "high": by_form[f]["median_ms"] + by_form[f]["iqr_ms"] / 2}} if f in by_form else None
+                for f in forms])
+        charts.append(("Forward timing", "Median time per form and configuration, the bar's whisker spans "
+                       "the interquartile range.", _static_svg(chart)))
+    staged = [e for e in report["equivalence"] if e.get("stages") and not e["equivalent"]]
+    for e in staged:
+        chart = pygal.Line(title=f"{e['b']} vs {e['a']} ({e['mode']}): max abs difference per stage",
+                           show_dots=True, **style)
+        chart.x_labels = [s["ref"] for s in e["stages"]]
+        chart.add("max abs diff", [s["max_abs_diff"] for s in e["stages"]])
+        charts.append(("Equivalence", f"Where {e['b']} parts from {e['a']} in {e['mode']} mode, stage by "
+                       "stage "
+                       "(each weight-owning module's output, in the reference's forward order).",
+                       _static_svg(chart)))
+    return charts
+
+
 def render_html(report: dict) -> str:
-    """One self-contained page: inline CSS, no scripts, no external assets."""
+    """One self-contained page: inline CSS and SVG charts, no scripts, no external assets."""
     title = html.escape(_title(report))
+    charts: dict[str, list[tuple[str, str]]] = {}
+    for section, caption, svg in _svg_charts(report):
+        charts.setdefault(section, []).append((caption, svg))
     parts = ["<!DOCTYPE html>", "<html lang=\"en\">", "<head>", "<meta charset=\"utf-8\">",
              f"<title>{title}</title>", f"<style>{_HTML_STYLE}</style>", "</head>", "<body>",
              f"<h1>{title}</h1>",
@@ -205,6 +264,8 @@ def render_html(report: dict) -> str:
     for table in tables(report):
         parts.append(f"<h2>{html.escape(table.title)}</h2>")
         parts += [f"<p>{html.escape(line)}</p>" for line in table.intro]
+        for caption, svg in charts.get(table.title, ()):
+            parts.append(f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>")
         parts.append("<table>")
         parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in table.header) + "</tr>")
         parts += ["<tr>" + "".join(_html_cell(cell) for cell in row) + "</tr>" for row in table.rows]
