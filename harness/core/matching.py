@@ -470,10 +470,9 @@ def _stages(modules: list[ModulePair], left: _Run, right: _Run) -> tuple[tuple[s
     stages = []
     for path in left.order:
         other = by_src[path].dst
-        if other in right.leaf_outputs:
-            stages.append((path, other, _diff(right.leaf_outputs[other], left.leaf_outputs[path], EXACT).max_abs))
-        else:
-            stages.append((path, other, float("inf")))
+        called = other in right.leaf_outputs
+        diff = _diff(right.leaf_outputs[other], left.leaf_outputs[path], EXACT) if called else None
+        stages.append((path, other, diff.max_abs if diff is not None else float("inf")))
     return tuple(stages)
 
 
