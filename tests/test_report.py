@@ -178,9 +178,16 @@ def test_markdown_has_every_section_and_escapes_pipes() -> None:
 
 
 def test_html_is_self_contained_and_escaped() -> None:
-    page = render_html(_synthetic_report())
+    report = _synthetic_report()
+    report["equivalence"][0]["stages"] = [
+        {"ref": "conv1.0", "other": "stem.0", "max_abs_diff": 0.0},
+        {"ref": "res_block1.1", "other": "layers.0.bn1", "max_abs_diff": 4.3}]
+    page = render_html(report)
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "<script" not in page and "&lt;script&gt;" in page
+    # The charts are inline SVG: the SVG namespace is the only URI in the page.
+    assert page.count("<svg") == 2 and "res_block1.1" in page
+    page = page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     for external in ("http://", "https://", "src=", "<link", "@import", "url("):
         assert external not in page
 
