@@ -8,6 +8,7 @@ pickle's payload never runs.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import pickle
@@ -25,7 +26,9 @@ from hypothesis import strategies as st
 
 from harness import HarnessError, build
 from harness.__main__ import main
-from harness.rawnet2.checkpoints import load_checkpoint, save_checkpoint
+from harness.core.weights import seed_weights
+from harness.rawnet2.checkpoints import get_audio_model, load_checkpoint, save_checkpoint
+from harness.rawnet2.registry import load_weights
 
 MARKER = "pwned"  # the file a malicious pickle's payload would create
 
@@ -84,6 +87,26 @@ def _safetensors_bytes(cut: int) -> Callable[[Path], None]:
     return make
 
 
+def _legacy_as(dtype: torch.dtype, *, keys: int | None = None, suffix_safetensors: bool = False,
+               ) -> Callable[[Path], None]:
+    """A legacy checkpoint whose floating tensors (the first ``keys`` of them, default all) are ``dtype``."""
+    def make(path: Path) -> None:
+        state = build("legacy").state_dict()
+        floating = [k for k, v in state.items() if v.is_floating_point()][:keys]
+        state.update({k: (state[k] * 10).to(dtype) for k in floating})
+        if suffix_safetensors:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in state.items()}, path)
+        else:
+            torch.save(state, path)
+
+    return make
+
+
+_NOT_WEIGHTS = "of a dtype the model cannot hold as weights: "
+
+
 # name -> (file name, how to make it (None: leave it missing), what the error must say)
 CORPUS: dict[str, tuple[str, Callable[[Path], None] | None, str]] = {
     "missing": ("missing.pt", None, "no such file"),
@@ -117,6 +140,17 @@ CORPUS: dict[str, tuple[str, Callable[[Path], None] | None, str]] = {
                      "does not fit the legacy layout: missing res_block3.0.weight"),
     "tuple_blocks": ("tuple_blocks.pt", _torch_save(lambda p: build("tuple_blocks").state_dict()),
                      r"cannot convert from tuple_blocks: .*\(97\.1%\)"),
+    "symlink_loop": ("loop.pt", lambda p: p.symlink_to(p.name),
+                     r"symlink loop \(too many levels of symbolic links\)"),
+    "broken_symlink": ("broken.pt", lambda p: p.symlink_to("gone.pt"),
+                       r"broken symbolic link \(points to 'gone.pt', which does not exist\)"),
+    "int32_safetensors": ("int.safetensors", _legacy_as(torch.int32, suffix_safetensors=True),
+                          rf"88 tensors {_NOT_WEIGHTS}'conv1.0.bias' \(int32\), .* \(\+82 more\)"),
+    "int64_weight": ("int64.pt", _legacy_as(torch.int64, keys=1),
+                     rf"1 tensor {_NOT_WEIGHTS}'conv1.0.weight' \(int64\);"),
+    "bool_weights": ("bool.pt", _legacy_as(torch.bool, keys=2),
+                     rf"2 tensors {_NOT_WEIGHTS}'conv1.0.weight' \(bool\), 'conv1.0.bias' \(bool\);"),
+    "complex_weights": ("complex.pt", _legacy_as(torch.complex64, keys=1), r"'conv1.0.weight' \(complex64\)"),
     "corrupt_safetensors": ("bad.safetensors", _safetensors_bytes(0), "corrupt safetensors file"),
     "truncated_safetensors": ("cut.safetensors", _safetensors_bytes(60), "corrupt safetensors file"),
 }
@@ -256,3 +290,58 @@ def test_save_respects_the_umask_like_any_new_file(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+# --- dtypes: what the loader accepts computes what the model it came from computes --------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_checkpoint_in_another_float_dtype_scores_as_the_model_cast_the_same_way(tmp_path, dtype, suffix):
+    """float16/bfloat16/float64 weights load, cast to the model's float32, and score exactly as the
+    source model does after the same round trip through ``dtype``; BatchNorm's int64 step counts stay."""
+    source = seed_weights(build("skip_modules"), seed=3).eval()
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in source.state_dict().items()}
+    assert state["res_block1.1.num_batches_tracked"].dtype == torch.int64
+    path = tmp_path / f"model{suffix}"
+    save_checkpoint(state, path)
+    loaded = get_audio_model("skip_modules", path)
+    expected = copy.deepcopy(source).to(dtype).to(torch.float32).eval()
+    x = torch.randn(3, 1, 4000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected(x))
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+def test_an_integer_checkpoint_given_as_a_state_dict_is_refused_too():
+    state = {k: v.to(torch.int32) if v.is_floating_point() else v
+             for k, v in build("skip_modules").state_dict().items()}
+    with pytest.raises(HarnessError, match=r"^checkpoint: 100 tensors of a dtype the model cannot hold"):
+        get_audio_model("skip_modules", state)
+
+
+class WithIntegerBuffer(nn.Module):
+    """A model keeping an integer buffer that is not BatchNorm's: its own dtypes decide."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 1)
+        self.register_buffer("position_ids", torch.arange(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x[:, self.position_ids])
+
+
+def test_against_the_target_model_integers_are_accepted_only_where_the_model_keeps_integers(tmp_path):
+    model = WithIntegerBuffer()
+    path = tmp_path / "w.pt"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(HarnessError, match=r"'position_ids' \(int64\)"):
+        load_checkpoint(path)  # no model at hand: only torch's own integer buffers pass
+    load_weights(WithIntegerBuffer(), path)  # the model keeps position_ids as integers
+    torch.save({**model.state_dict(), "fc.weight": torch.ones(1, 4, dtype=torch.int32)}, path)
+    with pytest.raises(HarnessError, match=r"'fc.weight' \(int32; the model holds float32\)"):
+        load_weights(WithIntegerBuffer(), path)
+    torch.save({**model.state_dict(), "position_ids": torch.arange(4.0)}, path)
+    with pytest.raises(HarnessError, match=r"'position_ids' \(float32; the model holds int64\)"):
+        load_weights(WithIntegerBuffer(), path)
