@@ -84,7 +84,12 @@ def audit_spec(spec: VariantSpec, example_input: torch.Tensor, *,
             raise
         except Exception as exc:
             raise HarnessError(f"cannot build {spec.name}: the factory raises {error_line(exc)}") from None
-        loops = [c for c in cycles(model) if c.registered]
+        try:  # the walk may meet the model's own code (properties): sys.exit there is exit 2, not 0
+            loops = [c for c in call_user_code(cycles, model, what="the model's code") if c.registered]
+        except UserCodeExit:
+            raise
+        except Exception:  # noqa: BLE001 - the audit's registration check meets it and reports it
+            loops = []
         if not loops:
             check_example_input(spec, model, example_input, names)
     table = CHECKS if not loops else MappingProxyType(
@@ -142,8 +147,8 @@ def check_example_input(spec: VariantSpec, model: nn.Module, example: torch.Tens
 
 def _train_forward_refusal(model: nn.Module, example: torch.Tensor) -> str | None:
     """The error line when a train-mode forward refuses ``example`` for too few values per channel."""
-    model.train()
     try:
+        call_user_code(model.train, what="the model's train()")
         with torch.no_grad():
             call_user_code(model, example, what="the forward")
     except UserCodeExit:
