@@ -195,9 +195,13 @@ def test_a_character_device_is_refused_even_with_force(writes):
     ("", "empty path ('') given for the output"),
     ("{d}/newdir/", "ends with '/', so it names a directory, not a file"),
     ("{d}/", "is a directory"),
+    ("{d}/newdir/.", "ends with '.', so it names a directory, not a file"),
+    ("{d}/newdir/..", "ends with '..', so it names a directory, not a file"),
+    ("{d}/.", "is a directory"),
     ("{d}/missing/out.txt", "does not exist"),
     ("{d}/file.txt/out.txt", "is not a directory"),
-], ids=["empty", "trailing-separator", "existing-dir-with-separator", "missing-dir", "file-as-dir"])
+], ids=["empty", "trailing-separator", "existing-dir-with-separator", "dot", "dot-dot", "existing-dot",
+        "missing-dir", "file-as-dir"])
 def test_paths_that_name_no_file_are_refused(tmp_path, writes, spelling, expected):
     (tmp_path / "file.txt").write_text("keep")
     path = spelling.format(d=tmp_path)

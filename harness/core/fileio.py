@@ -114,11 +114,11 @@ def check_output_path(path: PathLike, *, force: bool = False, overwrite: bool = 
         raise HarnessError("empty path ('') given for the output; give a file name")
     separators = (os.sep, os.altsep) if os.altsep else (os.sep,)
     target = Path(raw)
-    if raw.endswith(separators):
+    if raw.endswith(separators) or os.path.basename(raw) in (".", ".."):
         if os.path.isdir(raw):
             raise HarnessError(f"{raw}: is a directory; give a file name inside it")
-        raise HarnessError(f"{raw}: ends with {raw[-1]!r}, so it names a directory, not a file; "
-                           "give a file name")
+        end = repr(raw[-1]) if raw.endswith(separators) else repr(os.path.basename(raw))
+        raise HarnessError(f"{raw}: ends with {end}, so it names a directory, not a file; give a file name")
     _check_directory(target)
     try:
         info = os.lstat(target)
