@@ -205,13 +205,16 @@ def test_machine_info_names_torch_threads_and_gpu() -> None:
                                       ["--benchmark-enable"]])
 def test_the_plain_benchmark_spellings_are_accepted(spelling: list[str]):
     """`pytest --benchmark-only` is how a pytest-benchmark user times; it must not be a usage error."""
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    # A fresh session, not an xdist worker's child (PYTEST_XDIST_WORKER would switch timing off).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     run = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", *spelling,
                           str(root / "tests" / "benchmarks")], cwd=root, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "test_forward" in run.stdout

@@ -227,7 +227,10 @@ def test_compare_equivalent_forms_is_exact() -> None:
         ("train", 0.0, True, None), ("eval", 0.0, True, None)]
     doc = result.as_json()
     assert set(doc) == {"equivalent", "modes", "mapping"} and doc["mapping"]["fc2.bias"] == "classifier.bias"
-    assert set(doc["modes"][0]) == {"mode", "max_abs_diff", "equivalent", "first_divergence"}
+    assert set(doc["modes"][0]) == {"mode", "max_abs_diff", "equivalent", "first_divergence", "stages"}
+    # Every paired module, in the reference's forward order, agrees exactly.
+    assert [s["max_abs_diff"] for s in doc["modes"][0]["stages"]] == [0.0] * len(doc["modes"][0]["stages"])
+    assert len(doc["modes"][0]["stages"]) == len({k.rsplit(".", 1)[0] for k in doc["mapping"]})
     for path, value in tensors(other).items():  # other's own weights are not replaced
         assert_close(value, other_before[path], EXACT, msg=path)
 
