@@ -25,10 +25,12 @@ from harness.rawnet2.audio import (
     NUM_SAMPLES,
     SAMPLE_RATE,
     UnusableAudio,
+    c_stderr_silenced,
     decode,
     downmix,
     fit_length,
     load_clip,
+    load_clip_checked,
     resample,
 )
 
@@ -255,6 +257,8 @@ BAD_FILES = {
     "missing.wav": (None, "no such file"),
     "a_directory.wav": (lambda p: p.mkdir(), "is a directory"),
     "fifo.wav": (os.mkfifo, "not a regular file"),
+    "loop.wav": (lambda p: p.symlink_to(p.name), "^symlink loop"),
+    "dangling.wav": (lambda p: p.symlink_to("gone.wav"), "^broken symbolic link \\(points to 'gone.wav'"),
     "nan.wav": (nan_wav, "all 800 samples are NaN"),
     "inf.wav": (partly_infinite_wav, "2 of 800 samples are NaN or infinite"),
     "too_long.wav": (too_long_wav, f"too long: 601.0 s; the limit is {MAX_DURATION_S:.0f} s"),
@@ -272,3 +276,56 @@ def test_unusable_file_is_refused_with_its_reason(name: str, tmp_path: Path):
         load_clip(path)
     assert "\n" not in str(info.value) and info.value.exit_code == 1
     assert (path.read_bytes() if path.is_file() else None) == before  # never modified
+
+
+def test_a_truncated_mp3_is_refused_in_one_line_and_libmpg123_stays_quiet(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+):
+    if "MP3" not in sf.available_formats():
+        pytest.skip(f"libsndfile {sf.__libsndfile_version__} cannot write MP3 (needs 1.1 or later)")
+    buf = written(np.sin(np.arange(48_000) / 10).astype(np.float32) / 2, SAMPLE_RATE, "MP3", "MPEG_LAYER_III")
+    data = buf.getvalue()
+    cut = tmp_path / "x.mp3"
+    cut.write_bytes(data[: len(data) // 2])
+    capfd.readouterr()
+    with pytest.raises(UnusableAudio, match="^truncated: the header declares 48000 frames, the file holds"):
+        decode(cut)
+    assert capfd.readouterr().err == ""  # libmpg123 writes "Warning: Xing stream size off..." to fd 2
+    # the real stderr is back afterwards
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+
+
+def test_silencing_the_c_stderr_nests_and_restores_it(capfd: pytest.CaptureFixture):
+    with c_stderr_silenced():
+        os.write(2, b"outer\n")
+        with c_stderr_silenced():
+            os.write(2, b"inner\n")
+        os.write(2, b"outer again\n")
+    os.write(2, b"restored\n")
+    assert capfd.readouterr().err == "restored\n"
+
+
+# --- out-of-range samples: scored, with a warning ----------------------------------------------
+
+
+@given(peak=st.floats(1.001, 100), channels=st.integers(1, 3), seed=seeds)
+def test_float_samples_beyond_full_scale_are_kept_and_their_peak_reported(
+    peak: float, channels: int, seed: int
+):
+    data = np.random.default_rng(seed).uniform(-1, 1, (800, channels)).astype(np.float32)
+    data[400, channels - 1] = -peak  # one channel's peak, before any downmix could hide it
+    decoded = decode(written(data, SAMPLE_RATE))
+    assert decoded.peak == np.float32(peak)
+    np.testing.assert_array_equal(decoded.samples, downmix(data))  # not clipped, not normalised
+    clip, warning = load_clip_checked(written(data, SAMPLE_RATE))
+    assert warning == f"peak {np.float32(peak):.4g} is outside [-1, 1] (float samples beyond full scale); " \
+        "scored as it is"
+    np.testing.assert_array_equal(clip, load_clip(written(data, SAMPLE_RATE)))
+
+
+def test_integer_pcm_cannot_exceed_full_scale_so_never_warns():
+    full_scale = np.array([[-(2**15)], [2**15 - 1]] * 100, dtype=np.int16)
+    decoded = decode(written(full_scale, SAMPLE_RATE, "WAV", "PCM_16"))
+    assert decoded.peak == 1.0
+    assert load_clip_checked(written(full_scale, SAMPLE_RATE, "WAV", "PCM_16"))[1] is None

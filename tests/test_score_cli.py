@@ -9,7 +9,14 @@ is expected to get wrong comes from its spec, never from a list here.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +27,7 @@ import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import SUBJECTS, build, get_audio_model
+from harness import SUBJECTS, HarnessError, build, get_audio_model
 from harness.__main__ import main
 from harness.core.introspect import batchnorms
 from harness.core.tolerances import BATCHING, EXACT, assert_close
@@ -30,11 +37,15 @@ from harness.rawnet2.audio import (
     SAMPLE_RATE,
     FileScore,
     ForwardFailed,
+    Progress,
+    iter_scores,
     load_clip,
+    parse_score_log,
     score_files,
     score_waveforms,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 AUDIO = Path(__file__).parent / "data" / "audio"
 FIXTURES = [str(AUDIO / n) for n in ("hello.wav", "numbers.wav", "hello_44k_stereo.wav", "hello_16k.flac")]
 HELLO, NUMBERS = FIXTURES[0], FIXTURES[1]
@@ -210,13 +221,15 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return [*paths, str(root / "text.wav"), str(root / "missing.wav")]
 
 
-@given(picks=st.lists(st.integers(0, 4), min_size=1, max_size=12), batch_size=st.integers(1, 5))
+@given(picks=st.lists(st.integers(0, 4), min_size=1, max_size=12), batch_size=st.integers(1, 5),
+       workers=st.sampled_from([0, 2]))
 def test_score_files_keeps_order_batches_good_files_and_reports_progress(
-    pool: list[str], picks: list[int], batch_size: int
+    pool: list[str], picks: list[int], batch_size: int, workers: int
 ):
     files = [pool[i] for i in picks]
     model, calls = MeanScore(), []
-    results = score_files(model, files, batch_size=batch_size, progress=lambda *a: calls.append(a))
+    results = score_files(model, files, batch_size=batch_size, progress=lambda *a: calls.append(a),
+                          workers=workers)
     assert [r.file for r in results] == files
     good = [i < 3 for i in picks]
     for r, ok in zip(results, good, strict=True):
@@ -244,6 +257,17 @@ def test_score_waveforms_refuses_a_model_without_one_score_per_clip():
     model = nn.Conv1d(1, 2, 1)
     with pytest.raises(ForwardFailed, match=r"shape \[2, 1\]; got \[2, 2, 8\]"):
         score_waveforms(model, torch.zeros(2, 8))
+
+
+def test_decoding_in_worker_processes_changes_nothing_but_the_wall_time(pool: list[str]):
+    files = [pool[i] for i in (0, 3, 1, 4, 2, 0, 1, 3, 2)]
+    in_process = score_files(MeanScore(), files, batch_size=2, workers=0)
+    assert score_files(MeanScore(), files, batch_size=2, workers=2) == in_process  # same clips, same batches
+    # each chunk ends with the last file of a full batch (failures before it included): the unit
+    # that --output writes and fsyncs
+    chunks = list(iter_scores(MeanScore(), files, batch_size=2, workers=2))
+    assert [[r.file for r in c] for c in chunks] == [files[0:3], files[3:6], files[6:9]]
+    assert [r for c in chunks for r in c] == in_process
 
 
 # --- the CLI -----------------------------------------------------------------------------------
@@ -327,3 +351,338 @@ def test_cli_refuses_an_impossible_run_before_scoring(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(message) and len(captured.err.strip().splitlines()) == 1
+
+
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_batch_elsewhere():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream in (Terminal(), io.StringIO()):
+        progress = Progress(10, stream=stream)
+        progress.update(4, 1)
+        progress.message("warning: a.wav: something")
+        progress.update(10, 1)
+        progress.close()
+        text = stream.getvalue()
+        assert "warning: a.wav: something\n" in text
+        if isinstance(stream, Terminal):  # tqdm redraws one line in place
+            assert "\r" in text and "10/10" in text and "1 failed" in text and "scored" not in text
+        else:
+            assert text.splitlines() == ["scored 4/10 files (1 failed)", "warning: a.wav: something",
+                                         "scored 10/10 files (1 failed)"]
+
+
+# --- score --output: JSON Lines as computed, --resume after a kill ------------------------------
+
+STAND_IN_SOURCE = '''
+import time
+
+import torch
+import torch.nn as nn
+
+
+class MeanScore(nn.Module):
+    """Each clip's score is the sigmoid of its mean; ``delay`` seconds per forward."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.delay = delay
+
+    def forward(self, x):
+        time.sleep(self.delay)
+        return torch.sigmoid(self.scale * x.mean(dim=-1) * 1000)
+'''
+
+
+@pytest.fixture
+def stand_in(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``--variant`` for a cheap stand-in model (MODULE:ATTR), importable here and in a subprocess."""
+    root = tmp_path_factory.getbasetemp() / "stand_in"
+    root.mkdir(exist_ok=True)
+    (root / "score_stand_in.py").write_text(STAND_IN_SOURCE)
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    return "score_stand_in:MeanScore"
+
+
+def short_wavs(root: Path, n: int) -> list[str]:
+    """``n`` short distinct clips (so distinct scores), every 7th one unreadable."""
+    root.mkdir(exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = root / f"clip{i:03d}.wav"
+        if i % 7 == 3:
+            path.write_text("not audio\n")
+        else:
+            sf.write(path, np.full(400, (i - n / 2) * 1e-4, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
+        paths.append(str(path))
+    return paths
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def snapshot(*roots: Path) -> dict[str, tuple]:
+    """Every entry under ``roots``: kind, and bytes, link target or mode; to show what a run changed."""
+    state: dict[str, tuple] = {}
+    for root in roots:
+        for where, dirs, names in os.walk(root):
+            for name in dirs + names:
+                path = os.path.join(where, name)
+                info = os.lstat(path)
+                if stat.S_ISLNK(info.st_mode):
+                    state[path] = ("link", os.readlink(path))
+                elif stat.S_ISREG(info.st_mode):
+                    state[path] = ("file", Path(path).read_bytes(), info.st_mtime_ns)
+                else:
+                    state[path] = ("other", stat.S_IFMT(info.st_mode))
+    return state
+
+
+def test_output_is_json_lines_in_input_order_like_the_json_on_stdout(
+    tmp_path: Path, stand_in: str, capsys: pytest.CaptureFixture
+):
+    files = short_wavs(tmp_path / "in", 9)
+    out = tmp_path / "s.jsonl"
+    argv = ["score", *files, "--variant", stand_in, "--batch-size", "2"]
+    assert main([*argv, "--format", "json"]) == 1
+    on_stdout = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--output", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # the results are in the file only
+    assert records(out) == on_stdout and [r["file"] for r in on_stdout] == files
+    assert out.read_bytes().endswith(b"\n") and len(out.read_bytes().splitlines()) == len(files)
+    assert "scored 9/9 files (1 failed)" in captured.err
+    assert captured.err.rstrip().endswith("1 of 9 files failed")
+
+
+def test_resume_skips_what_is_recorded_drops_a_half_written_line_and_appends_the_rest(
+    tmp_path: Path, stand_in: str, capsys: pytest.CaptureFixture
+):
+    files = short_wavs(tmp_path / "in", 10)
+    files.insert(6, files[1])  # a file given twice is scored twice, and needs two records
+    out = tmp_path / "s.jsonl"
+    argv = ["score", *files, "--variant", stand_in, "--batch-size", "3", "--output", str(out)]
+    assert main(argv) == 1
+    full = out.read_bytes()
+    lines = full.splitlines(keepends=True)
+    for kept in (0, 2, 5, 7, 11):
+        # what a kill while writing line `kept` + 1 leaves: whole lines, then part of one
+        out.write_bytes(b"".join(lines[:kept]) + (lines[kept][:9] if kept < len(lines) else b""))
+        capsys.readouterr()
+        assert main([*argv, "--resume"]) == 1  # the exit code covers every file, recorded ones included
+        assert out.read_bytes() == full, f"resumed after {kept} lines"
+        err = capsys.readouterr().err
+        if kept:
+            assert f"resuming {out}: {kept} of 11 files already recorded, {11 - kept} to score" in err
+        assert err.rstrip().endswith("1 of 11 files failed")
+    # without --resume an existing output is refused; --force starts it over
+    assert main(argv) == 2
+    out.write_text('{"file": "other.wav", "score": 0.5}\n')
+    assert main([*argv, "--force"]) == 1 and out.read_bytes() == full
+
+
+def test_resume_without_an_output_file_yet_is_a_fresh_run(tmp_path: Path, stand_in: str):
+    files = short_wavs(tmp_path / "in", 5)
+    out = tmp_path / "s.jsonl"
+    assert main(["score", *files, "--variant", stand_in, "--output", str(out), "--resume"]) == 1
+    assert [r["file"] for r in records(out)] == files
+
+
+def test_output_resumed_with_the_real_model_scores_like_the_uninterrupted_run(
+    tmp_path: Path, legacy_checkpoint: Path, fixture_scores: FixtureScores, capsys: pytest.CaptureFixture
+):
+    out = tmp_path / "s.jsonl"
+    argv = ["score", *FIXTURES, "--checkpoint", str(legacy_checkpoint), "--batch-size", "2",
+            "--output", str(out)]
+    assert main(argv) == 0
+    first = records(out)
+    assert [r["file"] for r in first] == FIXTURES
+    # the scores the same converted checkpoint gave all four fixtures in one batch
+    assert_close(torch.tensor([r["score"] for r in first]), fixture_scores["skip_modules"][1], BATCHING)
+    lines = out.read_bytes().splitlines(keepends=True)
+    out.write_bytes(lines[0] + lines[1][:20])  # killed while writing the first batch's second line
+    assert main([*argv, "--resume"]) == 0
+    resumed = records(out)
+    assert [r["file"] for r in resumed] == FIXTURES
+    # fixture 2 is now scored with fixture 3, not 1: its batch mates do not change its score
+    assert_close(torch.tensor([r["score"] for r in resumed]), torch.tensor([r["score"] for r in first]),
+                 BATCHING, "resumed vs uninterrupted")
+
+
+def test_a_killed_run_resumed_gives_the_uninterrupted_output(tmp_path: Path, stand_in: str):
+    # The demo: a run killed (SIGKILL, no chance to clean up) after a few batches, then the same
+    # command with --resume: every file exactly once, the scores of an uninterrupted run.
+    files = short_wavs(tmp_path / "in", 40)
+    out, reference = tmp_path / "s.jsonl", tmp_path / "reference.jsonl"
+    argv = ["score", *files, "--variant", stand_in, "--batch-size", "4"]
+    slow = ["--kwargs", '{"delay": 0.2}']  # 10 forwards of 0.2 s: time to kill it half way
+    with open(tmp_path / "stderr", "wb") as err:
+        run = subprocess.Popen([sys.executable, "-m", "harness", *argv, *slow, "--output", str(out)],
+                               cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                               start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not out.exists() or out.read_bytes().count(b"\n") < 8:
+                assert run.poll() is None, (tmp_path / "stderr").read_text()
+                assert time.monotonic() < deadline, "no batch written in 60 s"
+                time.sleep(0.01)
+        finally:
+            os.killpg(run.pid, signal.SIGKILL)  # the run and its decoding workers
+            run.wait()
+    assert run.returncode == -signal.SIGKILL
+    killed = records(out)
+    assert 8 <= len(killed) < len(files) and [r["file"] for r in killed] == files[: len(killed)]
+    assert main([*argv, "--output", str(out), "--resume"]) == 1
+    assert main([*argv, "--output", str(reference)]) == 1
+    resumed, uninterrupted = records(out), records(reference)
+    assert [r["file"] for r in resumed] == files and [r["file"] for r in uninterrupted] == files
+    assert [sorted(r) for r in resumed] == [sorted(r) for r in uninterrupted]
+    assert_close(torch.tensor([r.get("score", -1.0) for r in resumed]),
+                 torch.tensor([r.get("score", -1.0) for r in uninterrupted]), BATCHING,
+                 "resumed vs uninterrupted")
+
+
+def test_a_damaged_output_file_is_refused_naming_the_line():
+    good = b'{"file": "a.wav", "score": 0.25}\n{"file": "b.wav", "error": "no such file"}\n'
+    parsed, keep = parse_score_log(good + b'{"file": "c.w', "s.jsonl")
+    assert parsed == [FileScore("a.wav", score=0.25), FileScore("b.wav", error="no such file")]
+    assert keep == len(good)  # the half-written last line is not a record
+    for bad in (b"\n", b"[1, 2]\n", b'{"file": "c.wav"}\n', b'{"file": "c.wav", "score": NaN}\n',
+                b'{"file": "c.wav", "score": true}\n', b'{"file": "c.wav", "score": 0.5, "x": 1}\n',
+                b'{"file": 3, "score": 0.5}\n', b"\xff\xfe\n", b'{"file": "c.wav", "score": 0.5\n'):
+        with pytest.raises(HarnessError, match=r"^s\.jsonl: line 3: not a score record"):
+            parse_score_log(good + bad, "s.jsonl")
+
+
+def hostile_output(case: str, tmp: Path, audio: str) -> tuple[list[str], str]:
+    """Set up ``case`` in ``tmp``: the extra arguments, and the start of the one-line refusal."""
+    out = tmp / "s.jsonl"
+    if case == "directory":
+        out.mkdir()
+        return ["--output", str(out)], f"{out}: is a directory"
+    if case == "trailing separator":
+        return ["--output", f"{tmp / 'new'}{os.sep}"], f"{tmp / 'new'}{os.sep}: ends with"
+    if case == "fifo":
+        os.mkfifo(out)
+        return ["--output", str(out)], f"{out}: is a FIFO (named pipe), not a regular file"
+    if case == "device":
+        return ["--output", os.devnull, "--force"], f"{os.devnull}: is a character device, not a regular file"
+    if case == "empty path":
+        return ["--output", ""], "empty path ('') given for the output"
+    if case == "symlink to an input":
+        out.symlink_to(audio)
+        return ["--output", str(out)], f"{out}: is a symbolic link (to {audio!r})"
+    if case == "dangling symlink":  # following it would create a file elsewhere
+        out.symlink_to(tmp / "elsewhere.jsonl")
+        return ["--output", str(out)], f"{out}: is a symbolic link"
+    if case == "symlink with --resume":
+        out.symlink_to(audio)
+        return ["--output", str(out), "--resume"], f"{out}: is a symbolic link"
+    if case == "symlink loop":
+        out.symlink_to(out)
+        return ["--output", str(out)], f"{out}: is a symbolic link"
+    if case == "existing file":
+        out.write_text('{"file": "a.wav", "score": 0.5}\n')
+        return ["--output", str(out)], f"{out}: already exists; --resume finishes it, --force overwrites it"
+    if case == "an input, with --force":
+        return ["--output", audio, "--force"], f"{audio}: is the input file {audio!r}"
+    if case == "a hard link to an input, with --force":
+        os.link(audio, out)
+        return ["--output", str(out), "--force"], f"{out}: is the input file {audio!r}"
+    if case == "the checkpoint, with --resume":
+        checkpoint = tmp / "model.pt"
+        checkpoint.write_bytes(b"weights")
+        return (["--checkpoint", str(checkpoint), "--output", str(checkpoint), "--resume"],
+                f"{checkpoint}: is the input file {str(checkpoint)!r}")
+    if case == "missing directory":
+        return ["--output", str(tmp / "no" / "s.jsonl")], f"{tmp / 'no' / 's.jsonl'}: directory"
+    if case == "a damaged line, with --resume":
+        out.write_text('{"file": "a.wav", "score": 0.5}\n{"file": "b.wav", "score": 0.5 oops}\n{"file"')
+        return ["--output", str(out), "--resume"], f"{out}: line 2: not a score record"
+    if case == "--format with --output":
+        return ["--output", str(out), "--format", "json"], "--format is for stdout"
+    if case == "--resume without --output":
+        return ["--resume"], "--resume applies to --output PATH"
+    raise AssertionError(case)
+
+
+HOSTILE_OUTPUTS = [
+    "directory", "trailing separator", "fifo", "device", "empty path", "symlink to an input",
+    "dangling symlink", "symlink with --resume", "symlink loop", "existing file", "an input, with --force",
+    "a hard link to an input, with --force", "the checkpoint, with --resume", "missing directory",
+    "a damaged line, with --resume", "--format with --output", "--resume without --output",
+]
+
+
+@pytest.mark.parametrize("case", HOSTILE_OUTPUTS)
+def test_a_hostile_output_path_is_refused_before_any_work_and_nothing_changes(
+    case: str, tmp_path: Path, stand_in: str, capsys: pytest.CaptureFixture
+):
+    audio = tmp_path / "in.wav"
+    audio.write_bytes(Path(HELLO).read_bytes())
+    extra, message = hostile_output(case, tmp_path, str(audio))
+    before = snapshot(tmp_path, AUDIO)
+    assert main(["score", str(audio), "--variant", stand_in, *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    # one line, and before any work: the model is not even built (it would warn of random weights)
+    assert captured.err.startswith(f"error: {message}") and captured.err.count("\n") == 1, captured.err
+    assert snapshot(tmp_path, AUDIO) == before
+
+
+def test_force_replaces_a_symlinked_output_itself_never_what_it_points_to(tmp_path: Path, stand_in: str):
+    audio, out = tmp_path / "in.wav", tmp_path / "s.jsonl"
+    audio.write_bytes(Path(HELLO).read_bytes())
+    out.symlink_to(audio)
+    before = snapshot(tmp_path)
+    assert main(["score", str(audio), "--variant", stand_in, "--output", str(out), "--force"]) == 0
+    assert not out.is_symlink() and [r["file"] for r in records(out)] == [str(audio)]
+    after = snapshot(tmp_path)
+    del before[str(out)], after[str(out)]
+    assert after == before
+
+
+def test_resume_and_force_cannot_be_given_together(tmp_path: Path, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as exit_:
+        main(["score", HELLO, "--output", str(tmp_path / "s.jsonl"), "--resume", "--force"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_out_of_range_audio_is_scored_with_a_one_line_warning(
+    tmp_path: Path, stand_in: str, capsys: pytest.CaptureFixture
+):
+    loud, quiet = tmp_path / "loud.wav", tmp_path / "quiet.wav"
+    sf.write(loud, np.array([0.1, -1.75, 0.5] * 200, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
+    sf.write(quiet, np.full(600, 0.5, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
+    assert main(["score", str(loud), str(quiet), "--variant", stand_in, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert [sorted(r) for r in json.loads(captured.out)] == [["file", "score"]] * 2
+    warnings = [line for line in captured.err.splitlines() if str(loud) in line or str(quiet) in line]
+    assert warnings == [f"warning: {loud}: peak 1.75 is outside [-1, 1] (float samples beyond full scale); "
+                        "scored as it is"]
+
+
+def test_decoder_chatter_on_the_c_stderr_is_kept_off_the_terminal(
+    tmp_path: Path, stand_in: str, capfd: pytest.CaptureFixture
+):
+    if "MP3" not in sf.available_formats():
+        pytest.skip(f"libsndfile {sf.__libsndfile_version__} cannot write MP3 (needs 1.1 or later)")
+    mp3 = tmp_path / "full.mp3"
+    sf.write(mp3, np.sin(np.arange(48_000) / 10).astype(np.float32) / 2, SAMPLE_RATE, format="MP3")
+    cut, stub = tmp_path / "x.mp3", tmp_path / "stub.mp3"
+    data = mp3.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # libmpg123 prints "Warning: Xing stream size off by more..."
+    stub.write_bytes(data[:300])
+    assert main(["score", str(cut), str(stub), "--variant", stand_in, "--format", "json"]) == 1
+    captured = capfd.readouterr()  # file descriptors 1 and 2, not just sys.stdout/stderr
+    assert [r["error"] for r in json.loads(captured.out)] == [
+        "truncated: the header declares 48000 frames, the file holds 24815",
+        "not a readable audio file: libsndfile: cannot read the start of the stream (truncated or damaged)",
+    ]
+    assert "Xing" not in captured.err and "mpg123" not in captured.err.lower()
+    assert captured.err.splitlines()[1:] == ["2 of 2 files failed"]  # after the random-weights warning
