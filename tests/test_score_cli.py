@@ -383,15 +383,18 @@ import torch.nn as nn
 
 
 class MeanScore(nn.Module):
-    """Each clip's score is the sigmoid of its mean; ``delay`` seconds per forward."""
+    """Each clip's score is the sigmoid of its mean. With ``hang_after`` N, every forward after
+    the N-th hangs (for an hour): a run that is only ever stopped by a kill."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, hang_after: int | None = None) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
-        self.delay = delay
+        self.hang_after, self.forwards = hang_after, 0
 
     def forward(self, x):
-        time.sleep(self.delay)
+        self.forwards += 1
+        if self.hang_after is not None and self.forwards > self.hang_after:
+            time.sleep(3600)
         return torch.sigmoid(self.scale * x.mean(dim=-1) * 1000)
 '''
 
@@ -519,14 +522,14 @@ def test_a_killed_run_resumed_gives_the_uninterrupted_output(tmp_path: Path, sta
     files = short_wavs(tmp_path / "in", 40)
     out, reference = tmp_path / "s.jsonl", tmp_path / "reference.jsonl"
     argv = ["score", *files, "--variant", stand_in, "--batch-size", "4"]
-    slow = ["--kwargs", '{"delay": 0.2}']  # 10 forwards of 0.2 s: time to kill it half way
+    hangs = ["--kwargs", '{"hang_after": 3}']  # 3 batches written, then it waits for the kill
     with open(tmp_path / "stderr", "wb") as err:
-        run = subprocess.Popen([sys.executable, "-m", "harness", *argv, *slow, "--output", str(out)],
+        run = subprocess.Popen([sys.executable, "-m", "harness", *argv, *hangs, "--output", str(out)],
                                cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                start_new_session=True)
         try:
             deadline = time.monotonic() + 60
-            while not out.exists() or out.read_bytes().count(b"\n") < 8:
+            while not out.exists() or out.read_bytes().count(b"\n") < 12:
                 assert run.poll() is None, (tmp_path / "stderr").read_text()
                 assert time.monotonic() < deadline, "no batch written in 60 s"
                 time.sleep(0.01)
@@ -535,7 +538,7 @@ def test_a_killed_run_resumed_gives_the_uninterrupted_output(tmp_path: Path, sta
             run.wait()
     assert run.returncode == -signal.SIGKILL
     killed = records(out)
-    assert 8 <= len(killed) < len(files) and [r["file"] for r in killed] == files[: len(killed)]
+    assert 12 <= len(killed) < len(files) and [r["file"] for r in killed] == files[: len(killed)]
     assert main([*argv, "--output", str(out), "--resume"]) == 1
     assert main([*argv, "--output", str(reference)]) == 1
     resumed, uninterrupted = records(out), records(reference)
@@ -686,3 +689,25 @@ def test_decoder_chatter_on_the_c_stderr_is_kept_off_the_terminal(
     ]
     assert "Xing" not in captured.err and "mpg123" not in captured.err.lower()
     assert captured.err.splitlines()[1:] == ["2 of 2 files failed"]  # after the random-weights warning
+
+
+class InterruptedOnSecondBatch(MeanScore):
+    """Stand-in whose second forward gets Ctrl-C."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.batch_sizes:
+            raise KeyboardInterrupt
+        return super().forward(x)
+
+
+def test_ctrl_c_keeps_what_is_recorded_and_says_how_to_finish(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    files = short_wavs(tmp_path / "in", 6)
+    out = tmp_path / "s.jsonl"
+    stand_in = f"{__name__}:{InterruptedOnSecondBatch.__name__}"  # this module, as pytest imported it
+    argv = ["score", *files, "--variant", stand_in, "--batch-size", "2", "--output", str(out)]
+    assert main(argv) == 130
+    assert [r["file"] for r in records(out)] == files[:2]
+    assert capsys.readouterr().err.rstrip().endswith(
+        f"interrupted: 2 of 6 files are recorded in {out}; the same command with --resume scores the rest")
