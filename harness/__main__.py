@@ -104,6 +104,10 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default="preserve-function",
                    choices=("preserve-function", "preserve-weights"))
     _model_options(p, weights=False)
+    p.add_argument("--form", choices=("auto", "eager", "optimized", "onnxruntime"), default="auto",
+                   help="deployment form: auto (default) takes the fastest this machine and the model allow "
+                        "(onnxruntime, else optimized, else eager); stderr names the one that ran")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, default=8, help="usable files per forward (default 8)")
     p.add_argument("--format", choices=("table", "json"),
                    help="what stdout gets without --output (default: table)")

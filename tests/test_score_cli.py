@@ -320,7 +320,8 @@ def test_cli_table_without_checkpoint_scores_with_seeded_random_weights(capsys: 
 
 
 def test_cli_scores_with_every_runnable_variant(runnable_name: str, capsys: pytest.CaptureFixture):
-    assert main(["score", HELLO, "--variant", runnable_name, "--format", "json"]) == 0
+    # --form eager: the command's plumbing vs the library, bit for bit (the forms: test_score_forms.py)
+    assert main(["score", HELLO, "--variant", runnable_name, "--format", "json", "--form", "eager"]) == 0
     captured = capsys.readouterr()
     (row,) = json.loads(captured.out)
     expected = score_waveforms(random_model(runnable_name), torch.from_numpy(load_clip(HELLO))[None])
@@ -450,7 +451,7 @@ def test_output_is_json_lines_in_input_order_like_the_json_on_stdout(
 ):
     files = short_wavs(tmp_path / "in", 9)
     out = tmp_path / "s.jsonl"
-    argv = ["score", *files, "--variant", stand_in, "--batch-size", "2"]
+    argv = ["score", *files, "--variant", stand_in, "--form", "eager", "--batch-size", "2"]
     assert main([*argv, "--format", "json"]) == 1
     on_stdout = json.loads(capsys.readouterr().out)
     assert main([*argv, "--output", str(out)]) == 1
@@ -468,7 +469,7 @@ def test_resume_skips_what_is_recorded_drops_a_half_written_line_and_appends_the
     files = short_wavs(tmp_path / "in", 10)
     files.insert(6, files[1])  # a file given twice is scored twice, and needs two records
     out = tmp_path / "s.jsonl"
-    argv = ["score", *files, "--variant", stand_in, "--batch-size", "3", "--output", str(out)]
+    argv = ["score", *files, "--variant", stand_in, "--form", "eager", "--batch-size", "3", "--output", str(out)]
     assert main(argv) == 1
     full = out.read_bytes()
     lines = full.splitlines(keepends=True)
@@ -491,7 +492,7 @@ def test_resume_skips_what_is_recorded_drops_a_half_written_line_and_appends_the
 def test_resume_without_an_output_file_yet_is_a_fresh_run(tmp_path: Path, stand_in: str):
     files = short_wavs(tmp_path / "in", 5)
     out = tmp_path / "s.jsonl"
-    assert main(["score", *files, "--variant", stand_in, "--output", str(out), "--resume"]) == 1
+    assert main(["score", *files, "--variant", stand_in, "--form", "eager", "--output", str(out), "--resume"]) == 1
     assert [r["file"] for r in records(out)] == files
 
 
@@ -521,7 +522,7 @@ def test_a_killed_run_resumed_gives_the_uninterrupted_output(tmp_path: Path, sta
     # command with --resume: every file exactly once, the scores of an uninterrupted run.
     files = short_wavs(tmp_path / "in", 40)
     out, reference = tmp_path / "s.jsonl", tmp_path / "reference.jsonl"
-    argv = ["score", *files, "--variant", stand_in, "--batch-size", "4"]
+    argv = ["score", *files, "--variant", stand_in, "--form", "eager", "--batch-size", "4"]
     hangs = ["--kwargs", '{"hang_after": 3}']  # 3 batches written, then it waits for the kill
     with open(tmp_path / "stderr", "wb") as err:
         run = subprocess.Popen([sys.executable, "-m", "harness", *argv, *hangs, "--output", str(out)],
@@ -629,7 +630,7 @@ def test_a_hostile_output_path_is_refused_before_any_work_and_nothing_changes(
     audio.write_bytes(Path(HELLO).read_bytes())
     extra, message = hostile_output(case, tmp_path, str(audio))
     before = snapshot(tmp_path, AUDIO)
-    assert main(["score", str(audio), "--variant", stand_in, *extra]) == 2
+    assert main(["score", str(audio), "--variant", stand_in, "--form", "eager", *extra]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     # one line, and before any work: the model is not even built (it would warn of random weights)
@@ -642,7 +643,7 @@ def test_force_replaces_a_symlinked_output_itself_never_what_it_points_to(tmp_pa
     audio.write_bytes(Path(HELLO).read_bytes())
     out.symlink_to(audio)
     before = snapshot(tmp_path)
-    assert main(["score", str(audio), "--variant", stand_in, "--output", str(out), "--force"]) == 0
+    assert main(["score", str(audio), "--variant", stand_in, "--form", "eager", "--output", str(out), "--force"]) == 0
     assert not out.is_symlink() and [r["file"] for r in records(out)] == [str(audio)]
     after = snapshot(tmp_path)
     del before[str(out)], after[str(out)]
@@ -662,7 +663,7 @@ def test_out_of_range_audio_is_scored_with_a_one_line_warning(
     loud, quiet = tmp_path / "loud.wav", tmp_path / "quiet.wav"
     sf.write(loud, np.array([0.1, -1.75, 0.5] * 200, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
     sf.write(quiet, np.full(600, 0.5, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
-    assert main(["score", str(loud), str(quiet), "--variant", stand_in, "--format", "json"]) == 0
+    assert main(["score", str(loud), str(quiet), "--variant", stand_in, "--form", "eager", "--format", "json"]) == 0
     captured = capsys.readouterr()
     assert [sorted(r) for r in json.loads(captured.out)] == [["file", "score"]] * 2
     warnings = [line for line in captured.err.splitlines() if str(loud) in line or str(quiet) in line]
@@ -681,14 +682,15 @@ def test_decoder_chatter_on_the_c_stderr_is_kept_off_the_terminal(
     data = mp3.read_bytes()
     cut.write_bytes(data[: len(data) // 2])  # libmpg123 prints "Warning: Xing stream size off by more..."
     stub.write_bytes(data[:300])
-    assert main(["score", str(cut), str(stub), "--variant", stand_in, "--format", "json"]) == 1
+    assert main(["score", str(cut), str(stub), "--variant", stand_in, "--form", "eager", "--format", "json"]) == 1
     captured = capfd.readouterr()  # file descriptors 1 and 2, not just sys.stdout/stderr
     assert [r["error"] for r in json.loads(captured.out)] == [
         "truncated: the header declares 48000 frames, the file holds 24815",
         "not a readable audio file: libsndfile: cannot read the start of the stream (truncated or damaged)",
     ]
     assert "Xing" not in captured.err and "mpg123" not in captured.err.lower()
-    assert captured.err.splitlines()[1:] == ["2 of 2 files failed"]  # after the random-weights warning
+    # after the random-weights warning and the line naming the form that ran
+    assert captured.err.splitlines()[2:] == ["2 of 2 files failed"]
 
 
 class InterruptedOnSecondBatch(MeanScore):
@@ -706,7 +708,7 @@ def test_ctrl_c_keeps_what_is_recorded_and_says_how_to_finish(
     files = short_wavs(tmp_path / "in", 6)
     out = tmp_path / "s.jsonl"
     stand_in = f"{__name__}:{InterruptedOnSecondBatch.__name__}"  # this module, as pytest imported it
-    argv = ["score", *files, "--variant", stand_in, "--batch-size", "2", "--output", str(out)]
+    argv = ["score", *files, "--variant", stand_in, "--form", "eager", "--batch-size", "2", "--output", str(out)]
     assert main(argv) == 130
     assert [r["file"] for r in records(out)] == files[:2]
     assert capsys.readouterr().err.rstrip().endswith(

@@ -49,6 +49,7 @@ from harness.core.fileio import check_output_path, check_regular_input
 from harness.core.loading import parse_kwargs
 from harness.rawnet2.checkpoints import get_audio_model
 from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
+from harness.rawnet2.registry import resolve
 
 # Longest recording accepted, checked from the header before anything is decoded. The
 # model reads only the first 4.04 s, so a score for anything this long would stand for
@@ -310,7 +311,8 @@ def score_waveforms(model: nn.Module, waveforms: torch.Tensor) -> torch.Tensor:
 
     Raises ``ForwardFailed`` when the model cannot run (e.g. ``legacy`` as found).
     """
-    first = next(model.parameters(), None)
+    # A deployment form (an ONNX Runtime session) has no parameters: it takes CPU tensors.
+    first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     device = first.device if first is not None else torch.device("cpu")
     try:
         with torch.inference_mode():
@@ -673,21 +675,28 @@ def split_recorded(files: Sequence[str], recorded: Iterable[FileScore]) -> tuple
 
 
 def build_score_model(args: argparse.Namespace) -> nn.Module:
-    """The model ``score`` runs: ``--variant`` holding ``--checkpoint``, or seeded random
-    weights with a warning. The one place the command builds it (options that change the
-    model's form or device belong here)."""
+    """The model ``score`` runs: ``--variant`` holding ``--checkpoint`` (or seeded random
+    weights, with a warning), in the deployment form ``--form`` on ``--device``
+    (``harness.rawnet2.deploy.deployment_model``; stderr names the form that ran). The one
+    place the command builds it."""
+    from harness.rawnet2.deploy import deployment_model
+
     kwargs = parse_kwargs(args.kwargs) if getattr(args, "kwargs", None) else None
     if args.checkpoint is not None:
-        return get_audio_model(args.variant, args.checkpoint, policy=args.policy, kwargs=kwargs)
-    with torch.random.fork_rng():
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        model = get_audio_model(args.variant, None, policy=args.policy, kwargs=kwargs)
-    print(
-        f"warning: no --checkpoint: {args.variant} has random weights (seed {RANDOM_WEIGHTS_SEED}); "
-        "the scores mean nothing",
-        file=sys.stderr,
-    )
-    return model
+        model = get_audio_model(args.variant, args.checkpoint, policy=args.policy, kwargs=kwargs)
+    else:
+        with torch.random.fork_rng():
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = get_audio_model(args.variant, None, policy=args.policy, kwargs=kwargs)
+        print(
+            f"warning: no --checkpoint: {args.variant} has random weights (seed {RANDOM_WEIGHTS_SEED}); "
+            "the scores mean nothing",
+            file=sys.stderr,
+        )
+    form, device = getattr(args, "form", "eager"), getattr(args, "device", "cpu")
+    built, ran = deployment_model(model, resolve(args.variant, kwargs=kwargs), form, device)
+    print(f"score: {args.variant} as {ran}", file=sys.stderr)
+    return built
 
 
 def cli_score(args: argparse.Namespace) -> int:

@@ -57,3 +57,81 @@ def cli_export(args: argparse.Namespace) -> int:
           "and time axes): onnx.checker passed, ONNX Runtime matches eager within "
           "DEPLOYMENT_TOLERANCES['onnxruntime']")
     return 0
+
+
+# --- the form score runs ----------------------------------------------------------------------
+
+SCORE_FORMS = ("auto", "eager", "optimized", "onnxruntime")
+
+
+class _Unavailable(Exception):
+    """A deployment form that cannot run for this model or machine; the message says why."""
+
+
+def _onnxruntime_form(model: torch.nn.Module, target: VariantSpec, device: str) -> tuple[object, str]:
+    from harness.core.onnx import OnnxRuntimeSession, onnx_missing
+
+    if missing := onnx_missing():
+        raise _Unavailable(missing)
+    if "onnxruntime" not in target.forms:
+        raise _Unavailable(f"{target.name} does not list onnxruntime among its forms")
+    if device != "cpu":
+        raise _Unavailable("ONNX Runtime runs on the CPU here (the wheel has no GPU provider)")
+    example, verify = _inputs()
+    try:
+        exported = export_onnx(model, example, verify[-1:])  # verified on a full-length clip
+    except HarnessError as exc:
+        raise _Unavailable(str(exc)) from None
+    import onnxruntime
+
+    return (OnnxRuntimeSession(exported.onnx_bytes),
+            f"onnxruntime (exported, verified; onnxruntime {onnxruntime.__version__}) on cpu")
+
+
+def _optimized_form(model: torch.nn.Module, target: VariantSpec, device: str) -> tuple[object, str]:
+    from harness.core.forms import optimize_for_inference
+
+    if "folded" not in target.forms:
+        raise _Unavailable(f"{target.name} does not list folded among its forms")
+    try:
+        # Compiling costs 5-15 s per batch shape on a 2-core CPU: folded eager there, compiled on CUDA.
+        optimized = optimize_for_inference(model, backend="inductor" if device == "cuda" else None)
+    except HarnessError as exc:
+        raise _Unavailable(str(exc)) from None
+    return optimized, f"optimized ({optimized.info.form}) on {device}"
+
+
+def _eager_form(model: torch.nn.Module, target: VariantSpec, device: str) -> tuple[object, str]:
+    return model, f"eager on {device}"
+
+
+_FORM_BUILDERS = {"onnxruntime": _onnxruntime_form, "optimized": _optimized_form, "eager": _eager_form}
+
+
+def deployment_model(model: torch.nn.Module, target: VariantSpec, form: str = "auto",
+                     device: str = "cpu") -> tuple[object, str]:
+    """``model`` (weights loaded) in the deployment form that scores audio, and what ran.
+
+    ``auto`` takes the fastest form the machine and the spec allow: on the CPU ONNX Runtime
+    (where onnxruntime is installed and the spec lists it), else the optimized form (folded,
+    CPU batches in chunks of 2), else eager; on CUDA the folded and compiled form, else eager.
+    A form asked for by name that cannot run is refused (``HarnessError``, exit 2); under
+    ``auto`` the next one is taken and the description says why.
+    """
+    if form not in SCORE_FORMS:
+        raise HarnessError(f"unknown form {form!r}; known: {', '.join(SCORE_FORMS)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("--device cuda: CUDA is not available on this machine")
+    model = model.to(device).eval()
+    order = ["onnxruntime", "optimized", "eager"] if form == "auto" else [form]
+    passed_over = []
+    for candidate in order:
+        try:
+            built, ran = _FORM_BUILDERS[candidate](model, target, device)
+        except _Unavailable as exc:
+            if form != "auto":
+                raise HarnessError(f"--form {candidate}: {exc}") from None
+            passed_over.append(f"{candidate}: {exc}")
+            continue
+        return built, ran + (f" (auto; passed over {'; '.join(passed_over)})" if passed_over else "")
+    raise AssertionError("the eager form always runs")  # pragma: no cover
