@@ -48,6 +48,8 @@ from harness.rawnet2.audio import (
 REPO = Path(__file__).resolve().parent.parent
 AUDIO = Path(__file__).parent / "data" / "audio"
 FIXTURES = [str(AUDIO / n) for n in ("hello.wav", "numbers.wav", "hello_44k_stereo.wav", "hello_16k.flac")]
+# Stand-in models count their calls: score them as they are (the deployment forms: test_score_forms.py).
+EAGER = ("--form", "eager")
 HELLO, NUMBERS = FIXTURES[0], FIXTURES[1]
 
 
@@ -451,7 +453,7 @@ def test_output_is_json_lines_in_input_order_like_the_json_on_stdout(
 ):
     files = short_wavs(tmp_path / "in", 9)
     out = tmp_path / "s.jsonl"
-    argv = ["score", *files, "--variant", stand_in, "--form", "eager", "--batch-size", "2"]
+    argv = ["score", *files, "--variant", stand_in, *EAGER, "--batch-size", "2"]
     assert main([*argv, "--format", "json"]) == 1
     on_stdout = json.loads(capsys.readouterr().out)
     assert main([*argv, "--output", str(out)]) == 1
@@ -469,7 +471,7 @@ def test_resume_skips_what_is_recorded_drops_a_half_written_line_and_appends_the
     files = short_wavs(tmp_path / "in", 10)
     files.insert(6, files[1])  # a file given twice is scored twice, and needs two records
     out = tmp_path / "s.jsonl"
-    argv = ["score", *files, "--variant", stand_in, "--form", "eager", "--batch-size", "3", "--output", str(out)]
+    argv = ["score", *files, "--variant", stand_in, *EAGER, "--batch-size", "3", "--output", str(out)]
     assert main(argv) == 1
     full = out.read_bytes()
     lines = full.splitlines(keepends=True)
@@ -492,7 +494,7 @@ def test_resume_skips_what_is_recorded_drops_a_half_written_line_and_appends_the
 def test_resume_without_an_output_file_yet_is_a_fresh_run(tmp_path: Path, stand_in: str):
     files = short_wavs(tmp_path / "in", 5)
     out = tmp_path / "s.jsonl"
-    assert main(["score", *files, "--variant", stand_in, "--form", "eager", "--output", str(out), "--resume"]) == 1
+    assert main(["score", *files, "--variant", stand_in, *EAGER, "--output", str(out), "--resume"]) == 1
     assert [r["file"] for r in records(out)] == files
 
 
@@ -522,7 +524,7 @@ def test_a_killed_run_resumed_gives_the_uninterrupted_output(tmp_path: Path, sta
     # command with --resume: every file exactly once, the scores of an uninterrupted run.
     files = short_wavs(tmp_path / "in", 40)
     out, reference = tmp_path / "s.jsonl", tmp_path / "reference.jsonl"
-    argv = ["score", *files, "--variant", stand_in, "--form", "eager", "--batch-size", "4"]
+    argv = ["score", *files, "--variant", stand_in, *EAGER, "--batch-size", "4"]
     hangs = ["--kwargs", '{"hang_after": 3}']  # 3 batches written, then it waits for the kill
     with open(tmp_path / "stderr", "wb") as err:
         run = subprocess.Popen([sys.executable, "-m", "harness", *argv, *hangs, "--output", str(out)],
@@ -630,7 +632,7 @@ def test_a_hostile_output_path_is_refused_before_any_work_and_nothing_changes(
     audio.write_bytes(Path(HELLO).read_bytes())
     extra, message = hostile_output(case, tmp_path, str(audio))
     before = snapshot(tmp_path, AUDIO)
-    assert main(["score", str(audio), "--variant", stand_in, "--form", "eager", *extra]) == 2
+    assert main(["score", str(audio), "--variant", stand_in, *EAGER, *extra]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     # one line, and before any work: the model is not even built (it would warn of random weights)
@@ -643,7 +645,7 @@ def test_force_replaces_a_symlinked_output_itself_never_what_it_points_to(tmp_pa
     audio.write_bytes(Path(HELLO).read_bytes())
     out.symlink_to(audio)
     before = snapshot(tmp_path)
-    assert main(["score", str(audio), "--variant", stand_in, "--form", "eager", "--output", str(out), "--force"]) == 0
+    assert main(["score", str(audio), "--variant", stand_in, *EAGER, "--output", str(out), "--force"]) == 0
     assert not out.is_symlink() and [r["file"] for r in records(out)] == [str(audio)]
     after = snapshot(tmp_path)
     del before[str(out)], after[str(out)]
@@ -663,7 +665,7 @@ def test_out_of_range_audio_is_scored_with_a_one_line_warning(
     loud, quiet = tmp_path / "loud.wav", tmp_path / "quiet.wav"
     sf.write(loud, np.array([0.1, -1.75, 0.5] * 200, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
     sf.write(quiet, np.full(600, 0.5, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
-    assert main(["score", str(loud), str(quiet), "--variant", stand_in, "--form", "eager", "--format", "json"]) == 0
+    assert main(["score", str(loud), str(quiet), "--variant", stand_in, *EAGER, "--format", "json"]) == 0
     captured = capsys.readouterr()
     assert [sorted(r) for r in json.loads(captured.out)] == [["file", "score"]] * 2
     warnings = [line for line in captured.err.splitlines() if str(loud) in line or str(quiet) in line]
@@ -682,7 +684,7 @@ def test_decoder_chatter_on_the_c_stderr_is_kept_off_the_terminal(
     data = mp3.read_bytes()
     cut.write_bytes(data[: len(data) // 2])  # libmpg123 prints "Warning: Xing stream size off by more..."
     stub.write_bytes(data[:300])
-    assert main(["score", str(cut), str(stub), "--variant", stand_in, "--form", "eager", "--format", "json"]) == 1
+    assert main(["score", str(cut), str(stub), "--variant", stand_in, *EAGER, "--format", "json"]) == 1
     captured = capfd.readouterr()  # file descriptors 1 and 2, not just sys.stdout/stderr
     assert [r["error"] for r in json.loads(captured.out)] == [
         "truncated: the header declares 48000 frames, the file holds 24815",
@@ -708,7 +710,7 @@ def test_ctrl_c_keeps_what_is_recorded_and_says_how_to_finish(
     files = short_wavs(tmp_path / "in", 6)
     out = tmp_path / "s.jsonl"
     stand_in = f"{__name__}:{InterruptedOnSecondBatch.__name__}"  # this module, as pytest imported it
-    argv = ["score", *files, "--variant", stand_in, "--form", "eager", "--batch-size", "2", "--output", str(out)]
+    argv = ["score", *files, "--variant", stand_in, *EAGER, "--batch-size", "2", "--output", str(out)]
     assert main(argv) == 130
     assert [r["file"] for r in records(out)] == files[:2]
     assert capsys.readouterr().err.rstrip().endswith(
