@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_WORKERS ?= auto
 
-.PHONY: install report test test-serial bench lint clean
+.PHONY: install report test test-serial bench lint mutate clean
 
 install: $(STAMP)
 
@@ -36,6 +36,13 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check harness tests conftest.py
 	$(VENV)/bin/lint-imports
+
+# Mutation testing (minutes; not part of the gate): how many changes to the model files the tests
+# notice. MUTATE_PATHS picks the files, MUTATE_ARGS adds options (README, "Mutation testing").
+mutate: $(STAMP)
+	$(PY) -c "import mutmut" 2>/dev/null || \
+		$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test,mutation]"
+	$(PY) -m harness mutate $(or $(MUTATE_PATHS),fixed/skip_modules.py fixed/basic_blocks.py) $(MUTATE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .benchmarks

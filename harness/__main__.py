@@ -23,6 +23,7 @@ _HANDLERS = {
     "compare": "harness.rawnet2.equivalence:cli_compare",
     "migrate": "harness.rawnet2.checkpoints:cli_migrate",
     "score": "harness.rawnet2.audio:cli_score",
+    "mutate": "harness.rawnet2.mutation:cli_mutate",
     "export": "harness.rawnet2.deploy:cli_export",
 }
 _MODEL = "a registered variant name or MODULE:ATTR (a class or function building the model)"
@@ -131,6 +132,25 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing OUT")
 
 
+def _mutate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mutate", help="mutation testing of a model source file against the behavioural tests "
+                                      "(minutes; mutmut plus model operators)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="model source file, e.g. fixed/skip_modules.py "
+                                                            "(several: one run each, one report)")
+    p.add_argument("--tests", metavar="EXPR",
+                   help="pytest -k expression selecting the tests that judge PATH (default: the registered "
+                        "variants whose source is PATH; text-pinning tests are always left out)")
+    p.add_argument("--output", default="mutation-report.json", metavar="PATH",
+                   help="the JSON report (default mutation-report.json, written atomically)")
+    p.add_argument("--workers", type=int, metavar="N", help="mutants tested at once (default: one per CPU)")
+    p.add_argument("--timeout-factor", type=float, default=5.0, metavar="X",
+                   help="a mutant times out after X times (its tests' clean duration + 30 s) (default 5)")
+    p.add_argument("--equivalences", metavar="FILE",
+                   help="JSON list of declared equivalent mutants: {path, first, anchor, reason, ...}")
+    p.add_argument("--fail-under", type=float, metavar="SCORE",
+                   help="exit 1 when a file's score (percent of non-equivalent mutants detected) is lower")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
     parser.add_argument("--registry", metavar="FILE",
@@ -138,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: ./pyproject.toml when present)")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_report_parser, _audit_parser, _compare_parser, _migrate_parser, _score_parser,
-                _export_parser):
+                _export_parser, _mutate_parser):
         add(sub)
     return parser
 

@@ -1,0 +1,110 @@
+"""pytest plugin for mutation runs: the fastest tests first, and the test that killed each mutant recorded.
+
+Active only where ``harness.core.mutation`` sets its environment variables, so loading it
+elsewhere changes nothing:
+
+- ``HARNESS_MUTATION_DURATIONS``: a JSON file ``{"duration_by_test": {nodeid: seconds}}``
+  (mutmut's stats file); the selected tests run fastest first, so with ``-x`` a mutant
+  costs the time of the cheapest test that kills it.
+- ``HARNESS_MUTATION_RECORDS``: a JSON-lines file. A run under a mutant
+  (``MUTANT_UNDER_TEST``, set by mutmut or the harness) appends its first failing test
+  (or collection error) as ``{"mutant", "event": "killed", "test", "message"}`` and, at
+  the end, ``{"mutant", "event": "finished", "duration_s", "tests_run"}``.
+
+Under either, Hypothesis neither shrinks a failing example nor replays its database: a
+mutant only needs *a* failure, and shrinking one through dozens of model forwards turns a
+kill into a timeout (measured: minutes per mutant on the gradient checks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+MUTANT_MARK = "__mutmut_"
+_state = {"killed": False, "start": 0.0, "tests_run": 0}
+
+
+def _durations() -> dict[str, float]:
+    path = os.environ.get("HARNESS_MUTATION_DURATIONS")
+    if not path or not Path(path).is_file():
+        return {}
+    try:
+        return dict(json.loads(Path(path).read_text(encoding="utf-8")).get("duration_by_test", {}))
+    except (OSError, ValueError):
+        return {}
+
+
+def _active() -> bool:
+    return bool(os.environ.get("HARNESS_MUTATION_RECORDS") or os.environ.get("HARNESS_MUTATION_DURATIONS"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _active():
+        return
+    try:
+        from hypothesis import Phase, settings
+    except ImportError:
+        return
+    # After the project's conftest has loaded its profile, before any test module is imported (so
+    # every @settings(...) derives from this one).
+    settings.register_profile("harness-mutation", parent=settings(), database=None,
+                              phases=[Phase.explicit, Phase.generate])
+    settings.load_profile("harness-mutation")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    durations = _durations()
+    if durations:
+        items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
+
+
+def _first_line(report: pytest.TestReport | pytest.CollectReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr or "")
+    return (text.strip().splitlines() or [""])[0][:300]
+
+
+def _append(record: dict) -> None:
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    path = os.environ.get("HARNESS_MUTATION_RECORDS")
+    if not path or MUTANT_MARK not in mutant:
+        return
+    line = json.dumps({"mutant": mutant, **record}) + "\n"
+    # One short O_APPEND write: concurrent workers never interleave within a line.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _killed(nodeid: str, report: pytest.TestReport | pytest.CollectReport) -> None:
+    if not _state["killed"]:
+        _state["killed"] = True
+        _append({"event": "killed", "test": nodeid, "message": _first_line(report)})
+
+
+def pytest_sessionstart() -> None:
+    _state.update(killed=False, start=time.monotonic(), tests_run=0)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        _state["tests_run"] += 1
+    if report.failed:
+        _killed(report.nodeid, report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.failed:
+        _killed(report.nodeid or "<collection>", report)
+
+
+def pytest_sessionfinish() -> None:
+    _append({"event": "finished", "duration_s": round(time.monotonic() - _state["start"], 3),
+             "tests_run": _state["tests_run"]})
