@@ -40,7 +40,13 @@ from harness.core.mutation import (  # noqa: E402
     summarize,
 )
 from harness.core.mutation_operators import OPERATORS, mutations, operator_names  # noqa: E402
-from harness.rawnet2.mutation import EQUIVALENCES, TEXT_PINNING, selection_for, variants_of  # noqa: E402
+from harness.rawnet2.mutation import (  # noqa: E402
+    EQUIVALENCES,
+    TEXT_PINNING,
+    load_equivalences,
+    selection_for,
+    variants_of,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,6 +234,16 @@ def test_an_equivalence_matches_its_lines_and_refuses_to_drift():
     Equivalence("m.py", 3, "y = 1", "why").check("a\nb\ny = 1\n")
     with pytest.raises(HarnessError, match=r"m.py:3: an equivalence is declared for 'y = 1' but the line"):
         Equivalence("m.py", 3, "y = 1", "why").check("a\nb\ny = 3\n")
+
+
+def test_a_team_declares_its_equivalents_in_a_json_file(tmp_path: Path):
+    path = tmp_path / "eq.json"
+    path.write_text(json.dumps([{"path": "m.py", "first": 3, "anchor": "y = 1", "reason": "unused",
+                                 "after": "y = 2"}]))
+    assert load_equivalences(path) == [Equivalence("m.py", 3, "y = 1", "unused", after="y = 2")]
+    path.write_text(json.dumps([{"path": "m.py", "line": 3}]))
+    with pytest.raises(HarnessError, match="eq.json: not a list of equivalences"):
+        load_equivalences(path)
 
 
 def test_tests_are_selected_from_the_registry_and_text_pinning_is_left_out():
