@@ -204,14 +204,14 @@ def write_atomically(path: PathLike, write: Callable[[BinaryIO], None], *, force
         if isinstance(exc, OSError):
             raise HarnessError(f"{target}: cannot write: {exc.strerror or exc}") from None
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
 
 
 def write_text_atomically(path: PathLike, text: str, *, force: bool = False, overwrite: bool = True) -> None:
     write_atomically(path, lambda f: f.write(text.encode("utf-8")), force=force, overwrite=overwrite)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     # Makes the rename itself durable; not every platform lets a directory be opened.
     try:
         fd = os.open(directory, os.O_RDONLY)

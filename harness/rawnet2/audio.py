@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from harness.core.errors import HarnessError
-from harness.core.fileio import check_output_path, check_regular_input
+from harness.core.fileio import check_output_path, check_regular_input, fsync_directory
 from harness.core.loading import parse_kwargs
 from harness.rawnet2.checkpoints import get_audio_model
 from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
@@ -616,7 +616,7 @@ class ScoreLog:
                 os.ftruncate(self._fd, keep)  # a half-written last line goes: its file is scored again
                 os.fsync(self._fd)
             elif not self.existed:
-                _fsync_directory(Path(self.path).parent)  # the new name itself survives a crash
+                fsync_directory(Path(self.path).parent)  # the new name itself survives a crash
         except BaseException:
             self.close()
             raise
@@ -640,20 +640,6 @@ class ScoreLog:
             os.fsync(self._fd)
         except OSError as exc:
             raise HarnessError(f"{self.path}: cannot write: {exc.strerror or exc}") from None
-
-
-def _fsync_directory(directory: Path) -> None:
-    # harness.core.fileio has the same step for its atomic writes, as a private helper.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def split_recorded(files: Sequence[str], recorded: Iterable[FileScore]) -> tuple[list[str], list[FileScore]]:

@@ -78,12 +78,7 @@ def audit_spec(spec: VariantSpec, example_input: torch.Tensor, *,
     """
     names = resolve_checks(checks, CHECKS)
     with torch.random.fork_rng(devices=[]):
-        try:
-            model = spec.build()
-        except HarnessError:
-            raise
-        except Exception as exc:
-            raise HarnessError(f"cannot build {spec.name}: the factory raises {error_line(exc)}") from None
+        model = spec.build_or_refuse()
         try:  # the walk may meet the model's own code (properties): sys.exit there is exit 2, not 0
             loops = [c for c in call_user_code(cycles, model, what="the model's code") if c.registered]
         except UserCodeExit:

@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from harness.core.errors import HarnessError, error_line
+from harness.core.errors import HarnessError
 from harness.core.loading import parse_kwargs
 from harness.core.onnx import OPSET, ExportedModel, export_onnx
 from harness.rawnet2.inputs import NUM_SAMPLES
@@ -35,12 +35,7 @@ def export_variant(target: VariantSpec, path: str | os.PathLike | None = None, *
     """Export ``target`` as built (its spec's weights, or its fresh initialisation), verified."""
     if not target.runs:
         raise HarnessError(f"cannot export {target.name}: its forward does not run (declared runs = false)")
-    try:
-        model = target.build()
-    except HarnessError:
-        raise
-    except Exception as exc:
-        raise HarnessError(f"cannot build {target.name}: the factory raises {error_line(exc)}") from None
+    model = target.build_or_refuse()
     example, verify = _inputs()
     return export_onnx(model, example, verify, path=path, force=force, opset=opset)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from harness.core.audits import parse_shape
-from harness.core.errors import HarnessError, error_line
+from harness.core.errors import HarnessError
 from harness.core.forms import max_differences
 from harness.core.loading import parse_kwargs
 from harness.core.matching import Comparison, compare_models, match_weights, pair_weights
@@ -166,19 +166,10 @@ def compare_specs(ref: VariantSpec, other: VariantSpec, x: torch.Tensor, *, mode
     first module pair where they part named); a factory that fails or models no pairing
     fits raise ``HarnessError`` (exit 2).
     """
-    ref_model = _built(ref)
+    ref_model = ref.build_or_refuse()
     if ref.weights is None:
         seed_weights(ref_model, seed)
-    return compare_models(ref_model, _built(other), x, modes=modes, tolerance=tolerance)
-
-
-def _built(target: VariantSpec) -> nn.Module:
-    try:
-        return target.build()
-    except HarnessError:
-        raise
-    except Exception as exc:
-        raise HarnessError(f"cannot build {target.name}: the factory raises {error_line(exc)}") from None
+    return compare_models(ref_model, other.build_or_refuse(), x, modes=modes, tolerance=tolerance)
 
 
 def cli_compare(args: argparse.Namespace) -> int:

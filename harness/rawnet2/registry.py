@@ -156,6 +156,16 @@ class VariantSpec:
             load_weights(model, self.weights_path)
         return model
 
+    def build_or_refuse(self, **overrides: object) -> nn.Module:
+        """``build``, with a factory's ordinary exception turned into a one-line usage error (exit 2):
+        a model that cannot even be built is the caller's problem, never an audit finding."""
+        try:
+            return self.build(**overrides)
+        except HarnessError:
+            raise
+        except Exception as exc:
+            raise HarnessError(f"cannot build {self.name}: the factory raises {error_line(exc)}") from None
+
     @property
     def weights_path(self) -> Path | None:
         if self.weights is None:
