@@ -357,9 +357,14 @@ def get_audio_model(
             state, _ = as_state_dict(checkpoint, label)
         with _about(label):
             model, _ = load_into(target, state, policy=policy)
+    return _runnable(model, target).to(device).eval()
+
+
+def _runnable(model: nn.Module, target: VariantSpec) -> nn.Module:
+    """The legacy layout's effective form (``skip = None``): the only one whose forward runs."""
     if target.layout == "legacy":
-        model.skip = None  # the legacy effective form: see the docstring
-    return model.to(device).eval()
+        model.skip = None
+    return model
 
 
 def in_declared_layout(source: str, state: Mapping[str, torch.Tensor]) -> StateDict:
@@ -380,7 +385,8 @@ def in_declared_layout(source: str, state: Mapping[str, torch.Tensor]) -> StateD
 
 def load_into(target: VariantSpec, state: Mapping[str, torch.Tensor], *, policy: str = DEFAULT_POLICY,
               ) -> tuple[nn.Module, list[str]]:
-    """A fresh ``target`` holding ``state``'s function (see ``get_audio_model``), and what was done."""
+    """A fresh ``target`` holding ``state``'s function, in the form that runs (see ``get_audio_model``),
+    and what was done."""
     if target.layout is not None:
         converted, report = convert_state_dict(state, target.layout, policy=policy)
         check_fits(converted, target.layout)
@@ -388,7 +394,7 @@ def load_into(target: VariantSpec, state: Mapping[str, torch.Tensor], *, policy:
         if target.layout == "legacy" and not any(k.startswith("skip.") for k in converted):
             model.skip = None  # a 95-key legacy checkpoint: the model as its forward left it
         model.load_state_dict(converted, strict=True)
-        return model, report.lines()
+        return _runnable(model, target), report.lines()
     model = target.build()
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if own == {k: tuple(v.shape) for k, v in state.items()}:

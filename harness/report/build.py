@@ -289,8 +289,6 @@ def _checkpoints_section(subjects: list[str], plan: Plan, progress: Progress) ->
                 except HarnessError as exc:
                     row["detail"] = str(exc)
                 else:
-                    if spec(target).layout == "legacy":
-                        loaded.skip = None
                     with torch.no_grad():
                         max_abs, _ = max_differences(loaded.eval()(x), expected)
                     row.update(loads=True, max_abs_diff=max_abs, function_preserved=max_abs == 0.0,
