@@ -214,7 +214,7 @@ def test_pyproject_errors_are_one_line_naming_file_and_table(tmp_path):
     with pytest.raises(HarnessError, match="'factory' \\(MODULE:ATTR\\) is required"):
         load_registry_file(path)
     path.write_text("not toml [")
-    with pytest.raises(HarnessError, match="cannot read the registry: TOMLDecodeError"):
+    with pytest.raises(HarnessError, match="not valid TOML: TOMLDecodeError"):
         load_registry_file(path)
     assert "x" not in SUBJECTS
 

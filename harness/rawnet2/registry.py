@@ -24,33 +24,47 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-import tomllib
+import torch
 import torch.nn as nn
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package (a dependency there)
+    import tomli as tomllib
 
 from fixed.basic_blocks import RawNet2 as BasicBlocksRawNet2
 from fixed.skip_modules import RawNet2 as SkipModulesRawNet2
 from fixed.tuple_blocks import RawNet2 as TupleBlocksRawNet2
+from harness.core.audits import GENERIC_CHECKS, OUTPUT_KINDS
+from harness.core.contract import SCORE_MEANINGS, InputContract, ScoreTransform, probe_min_length
 from harness.core.errors import HarnessError, error_line
 from harness.rawnet2.architecture import NONE, PROJECTION, ReferenceSpec
 from legacy.rawnet2 import RawNet2 as LegacyRawNet2
 
 Factory = Callable[..., nn.Module]
 
-OUTPUT_KINDS = ("probability", "logits", "any")
 MODES = ("train", "eval")
 # Deployment forms a spec may list (harness.core.forms.DEPLOYMENT_FORMS); a variant whose
 # eval() misses modules cannot be folded, so it lists none.
 ALL_FORMS = ("folded", "compiled", "float64", "bfloat16_autocast", "cuda", "onnxruntime")
 NOT_APPLICABLE_PREFIX = "n/a:"
 TOOL_TABLE = "rawnet2-harness"
-SPEC_KEYS = ("factory", "kwargs", "description", "weights", "reference", "reference_modes", "output",
-             "expected_defects", "runs", "forms", "layout")
+# The layouts a spec may declare: the guide's models', whose conversions lose or move weights
+# (harness.rawnet2.layouts describes each). Every other model is matched by structure.
+_DECLARABLE_LAYOUTS = ("legacy", "tuple_blocks", "skip_modules")
+# Every audit check a spec may declare an expected result for.
+KNOWN_CHECKS = (*GENERIC_CHECKS, "skip_wiring")
+# A variant name: a word (dots and dashes allowed), never MODULE:ATTR, so the two cannot shadow each other.
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+# Shapes probed, in order, for a variant that declares no input_shape: [B, 1, T], then [B, T].
+PROBED_INPUT_SHAPES = ((1, 16_000), (16_000,))
 
 
 def legacy_effective(num_classes: int = 1) -> nn.Module:
@@ -89,6 +103,10 @@ class VariantSpec:
     runs: bool = True
     forms: tuple[str, ...] = ALL_FORMS
     layout: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    min_length: int | None = None
+    score: str | None = None
+    score_means: str = "spoof"
     architecture: ReferenceSpec | None = None
     derived: bool = False
     origin: str = "built in"  # where it was registered: "built in", a pyproject path, "register()"
@@ -103,12 +121,93 @@ class VariantSpec:
             problems.append(f"forms {bad} are not among {', '.join(ALL_FORMS)}")
         if self.reference == self.name:
             problems.append("a variant cannot be its own reference")
+        if bad := sorted(set(self.expected_defects) - set(KNOWN_CHECKS)):
+            problems.append(f"expected_defects names unknown check(s) {', '.join(bad)}; known: "
+                            f"{', '.join(KNOWN_CHECKS)}")
+        if self.layout is not None and self.layout not in _DECLARABLE_LAYOUTS:
+            problems.append(f"layout {self.layout!r} is not one of {', '.join(_DECLARABLE_LAYOUTS)} (any other "
+                            "model's checkpoints are matched by structure: leave layout out)")
+        if self.score_means not in SCORE_MEANINGS:
+            problems.append(f"score_means {self.score_means!r} is not one of {', '.join(SCORE_MEANINGS)}")
+        for check in (self._check_contract, self._check_score):
+            try:
+                check()
+            except HarnessError as exc:
+                problems.append(str(exc))
         if not (callable(self.factory) or (isinstance(self.factory, str) and ":" in self.factory)):
             problems.append(f"factory must be a callable or 'MODULE:ATTR', got {self.factory!r}")
         if problems:
             raise HarnessError(f"variant {self.name!r} ({self.origin}): {'; '.join(problems)}")
 
+    def _check_contract(self) -> None:
+        if self.input_shape is not None:
+            InputContract(tuple(self.input_shape), self.min_length or 1)
+        elif self.min_length is not None:
+            InputContract((self.min_length,), self.min_length)
+
+    def _check_score(self) -> None:
+        if self.score is not None:
+            ScoreTransform.parse(self.score, self.score_means)
+
     # --- what the spec implies ---------------------------------------------------------------
+
+    @property
+    def score_transform(self) -> ScoreTransform | None:
+        """How a detection score comes from the output: the declared ``score``, or ``probability``
+        for a model whose output is a probability; None when the spec says no way."""
+        if self.score is not None:
+            return ScoreTransform.parse(self.score, self.score_means)
+        if self.output == "probability":
+            return ScoreTransform("probability", None, self.score_means)
+        return None
+
+    def score_refusal(self) -> str:
+        """Why this variant cannot be scored (``score_transform`` is None)."""
+        return (f"{self.name} declares output {self.output!r} and no score transform: say how a score "
+                "comes from its output with score = \"sigmoid[k]\", \"softmax[k]\" or \"log_softmax[k]\"")
+
+    def input_contract(self) -> InputContract:
+        """The example shape and minimum length every input for this variant follows.
+
+        Declared (``input_shape``, ``min_length``), else probed once on a fresh instance:
+        the first of ``PROBED_INPUT_SHAPES`` whose forward runs, and the shortest length at
+        which a train- and eval-mode forward of a batch of two run.
+        """
+        key = (self.name, self.origin, repr(self.factory), repr(sorted(self.kwargs.items())), self.input_shape,
+               self.min_length)
+        if key not in _CONTRACTS:
+            _CONTRACTS[key] = self._probe_contract()
+        return _CONTRACTS[key]
+
+    def _probe_contract(self) -> InputContract:
+        if self.input_shape is not None and self.min_length is not None:
+            return InputContract(tuple(self.input_shape), self.min_length)
+        from harness.core.loading import UserCodeExit, call_user_code
+
+        candidates = [tuple(self.input_shape)] if self.input_shape is not None else PROBED_INPUT_SHAPES
+        with torch.random.fork_rng(devices=[]):
+            try:
+                model = self.build()
+            except UserCodeExit:
+                raise
+            except Exception:  # noqa: BLE001 - the audits and commands report a factory that raises
+                return InputContract(candidates[0], self.min_length or 1)
+
+            def forward(x: torch.Tensor) -> object:
+                model.eval()
+                call_user_code(model, x, what="the forward")
+                model.train()
+                return call_user_code(model, x, what="the forward")
+
+            for shape in candidates:
+                found = probe_min_length(forward, InputContract(shape))
+                if found is not None:
+                    return InputContract(shape, self.min_length or found)
+        return InputContract(candidates[0], self.min_length or 1)
+
+    def example(self, batch: int = 2, length: int | None = None, *, seed: int = 0) -> torch.Tensor:
+        """A seeded example batch of this variant's input contract."""
+        return self.input_contract().example(batch, length, seed=seed)
 
     @property
     def checkpoint_layout(self) -> str | None:
@@ -178,6 +277,10 @@ class VariantSpec:
         return dataclasses.replace(self, **changes)
 
 
+# input_contract() results: probing builds the model and runs it a dozen times, so once per spec.
+_CONTRACTS: dict[tuple, InputContract] = {}
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a checkpoint into ``model`` strictly, through the one safe loader; one-line errors."""
     from harness.core.checkpoints import load_checkpoint
@@ -201,12 +304,18 @@ def load_attr(target: str, *, base: Path | None = None) -> Factory:
 
 # --- the built-in variants ---------------------------------------------------------------------
 
+# The family's input contract: [B, 1, T], any T >= 1 for a batch of two (a batch of one needs
+# T >= 9 in train mode, harness.rawnet2.inputs.min_train_length); 1000 samples keep the gate fast
+# and give every check what 4000 or 16000 give (each block sees >= 125 positions).
+_FAMILY_CONTRACT = {"input_shape": (1, 1000), "min_length": 1}
+
 _LEGACY_FORWARD_RAISES = ("forward raises RuntimeError: the shared skip is block 6's 128->256 projection, "
                           "applied to block 1's 32-channel input")
 
 _BUILT_IN = (
     VariantSpec(
         name="legacy",
+        **_FAMILY_CONTRACT,
         factory=LegacyRawNet2,
         description="original model: one shared self.skip juggled between blocks",
         source="legacy/rawnet2.py",
@@ -223,6 +332,7 @@ _BUILT_IN = (
     ),
     VariantSpec(
         name="tuple_blocks",
+        **_FAMILY_CONTRACT,
         factory=TupleBlocksRawNet2,
         description="fix guide 'Proposed Solution': blocks held as (main, skip) tuples",
         source="fixed/tuple_blocks.py",
@@ -252,6 +362,7 @@ _BUILT_IN = (
     ),
     VariantSpec(
         name="skip_modules",
+        **_FAMILY_CONTRACT,
         factory=SkipModulesRawNet2,
         description="fix guide 'Alternative Implementation': one skipN module per block",
         source="fixed/skip_modules.py",
@@ -260,6 +371,7 @@ _BUILT_IN = (
     ),
     VariantSpec(
         name="basic_blocks",
+        **_FAMILY_CONTRACT,
         factory=BasicBlocksRawNet2,
         description="idiomatic fix: torchvision BasicBlock idiom, shortcut owned and added by each block",
         source="fixed/basic_blocks.py",
@@ -267,6 +379,7 @@ _BUILT_IN = (
     ),
     VariantSpec(
         name="legacy_effective",
+        **_FAMILY_CONTRACT,
         factory=legacy_effective,
         description="legacy with skip cleared by hand: identity on blocks 1/3/5, no shortcut on 2/4/6",
         source="harness/rawnet2/registry.py",
@@ -352,6 +465,9 @@ def register(name: str | VariantSpec, factory: Factory | str | None = None, *, r
             raise HarnessError(f"register({name!r}): a factory is required")
         fields.setdefault("origin", "register()")
         spec = VariantSpec(name=name, factory=factory, **fields)
+    if not _NAME.match(spec.name):
+        raise HarnessError(f"variant name {spec.name!r} ({spec.origin}) must be a non-empty word (letters, "
+                           "digits, _ . -), never MODULE:ATTR, which names a factory")
     if spec.name in _SPECS and not replace:
         raise HarnessError(f"variant {spec.name!r} is already registered ({_SPECS[spec.name].origin}); "
                            "pass replace=True to redefine it")
@@ -415,59 +531,138 @@ def resolve(target: str, *, kwargs: Mapping[str, object] | None = None,
 # --- pyproject.toml ----------------------------------------------------------------------------
 
 
+# A registry file is configuration: a megabyte is far more than any team's table of variants.
+MAX_REGISTRY_BYTES = 1 << 20
+
+# key -> (the TOML types it may have, what to call it in an error)
+_TABLE_SCHEMA: dict[str, tuple[tuple[type, ...], str]] = {
+    "factory": ((str,), "a 'MODULE:ATTR' string"),
+    "kwargs": ((dict,), "a table of constructor arguments"),
+    "description": ((str,), "a string"),
+    "weights": ((str,), "a checkpoint path (relative to the file)"),
+    "reference": ((str,), "a registered variant's name"),
+    "reference_modes": ((list,), f"a list of {', '.join(MODES)}"),
+    "output": ((str,), f"one of {', '.join(OUTPUT_KINDS)}"),
+    "expected_defects": ((dict,), "a table of check = reason"),
+    "runs": ((bool,), "true or false"),
+    "forms": ((list,), f"a list of {', '.join(ALL_FORMS)}"),
+    "layout": ((str,), f"one of {', '.join(_DECLARABLE_LAYOUTS)}"),
+    "input_shape": ((list,), "a list of positive integers (one example, no batch), e.g. [1, 16000]"),
+    "min_length": ((int,), "a positive integer"),
+    "score": ((str,), "probability, sigmoid[k], softmax[k] or log_softmax[k]"),
+    "score_means": ((str,), f"one of {', '.join(SCORE_MEANINGS)}"),
+}
+SPEC_KEYS = tuple(_TABLE_SCHEMA)
+
+
+def read_registry_tables(path: str | os.PathLike) -> dict[str, object]:
+    """The ``[tool.rawnet2-harness.variants]`` tables of a TOML file, each level type-checked.
+
+    The file must be a regular UTF-8 file of at most ``MAX_REGISTRY_BYTES`` (a FIFO or
+    ``/dev/zero`` is refused before it is opened for reading).
+    """
+    from harness.core.fileio import check_regular_input
+
+    info = check_regular_input(path)
+    if info.st_size > MAX_REGISTRY_BYTES:
+        raise HarnessError(f"{path}: {info.st_size:,} bytes is too large for a registry file (at most "
+                           f"{MAX_REGISTRY_BYTES:,})")
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_REGISTRY_BYTES + 1).decode("utf-8")
+        data = tomllib.loads(text)
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read the registry: {error_line(exc)}") from None
+    except UnicodeDecodeError:
+        raise HarnessError(f"{path}: the registry is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise HarnessError(f"{path}: not valid TOML: {error_line(exc)}") from None
+    node: object = data
+    for depth, key in enumerate(("tool", TOOL_TABLE, "variants")):
+        where = ".".join(("tool", TOOL_TABLE, "variants")[:depth + 1])
+        node = node.get(key, {}) if isinstance(node, dict) else node
+        if not isinstance(node, dict):
+            raise HarnessError(f"{path}: [{where}] must be a table, got {type(node).__name__} {node!r}")
+    return node
+
+
 def load_registry_file(path: str | os.PathLike, *, required: bool = True) -> list[VariantSpec]:
     """Register every ``[tool.rawnet2-harness.variants.NAME]`` table of a TOML file.
 
-    Paths in the file (``weights``) are relative to it, and its directory is put on
+    Every table is validated against ``_TABLE_SCHEMA`` before any is registered (types,
+    enums, known checks, names); references may name variants of the same file in any
+    order. Paths in the file (``weights``) are relative to it, and its directory is put on
     ``sys.path`` when a factory is imported. Re-reading the same file replaces what it
     registered before. A missing file is an error only when ``required``.
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        if required:
-            raise HarnessError(f"{path}: no such registry file") from None
+    if not required and not path.exists():
         return []
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise HarnessError(f"{path}: cannot read the registry: {error_line(exc)}") from None
-    tables = data.get("tool", {}).get(TOOL_TABLE, {}).get("variants", {})
-    if not isinstance(tables, dict):
-        raise HarnessError(f"{path}: [tool.{TOOL_TABLE}.variants] must be a table of variant tables")
+    tables = read_registry_tables(path)
     origin = str(path.resolve())
-    specs = [_spec_from_table(name, table, origin) for name, table in tables.items()]
-    # References may name variants of the same file, in any order.
-    for spec_ in sorted(specs, key=lambda s: s.reference in tables):
+    specs = {name: _spec_from_table(name, table, origin) for name, table in tables.items()}
+    for spec_ in specs.values():
         existing = _SPECS.get(spec_.name)
-        if existing is not None and existing.origin not in (origin,):
+        if existing is not None and existing.origin != origin:
             raise HarnessError(f"{path}: variant {spec_.name!r} is already registered ({existing.origin})")
+        if spec_.reference is not None and spec_.reference not in specs and spec_.reference not in _SPECS:
+            raise HarnessError(f"{origin}: [tool.{TOOL_TABLE}.variants.{spec_.name}]: reference "
+                               f"{spec_.reference!r} is not registered; known: {', '.join([*_SPECS, *specs])}")
+    for spec_ in _reference_order(specs):
         register(spec_, replace=True)
-    return specs
+    return list(specs.values())
+
+
+def _reference_order(specs: dict[str, VariantSpec]) -> list[VariantSpec]:
+    """The file's specs, each after the variant it references (a reference cycle is refused)."""
+    ordered: list[VariantSpec] = []
+    remaining = dict(specs)
+    while remaining:
+        ready = [s for s in remaining.values() if s.reference not in remaining]
+        if not ready:
+            raise HarnessError(f"{next(iter(remaining.values())).origin}: references form a cycle: "
+                               f"{', '.join(f'{s.name} -> {s.reference}' for s in remaining.values())}")
+        for spec_ in ready:
+            ordered.append(spec_)
+            del remaining[spec_.name]
+    return ordered
 
 
 def _spec_from_table(name: str, table: object, origin: str) -> VariantSpec:
     where = f"{origin}: [tool.{TOOL_TABLE}.variants.{name}]"
+    if not _NAME.match(name):
+        raise HarnessError(f"{where}: a variant name must be a non-empty word (letters, digits, _ . -), never "
+                           "MODULE:ATTR, which names a factory")
     if not isinstance(table, dict):
-        raise HarnessError(f"{where} must be a table")
+        raise HarnessError(f"{where} must be a table, got {type(table).__name__}")
     if unknown := sorted(set(table) - set(SPEC_KEYS)):
         raise HarnessError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(SPEC_KEYS)}")
     if "factory" not in table:
         raise HarnessError(f"{where}: 'factory' (MODULE:ATTR) is required")
+    for key, value in table.items():
+        kinds, what = _TABLE_SCHEMA[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise HarnessError(f"{where}: {key} must be {what}, got {type(value).__name__} {value!r}")
     fields = dict(table)
-    for key, kind in (("kwargs", dict), ("expected_defects", dict)):
-        if key in fields and not isinstance(fields[key], kind):
-            raise HarnessError(f"{where}: {key} must be a table")
     if bad := [c for c, r in fields.get("expected_defects", {}).items() if not isinstance(r, str) or not r]:
         raise HarnessError(f"{where}: expected_defects.{bad[0]} must be a non-empty reason string")
-    for key in ("reference_modes", "forms"):
+    for key in ("reference_modes", "forms", "input_shape"):
         if key in fields:
+            if key != "input_shape" and not all(isinstance(v, str) for v in fields[key]):
+                raise HarnessError(f"{where}: {key} must be {_TABLE_SCHEMA[key][1]}, got {fields[key]!r}")
             fields[key] = tuple(fields[key])
+    if "input_shape" in fields and not all(isinstance(n, int) and not isinstance(n, bool)
+                                           for n in fields["input_shape"]):
+        raise HarnessError(f"{where}: input_shape must be {_TABLE_SCHEMA['input_shape'][1]}, "
+                           f"got {list(fields['input_shape'])!r}")
     factory = fields.pop("factory")
-    if not isinstance(factory, str):
-        raise HarnessError(f"{where}: factory must be a 'MODULE:ATTR' string")
+    if ":" not in factory:
+        raise HarnessError(f"{where}: factory must be a 'MODULE:ATTR' string, got {factory!r}")
     fields.setdefault("source", factory.partition(":")[0].replace(".", "/") + ".py")
     try:
         return VariantSpec(name=name, factory=factory, origin=origin, **fields)
+    except HarnessError as exc:
+        raise HarnessError(f"{where}: {str(exc).partition('): ')[2] or exc}") from None
     except TypeError as exc:
         raise HarnessError(f"{where}: {error_line(exc)}") from None
 
