@@ -4,7 +4,10 @@ A test asks for a variant by what it needs, never by name (timm's ``test_models.
 style): ``variant_name`` (every registered variant and derived form), ``runnable_name``
 (its forward runs), ``referenced_name`` (declares a reference it must equal),
 ``golden_name`` (records its own golden file), ``layout_name`` (declares a
-checkpoint layout), ``foldable_name`` (lists deployment forms). Test ids carry the
+checkpoint layout), ``foldable_name`` (lists deployment forms), ``family_name`` (a
+runnable RawNet2-family variant: the family's facts apply), ``scored_name`` (its
+output turns into a detection score). Every input a generic contract feeds a variant
+comes from its spec (``spec.example(batch, length)``, ``spec.input_contract()``). Test ids carry the
 variant's name, so ``pytest -k prod`` runs every contract on a variant called prod.
 ``tests/test_registry.py`` fails when a registered variant is left out of a contract.
 """
@@ -15,7 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
-from harness.rawnet2.registry import SUBJECTS, VariantSpec
+from harness.rawnet2.registry import SUBJECTS, VariantSpec, in_family
 
 # fixture name -> which specs it is parametrized over
 VARIANT_FIXTURES: dict[str, Callable[[VariantSpec], bool]] = {
@@ -25,6 +28,10 @@ VARIANT_FIXTURES: dict[str, Callable[[VariantSpec], bool]] = {
     "golden_name": lambda spec: bool(spec.golden_modes),
     "layout_name": lambda spec: spec.layout is not None,
     "foldable_name": lambda spec: spec.runs and bool(spec.forms),
+    # The RawNet2 family's own facts (num_classes, [B, 1, T] rules, the guide's layouts) apply only here.
+    "family_name": lambda spec: spec.runs and in_family(spec),
+    # Its output turns into a detection score (spec.score_transform): score and evaluate take it.
+    "scored_name": lambda spec: spec.runs and spec.score_transform is not None,
 }
 
 

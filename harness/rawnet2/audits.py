@@ -31,7 +31,7 @@ from harness.core.errors import HarnessError, error_line
 from harness.core.introspect import Cycle, cycles
 from harness.core.loading import UserCodeExit, call_user_code, parse_kwargs
 from harness.rawnet2.inputs import train_length_problem
-from harness.rawnet2.registry import NOT_APPLICABLE_PREFIX, SUBJECTS, VariantSpec, resolve
+from harness.rawnet2.registry import NOT_APPLICABLE_PREFIX, SUBJECTS, VariantSpec, in_family, resolve
 from harness.rawnet2.wiring import check_skip_wiring
 
 # Every check the harness runs on a RawNet2 variant, in report order.
@@ -90,19 +90,6 @@ def audit_spec(spec: VariantSpec, example_input: torch.Tensor, *,
     table = CHECKS if not loops else MappingProxyType(
         {name: _recursion_is_a_finding(check, loops[0]) for name, check in CHECKS.items()})
     return core_audits.audit(spec.build, example_input, checks=names, table=table, output=spec.output)
-
-
-def in_family(spec: VariantSpec) -> bool:
-    """Whether ``spec`` computes a RawNet2 function: it declares a layout, or its ``reference``
-    (followed through the registry) does. Then ``harness.rawnet2.inputs`` knows its input rules."""
-    seen: set[str] = set()
-    current: VariantSpec | None = spec
-    while current is not None and current.name not in seen:
-        if current.layout is not None:
-            return True
-        seen.add(current.name)
-        current = SUBJECTS.get(current.reference) if current.reference else None
-    return False
 
 
 def check_example_input(spec: VariantSpec, model: nn.Module, example: torch.Tensor,

@@ -125,8 +125,8 @@ class VariantSpec:
             problems.append(f"expected_defects names unknown check(s) {', '.join(bad)}; known: "
                             f"{', '.join(KNOWN_CHECKS)}")
         if self.layout is not None and self.layout not in _DECLARABLE_LAYOUTS:
-            problems.append(f"layout {self.layout!r} is not one of {', '.join(_DECLARABLE_LAYOUTS)} (any other "
-                            "model's checkpoints are matched by structure: leave layout out)")
+            problems.append(f"layout {self.layout!r} is not one of {', '.join(_DECLARABLE_LAYOUTS)} "
+                            "(any other model's checkpoints are matched by structure: leave layout out)")
         if self.score_means not in SCORE_MEANINGS:
             problems.append(f"score_means {self.score_means!r} is not one of {', '.join(SCORE_MEANINGS)}")
         for check in (self._check_contract, self._check_score):
@@ -173,8 +173,8 @@ class VariantSpec:
         the first of ``PROBED_INPUT_SHAPES`` whose forward runs, and the shortest length at
         which a train- and eval-mode forward of a batch of two run.
         """
-        key = (self.name, self.origin, repr(self.factory), repr(sorted(self.kwargs.items())), self.input_shape,
-               self.min_length)
+        key = (self.name, self.origin, repr(self.factory), repr(sorted(self.kwargs.items())),
+               self.input_shape, self.min_length)
         if key not in _CONTRACTS:
             _CONTRACTS[key] = self._probe_contract()
         return _CONTRACTS[key]
@@ -272,6 +272,21 @@ class VariantSpec:
         path = Path(self.weights)
         base = self._base_dir()
         return path if path.is_absolute() or base is None else base / path
+
+    def files_read(self) -> list[Path]:
+        """Every file building this variant reads: its registered weights, the registry file it
+        came from and its factory's source file (a run must never write over any of them)."""
+        paths = [self.weights_path] if self.weights_path is not None else []
+        if self.origin.endswith(".toml"):
+            paths.append(Path(self.origin))
+        try:
+            factory = self.resolve_factory()
+            source = sys.modules[factory.__module__].__file__
+        except Exception:  # noqa: BLE001 - a factory that cannot be imported reads nothing yet
+            source = None
+        if source:
+            paths.append(Path(source))
+        return paths
 
     def replace(self, **changes: object) -> VariantSpec:
         return dataclasses.replace(self, **changes)
@@ -485,6 +500,20 @@ def unregister(name: str) -> None:
     _SPECS.pop(name, None)
 
 
+def in_family(spec: VariantSpec) -> bool:
+    """Whether ``spec`` computes a RawNet2 function: it declares a layout, or its ``reference``
+    (followed through the registry) does. Then the family's facts apply to it (constructor
+    arguments, ``harness.rawnet2.inputs``' rules, the guide's layouts and architecture)."""
+    seen: set[str] = set()
+    current: VariantSpec | None = spec
+    while current is not None and current.name not in seen:
+        if current.layout is not None:
+            return True
+        seen.add(current.name)
+        current = _SPECS.get(current.reference) if current.reference else None
+    return False
+
+
 def spec(name: str) -> VariantSpec:
     """The spec of a registered variant or derived form; ``HarnessError`` naming the known ones."""
     try:
@@ -607,7 +636,8 @@ def load_registry_file(path: str | os.PathLike, *, required: bool = True) -> lis
             raise HarnessError(f"{path}: variant {spec_.name!r} is already registered ({existing.origin})")
         if spec_.reference is not None and spec_.reference not in specs and spec_.reference not in _SPECS:
             raise HarnessError(f"{origin}: [tool.{TOOL_TABLE}.variants.{spec_.name}]: reference "
-                               f"{spec_.reference!r} is not registered; known: {', '.join([*_SPECS, *specs])}")
+                               f"{spec_.reference!r} is not registered; known: "
+                               f"{', '.join([*_SPECS, *specs])}")
     for spec_ in _reference_order(specs):
         register(spec_, replace=True)
     return list(specs.values())
@@ -631,8 +661,8 @@ def _reference_order(specs: dict[str, VariantSpec]) -> list[VariantSpec]:
 def _spec_from_table(name: str, table: object, origin: str) -> VariantSpec:
     where = f"{origin}: [tool.{TOOL_TABLE}.variants.{name}]"
     if not _NAME.match(name):
-        raise HarnessError(f"{where}: a variant name must be a non-empty word (letters, digits, _ . -), never "
-                           "MODULE:ATTR, which names a factory")
+        raise HarnessError(f"{where}: a variant name must be a non-empty word (letters, digits, _ . -), "
+                           "never MODULE:ATTR, which names a factory")
     if not isinstance(table, dict):
         raise HarnessError(f"{where} must be a table, got {type(table).__name__}")
     if unknown := sorted(set(table) - set(SPEC_KEYS)):

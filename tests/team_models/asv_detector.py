@@ -35,13 +35,13 @@ MIN_SAMPLES = 128 + 3 ** 7
 
 def sinc_filters(out_channels: int, kernel_size: int, sample_rate: int) -> torch.Tensor:
     """Band-pass sinc filters on a mel scale, Hamming-windowed: ``[out, 1, kernel]``."""
-    mel = torch.linspace(2595 * math.log10(1 + 30 / 700), 2595 * math.log10(1 + (sample_rate / 2 - 100) / 700),
-                         out_channels + 1, dtype=torch.float64)
+    top = 2595 * math.log10(1 + (sample_rate / 2 - 100) / 700)
+    mel = torch.linspace(2595 * math.log10(1 + 30 / 700), top, out_channels + 1, dtype=torch.float64)
     hz = 700 * (10 ** (mel / 2595) - 1)
     t = (torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2) / sample_rate
     window = torch.hamming_window(kernel_size, periodic=False, dtype=torch.float64)
     bands = []
-    for low, high in zip(hz[:-1], hz[1:]):
+    for low, high in zip(hz[:-1], hz[1:], strict=True):
         band = 2 * high * torch.sinc(2 * high * t) - 2 * low * torch.sinc(2 * low * t)
         bands.append(band * window / band.abs().max())
     return torch.stack(bands).unsqueeze(1).float()
@@ -101,7 +101,8 @@ class AsvDetector(nn.Module):
         self.first_bn = nn.BatchNorm1d(f[0])
         widths = [(f[0], f[1][1], True), (f[1][1], f[1][1], False), (f[1][1], f[2][1], False),
                   (f[2][1], f[2][1], False), (f[2][1], f[3][1], False), (f[3][1], f[3][1], False)]
-        self.blocks = nn.ModuleDict({f"block{i}": ResBlock(a, b, first) for i, (a, b, first) in enumerate(widths)})
+        self.blocks = nn.ModuleDict({f"block{i}": ResBlock(a, b, first)
+                                     for i, (a, b, first) in enumerate(widths)})
         self.fms = nn.ModuleDict({f"block{i}": FMS(b) for i, (_, b, _) in enumerate(widths)})
         self.bn_before_gru = nn.BatchNorm1d(f[3][1])
         self.gru = nn.GRU(f[3][1], d["gru_node"], num_layers=d["nb_gru_layer"], batch_first=True)
