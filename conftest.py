@@ -30,13 +30,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite the golden output files instead of comparing against them",
     )
-    parser.addoption(
-        "--registry",
-        metavar="FILE",
-        default=None,
-        help="TOML file with [tool.rawnet2-harness.variants.NAME] tables to put under the gate "
-             "(default: the rootdir's pyproject.toml)",
-    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -47,14 +40,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("benchmark") and not (
             config.getoption("benchmark_only") or config.getoption("benchmark_enable")):
         config.option.benchmark_disable = True
-    # Before collection: every list of variants the tests parametrize over comes from the registry.
-    from harness.rawnet2.registry import load_registry_file
-
-    registry = config.getoption("--registry")
-    if registry is not None:
-        load_registry_file(registry)
-    else:
-        load_registry_file(config.rootpath / "pyproject.toml", required=False)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

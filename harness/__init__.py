@@ -23,6 +23,8 @@ _LAZY = {
     "flops": "harness.core.bench",
     "register": "harness.rawnet2.registry",
     "resolve": "harness.rawnet2.registry",
+    "load_registry_file": "harness.rawnet2.registry",
+    "load_project_registry": "harness.rawnet2.registry",
     "match_weights": "harness.core.matching",
     "compare_models": "harness.core.matching",
     "seed_weights": "harness.rawnet2.equivalence",

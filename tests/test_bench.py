@@ -63,12 +63,14 @@ def test_grouped_conv_and_linear_match_hand_count() -> None:
 @settings(max_examples=2)  # per runnable variant: each new shape costs a FlopCounterMode forward
 @given(batch=st.integers(1, 2), length=st.integers(64, 800))
 def test_flops_match_torch_flop_counter(
-    models: dict[str, nn.Module], runnable_name: str, batch: int, length: int
+    models: dict[str, nn.Module], family_name: str, batch: int, length: int
 ) -> None:
     # FlopCounterMode counts the aten convolution/addmm calls of a real forward: an
     # independent count of the same thing (2 FLOPs per multiply-accumulate). Eval mode
-    # everywhere: it runs training-mode BatchNorm as slow Python decompositions.
-    model = place_for_inference(models[runnable_name], "cpu")
+    # everywhere: it runs training-mode BatchNorm as slow Python decompositions. A family fact:
+    # flops() counts Conv/Linear modules, which is all the family's arithmetic (a team model's
+    # functional convs and GRUs are not counted).
+    model = place_for_inference(models[family_name], "cpu")
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(batch, 1, length))
     assert flops(model, (batch, 1, length)) == counter.get_total_flops()
@@ -81,8 +83,8 @@ def test_asvspoof_input_costs_what_the_issue_measured(models: dict[str, nn.Modul
 
 def test_a_variant_costs_what_its_reference_costs(models: dict[str, nn.Module], referenced_name: str) -> None:
     # Same function, same layers: whatever the names, tuples or block idiom, the same FLOPs.
-    shape = (1, 1, 1000)
     reference = SUBJECTS[referenced_name].reference
+    shape = SUBJECTS[reference].input_contract().batch_shape(1)
     assert flops(models[referenced_name], shape) == flops(models[reference], shape)
 
 
@@ -181,12 +183,13 @@ def test_timed_forms_follow_the_registry() -> None:
 
 @pytest.mark.parametrize("form", timed_forms(), ids=lambda form: form.name)
 def test_timed_forms_run(form: TimedForm) -> None:
-    x = waveform(2, 500)
+    spec = SUBJECTS[form.subject]
+    x = spec.example(2)
     model = build_timed(form, "cpu", compile=False)  # compiling is the equivalence tests' job
     out = inference_call(model, x)()
-    assert out.shape == (2, 1)
-    if SUBJECTS[form.subject].output == "probability":
-        assert ((out >= 0) & (out <= 1)).all()
+    assert out.shape[0] == 2
+    if spec.score_transform is not None:  # the output is what the declared transform reads
+        assert spec.score_transform.output_problem(out) is None
 
 
 def test_waveform_is_reproducible_per_seed() -> None:

@@ -23,7 +23,6 @@ from harness import HarnessError, build
 from harness.core.tolerances import EXACT, GOLDEN, REFERENCE_FORWARD, assert_close
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.golden import (
-    GOLDEN_INPUT_SHAPE,
     GOLDEN_MODES,
     GOLDEN_SEED,
     GoldenRecord,
@@ -32,6 +31,7 @@ from harness.rawnet2.golden import (
     golden_input,
     golden_model,
     golden_outputs,
+    golden_path,
     golden_sources,
     read_golden,
     reference_forward,
@@ -39,7 +39,6 @@ from harness.rawnet2.golden import (
 )
 from harness.rawnet2.registry import SUBJECTS, spec
 
-GOLDEN_DIR = Path(__file__).parent / "golden"
 MAX_GOLDEN_BYTES = 50_000
 # The variants the guide's functional reference can vouch for (their spec names the function).
 VOUCHED = [name for name, variant in SUBJECTS.items() if variant.architecture is not None]
@@ -50,16 +49,12 @@ def architecture(name: str):
     return spec(name).architecture
 
 
-def golden_path(name: str) -> Path:
-    return GOLDEN_DIR / f"{name}.json"
-
-
 def test_outputs_match_golden_file(runnable_name: str, update_golden: bool):
     """Every runnable variant, every mode, against the file that holds it: its own for the modes
     it records itself, its reference's for the modes where it must compute the reference's
     function (weights matched by structure, so it needs no file of its own there)."""
     name, variant = runnable_name, spec(runnable_name)
-    model, x = golden_model(name), golden_input()
+    model, x = golden_model(name), golden_input(name)
     sources = golden_sources(name)
     assert set(sources) == set(GOLDEN_MODES), (
         f"{name}: modes {sorted(set(GOLDEN_MODES) - set(sources))} are held to no golden file; "
@@ -75,7 +70,7 @@ def test_outputs_match_golden_file(runnable_name: str, update_golden: bool):
     if update_golden and variant.golden_modes:
         assert not departures, f"{name}: not recording outputs that depart from the guide: {departures}"
         own = {mode: outputs[mode] for mode in variant.golden_modes}
-        write_golden(golden_path(name), GoldenRecord(name, GOLDEN_SEED, GOLDEN_INPUT_SHAPE, own))
+        write_golden(golden_path(name), GoldenRecord(name, GOLDEN_SEED, tuple(x.shape), own))
     problems = []
     for owner in dict.fromkeys(sources.values()):
         path = golden_path(owner)
@@ -83,7 +78,7 @@ def test_outputs_match_golden_file(runnable_name: str, update_golden: bool):
             golden = read_golden(path)
         except HarnessError as exc:
             pytest.fail(str(exc))
-        assert (golden.variant, golden.seed, golden.input_shape) == (owner, GOLDEN_SEED, GOLDEN_INPUT_SHAPE)
+        assert (golden.variant, golden.seed, golden.input_shape) == (owner, GOLDEN_SEED, tuple(x.shape))
         modes = [mode for mode, held_by in sources.items() if held_by == owner]
         held = {mode: golden.outputs[mode] for mode in modes if mode in golden.outputs}
         diffs = compare_golden({mode: outputs[mode] for mode in modes},
@@ -173,15 +168,20 @@ def test_golden_files_are_small_json():
         path = golden_path(name)
         assert path.stat().st_size < MAX_GOLDEN_BYTES
         assert json.loads(path.read_text())["outputs"].keys() == set(spec(name).golden_modes)
-    assert {p.stem for p in GOLDEN_DIR.glob("*.json")} == set(FILE_OWNERS), "a golden file nobody owns"
+    directories = {golden_path(name).parent for name in FILE_OWNERS}
+    recorded = {p for directory in directories for p in directory.glob("*.json")}
+    assert recorded == {golden_path(name) for name in FILE_OWNERS}, "a golden file nobody owns"
 
 
 def test_golden_outputs_are_input_dependent_and_unsaturated():
-    """A golden file that cannot move is no gate: scores stay off the sigmoid's flat ends and
-    differ between samples."""
+    """A golden file that cannot move is no gate: scores (as probabilities) stay off the flat ends
+    and differ between samples."""
     for name in FILE_OWNERS:
+        transform = spec(name).score_transform
         for mode, out in read_golden(golden_path(name)).outputs.items():
-            assert bool(((out > 0.05) & (out < 0.95)).all()), f"{name} {mode} saturated"
+            scores = transform(out) if transform is not None else out
+            probability = scores.exp() if transform is not None and transform.kind == "log_softmax" else scores
+            assert bool(((probability > 0.05) & (probability < 0.95)).all()), f"{name} {mode} saturated"
             assert out.max() - out.min() > 1e-3, f"{name} {mode} ignores its input"
 
 
@@ -189,7 +189,7 @@ def test_golden_outputs_are_input_dependent_and_unsaturated():
 
 
 def record(outputs: dict[str, torch.Tensor]) -> GoldenRecord:
-    return GoldenRecord("skip_modules", GOLDEN_SEED, GOLDEN_INPUT_SHAPE, outputs)
+    return GoldenRecord("skip_modules", GOLDEN_SEED, tuple(golden_input().shape), outputs)
 
 
 def sample_outputs() -> dict[str, torch.Tensor]:

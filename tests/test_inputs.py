@@ -3,8 +3,9 @@
 The raw variants' behaviour is pinned as found: they raise deep inside (messages about
 conv weights or running_mean sizes) for every wrong rank, channel count or dtype; they
 turn NaN/Inf into NaN scores without a word (tuple_blocks spreads one bad sample to the
-whole batch); an empty batch comes back as an empty output. Every runnable variant in
-the registry is held to these facts (``runnable_name``), a team's included.
+whole batch); an empty batch comes back as an empty output. The facts of the family's
+``[B, 1, T]`` forward hold for every family variant (``family_name``); what any model does
+with a poisoned sample, at its own input contract, for every runnable one (``runnable_name``).
 """
 
 from __future__ import annotations
@@ -155,33 +156,33 @@ def test_length_rule_constants():
     ((2, 1, 300), torch.float64, r"Input type \(double\) and bias type \(float\) should be the same"),
     ((2, 1, 0), torch.float32, r"Kernel size can't be greater than actual input size"),
 ], ids=["rank2", "rank2-batch1", "rank4", "channels", "channels-last", "int64", "float64", "length0"])
-def test_raw_variants_raise_deep_inside(runnable_name: str, shape: tuple[int, ...], dtype: torch.dtype,
+def test_raw_variants_raise_deep_inside(family_name: str, shape: tuple[int, ...], dtype: torch.dtype,
                                        error: str):
     x = torch.zeros(shape).to(dtype)
     with pytest.raises(ValueError):
         validate_input(x)  # the validator refuses it up front, with what was expected
     with pytest.raises(RuntimeError, match=error), torch.no_grad():
-        model(runnable_name)(x)
+        model(family_name)(x)
 
 
 @given(batch=st.integers(1, 3), length=st.integers(1, 300))
-def test_no_rank_2_input_passes_a_raw_variant_silently(runnable_name: str, batch: int, length: int):
+def test_no_rank_2_input_passes_a_raw_variant_silently(family_name: str, batch: int, length: int):
     # Whatever the numbers, a [B, T] input never reaches the output with a changed shape:
     # channels grow while lengths shrink, so some BatchNorm always sees a size mismatch.
     with pytest.raises(RuntimeError), torch.no_grad():
-        model(runnable_name)(torch.zeros(batch, length))
+        model(family_name)(torch.zeros(batch, length))
 
 
-def test_raw_variants_return_an_empty_batch_silently(runnable_name: str):
+def test_raw_variants_return_an_empty_batch_silently(family_name: str):
     with torch.no_grad():
-        out = model(runnable_name)(torch.zeros(0, 1, 300))
+        out = model(family_name)(torch.zeros(0, 1, 300))
     assert out.shape == (0, 1)
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_raw_variants_turn_non_finite_input_into_nan_scores(runnable_name: str, value: float):
-    x = torch.randn(3, 1, 300)
-    x[1, 0, 17] = value
+    x = SUBJECTS[runnable_name].example(3)
+    x[1].view(-1)[17] = value
     net = model(runnable_name)
     # A variant whose eval() misses BatchNorms (tuple_blocks' tuple members) normalises with
     # batch statistics: they carry the NaN to every row. Otherwise only the poisoned row is NaN.

@@ -217,16 +217,16 @@ def test_basic_blocks_is_bit_identical_to_skip_modules_given_its_weights(train: 
     assert not torch.isclose(expected[0], expected[1]).all()  # the weights are not degenerate
 
 
-# --- every runnable form -------------------------------------------------------------------
+# --- the family's output (any model's output is audited by output_contract, at its own contract) ---
 
 
 @pytest.mark.parametrize("num_classes", [1, 3])
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-def test_output_is_batch_by_classes_in_open_unit_interval(runnable_name: str, num_classes: int, train: bool):
-    model = build(runnable_name, num_classes=num_classes).train(train)
+def test_output_is_batch_by_classes_in_open_unit_interval(family_name: str, num_classes: int, train: bool):
+    model = build(family_name, num_classes=num_classes).train(train)
     with torch.no_grad():
         out = model(torch.randn(4, 1, 300))
     assert out.shape == (4, num_classes)
     assert bool(torch.isfinite(out).all())
-    if SUBJECTS[runnable_name].output == "probability":  # a spec declaring logits promises no range
+    if SUBJECTS[family_name].output == "probability":  # a spec declaring logits promises no range
         assert bool(((out > 0) & (out < 1)).all())

@@ -23,8 +23,8 @@ OPTIMIZED_NEEDS_FORM = "folded"
 OPTIMIZED_SUFFIX = "_optimized"
 ONNXRUNTIME_FORM = "onnxruntime"
 ONNXRUNTIME_SUFFIX = "_onnxruntime"
-# The input the ONNX form is exported with (its batch and time axes stay dynamic).
-ONNX_EXPORT_SHAPE = (2, 1, 4000)
+# The batch the ONNX form is exported with, at the variant's input contract (batch and time stay dynamic).
+ONNX_EXPORT_BATCH = 2
 
 
 @dataclass(frozen=True)
@@ -73,12 +73,13 @@ def build_timed(form: TimedForm, device: torch.device | str, *, compile: bool = 
         if torch.device(device).type != "cpu":
             raise HarnessError(f"{form.name}: the ONNX Runtime form runs on the CPU (this wheel has no GPU "
                                "provider)")
-        example = torch.randn(ONNX_EXPORT_SHAPE, generator=torch.Generator().manual_seed(0))
+        example = SUBJECTS[form.subject].example(ONNX_EXPORT_BATCH)
         return OnnxRuntimeSession(export_onnx(build(form.subject), example, verify_inputs=()).onnx_bytes)
     model = place_for_inference(build(form.subject), device)
     if form.optimized:
         from harness.core.forms import optimize_for_inference  # pulls in torch.compile: import on use
 
-        model = optimize_for_inference(model, backend="inductor" if compile else None)
+        example = SUBJECTS[form.subject].example(ONNX_EXPORT_BATCH).to(device)
+        model = optimize_for_inference(model, backend="inductor" if compile else None, example_input=example)
     return model
 

@@ -9,7 +9,10 @@ architecture as the fix guide describes it (``harness.rawnet2.architecture``: ch
 strides, paddings, slopes, shortcuts written out, not read from the model): golden values
 are recorded only once they match it, so a golden file never enshrines a model bug.
 Files are small JSON (exact float32 values, readable diffs); they are written only
-on request (``pytest --update-golden``), atomically.
+on request (``pytest --update-golden``), atomically, beside the registry that declared the
+variant (``golden_path``: ``tests/golden`` for the built-ins, ``<registry dir>/golden`` for a
+team's). A model outside the family has no functional reference: a team records its own
+golden outputs once (``pytest --update-golden --variant NAME``) and reviews them as any change.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from harness.rawnet2.layouts import canonical_modules
 
 GOLDEN_SEED = 20240501
 GOLDEN_MODES = ("train", "eval")
-GOLDEN_INPUT_SHAPE = (4, 1, 1000)
+GOLDEN_BATCH = 4
 # One amplitude per sample: near-silence to full scale, so every sample exercises the
 # BatchNorms differently in eval mode.
 GOLDEN_AMPLITUDES = (0.05, 0.2, 0.5, 1.0)
@@ -192,10 +195,12 @@ def first_divergence(model: nn.Module, x: torch.Tensor, spec: ReferenceSpec, *, 
 # --- golden outputs ------------------------------------------------------------------------
 
 
-def golden_input() -> torch.Tensor:
-    """Four fixed 1000-sample waveforms (CPU Mersenne twister: the same on every platform)."""
-    noise = torch.randn(GOLDEN_INPUT_SHAPE, generator=torch.Generator().manual_seed(GOLDEN_SEED))
-    return noise * torch.tensor(GOLDEN_AMPLITUDES).view(-1, 1, 1)
+def golden_input(name: str = "skip_modules") -> torch.Tensor:
+    """Four fixed examples of ``name``'s input contract, one per amplitude (the family's: four
+    1000-sample waveforms; CPU Mersenne twister: the same on every platform)."""
+    shape = registry.spec(name).input_contract().batch_shape(GOLDEN_BATCH)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(GOLDEN_SEED))
+    return noise * torch.tensor(GOLDEN_AMPLITUDES).view(-1, *[1] * (len(shape) - 1))
 
 
 def golden_model(name: str) -> nn.Module:
@@ -209,8 +214,18 @@ def golden_model(name: str) -> nn.Module:
     model = variant.build()
     if variant.reference is None:
         return seed_weights(model, GOLDEN_SEED)
-    copy_weights(golden_model(variant.reference), model, golden_input(), modes=variant.reference_modes)
+    copy_weights(golden_model(variant.reference), model, golden_input(name), modes=variant.reference_modes)
     return model
+
+
+BUILT_IN_GOLDEN_DIR = Path(__file__).resolve().parents[2] / "tests" / "golden"
+
+
+def golden_path(name: str) -> Path:
+    """Where ``name``'s golden file lives: beside the registry file that declared it."""
+    origin = registry.spec(name).origin
+    directory = Path(origin).parent / "golden" if origin.endswith(".toml") else BUILT_IN_GOLDEN_DIR
+    return directory / f"{name}.json"
 
 
 def golden_sources(name: str) -> dict[str, str]:

@@ -697,8 +697,10 @@ def _spec_from_table(name: str, table: object, origin: str) -> VariantSpec:
         raise HarnessError(f"{where}: {error_line(exc)}") from None
 
 
-def load_project_registry(registry: str | os.PathLike | None = None) -> list[VariantSpec]:
-    """The CLI's and pytest's start: ``registry`` if given, else ``./pyproject.toml`` when it exists."""
+def load_project_registry(registry: str | os.PathLike | None = None, *,
+                          directory: str | os.PathLike | None = None) -> list[VariantSpec]:
+    """The CLI's and pytest's start: ``registry`` if given, else ``pyproject.toml`` in ``directory``
+    (default: the working directory) when it exists."""
     if registry is not None:
         return load_registry_file(registry)
-    return load_registry_file(Path.cwd() / "pyproject.toml", required=False)
+    return load_registry_file(Path(directory or Path.cwd()) / "pyproject.toml", required=False)
