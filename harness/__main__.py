@@ -4,17 +4,19 @@ Thin: each subcommand parses its arguments here and calls one ``cli_*`` function
 library module that owns it. Every command that takes a model takes a registered name or
 ``MODULE:ATTR``; the registry is the built-in variants plus ``--registry FILE`` (default:
 ``./pyproject.toml``'s ``[tool.rawnet2-harness.variants.*]`` tables). A ``HarnessError``
-becomes one line on stderr and its exit code; nothing else is caught, so real bugs keep
-their traceback.
+becomes one line on stderr and its exit code; any other exception is a bug of ours and
+becomes one ``error: internal error in VERB: ...`` line and exit 2, never 1 (which means
+findings); ``--debug`` re-raises it for the traceback. Ctrl-C is exit 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, error_line
 
 # subcommand -> "module:function" taking the parsed args and returning an exit code
 _HANDLERS = {
@@ -26,6 +28,9 @@ _HANDLERS = {
     "mutate": "harness.rawnet2.mutation:cli_mutate",
     "export": "harness.rawnet2.deploy:cli_export",
 }
+# Exit codes besides a HarnessError's own: a bug (never 1, which means findings), Ctrl-C (128 + SIGINT).
+INTERNAL_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130
 _MODEL = "a registered variant name or MODULE:ATTR (a class or function building the model)"
 _KWARGS = "constructor arguments as a JSON object, or @FILE holding one"
 
@@ -142,13 +147,49 @@ def _mutate_parser(sub: argparse._SubParsersAction) -> None:
                         "variants whose source is PATH; text-pinning tests are always left out)")
     p.add_argument("--output", default="mutation-report.json", metavar="PATH",
                    help="the JSON report (default mutation-report.json, written atomically)")
-    p.add_argument("--workers", type=int, metavar="N", help="mutants tested at once (default: one per CPU)")
-    p.add_argument("--timeout-factor", type=float, default=5.0, metavar="X",
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="mutants tested at once (default: one per CPU)")
+    p.add_argument("--timeout-factor", type=_positive_finite, default=5.0, metavar="X",
                    help="a mutant times out after X times (its tests' clean duration + 30 s) (default 5)")
     p.add_argument("--equivalences", metavar="FILE",
                    help="JSON list of declared equivalent mutants: {path, first, anchor, reason, ...}")
-    p.add_argument("--fail-under", type=float, metavar="SCORE",
+    p.add_argument("--fail-under", type=_percent, metavar="SCORE",
                    help="exit 1 when a file's score (percent of non-equivalent mutants detected) is lower")
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_finite(text: str) -> float:
+    """A finite number > 0 (nan, inf, 0 and negatives would make every mutant time out, or none)."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = _finite(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage from 0 to 100, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registry", metavar="FILE",
                         help="TOML file with [tool.rawnet2-harness.variants.NAME] tables "
                              "(default: ./pyproject.toml when present)")
+    parser.add_argument("--debug", action="store_true",
+                        help="let an internal error (a bug, not a refusal) end with its traceback")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_report_parser, _audit_parser, _compare_parser, _migrate_parser, _score_parser,
                 _export_parser, _mutate_parser):
@@ -175,6 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"error: interrupted (Ctrl-C) during {args.command}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: internal error in {args.command}: {error_line(exc)}", file=sys.stderr)
+        return INTERNAL_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -916,6 +916,9 @@ def declared_results(expected_defects: Mapping[str, str], checks: Iterable[str] 
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape``: positive integers separated by commas, small enough to allocate here."""
+    from harness.core.contract import check_size
+
     try:
         shape = tuple(int(part) for part in text.split(","))
     except ValueError:
@@ -923,4 +926,5 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not shape or any(n < 1 for n in shape):
         raise HarnessError(f"--input-shape must be positive integers separated by commas, e.g. 2,1,16000; "
                            f"got {text!r}")
+    check_size(shape)  # before anything is allocated: 100000,1,100000 would ask for 40 GB
     return shape

@@ -4,7 +4,9 @@
   with ``weights_only=True`` (a pickle payload is refused, never run) or safetensors,
   wrappers (``{"state_dict": ...}``, ``{"model": ...}``, ``module.``) removed, every bad
   input turned into a one-line ``HarnessError`` naming the file.
-* ``save_checkpoint`` writes atomically (``harness.core.fileio``).
+* ``save_checkpoint`` writes atomically (``harness.core.fileio``) only each tensor's own bytes
+  (``own_bytes``: a view of a larger buffer is cloned, so is a storage two keys share when
+  the format refuses that, as safetensors does).
 
 Nothing here knows a model: layouts and conversions live in ``harness.rawnet2.checkpoints``.
 """
@@ -52,9 +54,16 @@ def read_checkpoint(path: Path, *, reference: Mapping[str, torch.Tensor] | None 
     """The state_dict and notes on what was unwrapped (for the CLI to print)."""
     path = Path(path)
     head = _check_readable_file(path)
-    if path.suffix == ".safetensors" or _looks_like_safetensors(head, path.stat().st_size):
+    safetensors_bytes = _looks_like_safetensors(head, path.stat().st_size)
+    torch_bytes = head.startswith((_ZIP_MAGIC, _PICKLE_PROTO))
+    if path.suffix == ".safetensors" and torch_bytes and not safetensors_bytes:
+        # Refused rather than unpickled: a .safetensors name promises a file with no pickle in it.
+        kind = "zip" if head.startswith(_ZIP_MAGIC) else "pickle"
+        raise HarnessError(f"{path}: is a torch pickle checkpoint named .safetensors (torch.save's {kind} "
+                           "format, not a safetensors header); rename it .pt to load it weights-only")
+    if path.suffix == ".safetensors" or safetensors_bytes:
         payload = _load_safetensors(path)
-    elif head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
+    elif torch_bytes:
         payload = _torch_load(path)
     else:
         kind = "a text file" if _is_text(head) else f"an unrecognised format (starts with {head[:8]!r})"
@@ -109,6 +118,11 @@ def _torch_load(path: Path) -> object:
 
 def _describe_load_error(exc: Exception) -> str:
     message = str(exc)
+    # torch >= 2.7 names a global from a module it blocks outright (os, posix, subprocess, ...): code.
+    blocked = re.search(r"unsupported GLOBAL (\S+) whose module (\S+) is blocked", message, re.I)
+    if blocked:
+        return (f"refused: the pickle calls {blocked.group(1)} (code, never run: weights-only loading blocks "
+                f"module {blocked.group(2)}; a checkpoint holds only tensors)")
     refused = re.search(r"Unsupported global: GLOBAL (\S+)", message)
     if refused:
         return (f"refused: the pickle asks for {refused.group(1)}, which weights-only loading "
@@ -235,6 +249,8 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
 
 
 def _serialize(state_dict: StateDict, f, *, safetensors: bool) -> None:
+    # safetensors refuses two keys on one storage (tied weights); torch.save keeps such a tie.
+    state = own_bytes(state_dict, share=not safetensors)
     if safetensors:
         try:
             from safetensors.torch import save
@@ -242,8 +258,33 @@ def _serialize(state_dict: StateDict, f, *, safetensors: bool) -> None:
             raise HarnessError(
                 "writing .safetensors needs the extra: pip install 'rawnet2-harness[safetensors]'"
             ) from None
-        f.write(save({k: v.contiguous() for k, v in state_dict.items()}))
+        f.write(save(state))
     else:
-        torch.save(state_dict, f)
+        torch.save(state, f)
+
+
+def own_bytes(state_dict: Mapping[str, torch.Tensor], *, share: bool = True) -> StateDict:
+    """``state_dict`` with every tensor holding only its own bytes, contiguous.
+
+    ``torch.save`` writes a tensor's whole storage: a view of a 100 MB buffer would carry the
+    100 MB, and with it bytes of tensors that were meant to be dropped. A view (a slice, an
+    offset, a storage larger than the tensor, non-contiguous) is cloned; a tensor that covers
+    its storage exactly is kept as is. Two keys on one storage are kept tied when ``share``
+    (``torch.save`` writes it once and loads it tied), else the later one is cloned.
+    """
+    out: StateDict = {}
+    seen: set[int] = set()
+    for key, tensor in state_dict.items():
+        if tensor.layout == torch.strided:  # a sparse tensor has no one storage: saved as it is
+            if not _covers_its_storage(tensor) or (not share and tensor.untyped_storage().data_ptr() in seen):
+                tensor = tensor.detach().clone(memory_format=torch.contiguous_format)
+            seen.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    return out
+
+
+def _covers_its_storage(tensor: torch.Tensor) -> bool:
+    return (tensor.is_contiguous() and tensor.storage_offset() == 0
+            and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size())
 
 

@@ -12,7 +12,9 @@ Output (checkpoints, reports, golden files) goes only to a regular file or a new
   so a link planted at the temp name is never followed), flush, fsync, checks the target
   again, ``os.replace`` (which replaces a directory entry, never writes through it), then
   fsync of the directory; the temp file is removed on failure. Nothing is ever opened for
-  writing at the destination itself.
+  writing at the destination itself. A regular file replaced keeps its permission bits (a
+  ``chmod 600`` checkpoint stays private) and, where the process may, its owner and group;
+  a new file gets the umask's default.
 
 Input: ``check_regular_input(path)`` is the stat that refuses what is not a readable
 regular file (a symlink loop, a broken link, a directory, a FIFO or device) in one line;
@@ -193,6 +195,7 @@ def write_atomically(path: PathLike, write: Callable[[BinaryIO], None], *, force
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         created = True
         with os.fdopen(fd, "wb") as f:
+            _keep_owner_and_mode(target, f.fileno())  # before any byte is written: never more readable
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -205,6 +208,31 @@ def write_atomically(path: PathLike, write: Callable[[BinaryIO], None], *, force
             raise HarnessError(f"{target}: cannot write: {exc.strerror or exc}") from None
         raise
     fsync_directory(target.parent)
+
+
+def _keep_owner_and_mode(target: Path, fd: int) -> None:
+    """Give the temp file ``fd`` the owner, group and permission bits of the regular file it will
+    replace at ``target`` (a symbolic link replaced is not followed: the new file gets the defaults).
+
+    The owner and group only where this process may set them (root, or a group it belongs to);
+    the permission bits always (the file is ours), setuid, setgid and sticky left off: a file
+    written here is data.
+    """
+    try:
+        info = os.lstat(target)
+    except OSError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        return
+    if hasattr(os, "fchown"):
+        for uid, gid in ((info.st_uid, info.st_gid), (-1, info.st_gid)):
+            try:
+                os.fchown(fd, uid, gid)
+                break
+            except OSError:
+                continue
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, stat.S_IMODE(info.st_mode) & 0o777)
 
 
 def write_text_atomically(path: PathLike, text: str, *, force: bool = False, overwrite: bool = True) -> None:
