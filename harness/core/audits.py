@@ -47,6 +47,7 @@ from harness.core.loading import UserCodeExit, call_user_code, exit_error
 from harness.core.loading import load_attr as load_attr  # re-exported: importing MODULE:ATTR
 from harness.core.loading import load_factory as load_factory  # re-exported, the same function
 from harness.core.tolerances import BATCHING, EXACT, all_close, close_elements, max_abs_diff
+from harness.core.wiring import check_skip_wiring
 
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "n/a"
 
@@ -824,8 +825,8 @@ def check_output_contract(ctx: AuditContext) -> list[Finding]:
     return findings
 
 
-# The checks that apply to any model, in report order; a model family adds its own
-# (harness.rawnet2.audits.CHECKS adds skip_wiring).
+# The checks that apply to any model, in report order. skip_wiring finds residual blocks by
+# dataflow (harness.core.residuals), so it applies to any model too (n/a where none are found).
 GENERIC_CHECKS: Mapping[str, Callable[[AuditContext], list[Finding]]] = MappingProxyType({
     "registration": check_registration,
     "mode_propagation": check_mode_propagation,
@@ -835,6 +836,7 @@ GENERIC_CHECKS: Mapping[str, Callable[[AuditContext], list[Finding]]] = MappingP
     "gradient_coverage": check_gradient_coverage,
     "determinism": check_determinism,
     "output_contract": check_output_contract,
+    "skip_wiring": check_skip_wiring,
 })
 
 

@@ -32,10 +32,9 @@ from harness.core.introspect import Cycle, cycles
 from harness.core.loading import UserCodeExit, call_user_code, parse_kwargs
 from harness.rawnet2.inputs import train_length_problem
 from harness.rawnet2.registry import NOT_APPLICABLE_PREFIX, SUBJECTS, VariantSpec, in_family, resolve
-from harness.rawnet2.wiring import check_skip_wiring
 
 # Every check the harness runs on a RawNet2 variant, in report order.
-CHECKS: CheckTable = MappingProxyType({**GENERIC_CHECKS, "skip_wiring": check_skip_wiring})
+CHECKS: CheckTable = GENERIC_CHECKS
 
 
 def audit(factory: Callable[[], nn.Module], example_input: torch.Tensor, *,

@@ -60,7 +60,7 @@ TOOL_TABLE = "rawnet2-harness"
 # (harness.rawnet2.layouts describes each). Every other model is matched by structure.
 _DECLARABLE_LAYOUTS = ("legacy", "tuple_blocks", "skip_modules")
 # Every audit check a spec may declare an expected result for.
-KNOWN_CHECKS = (*GENERIC_CHECKS, "skip_wiring")
+KNOWN_CHECKS = tuple(GENERIC_CHECKS)
 # A variant name: a word (dots and dashes allowed), never MODULE:ATTR, so the two cannot shadow each other.
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 # Shapes probed, in order, for a variant that declares no input_shape: [B, 1, T], then [B, T].

@@ -1,10 +1,9 @@
-"""The skip-wiring observer: does each residual block add the shortcut it holds?
+"""The family's block observer: each ``res_blockN`` (or ``downsample``-holding) block's values.
 
-``observe_blocks`` records every block's input, main-path output and output in the real
-forward; ``check_skip_wiring`` (an audit check, ``harness.rawnet2.audits.CHECKS``) says
-for each block whether ``output == main(input) + shortcut(input)``, where the shortcut is
-the block's own projection module or, for a block that keeps its shape, the identity.
-Blocks are found by ``harness.rawnet2.layouts.residual_blocks``.
+``observe_blocks`` records every block of ``harness.rawnet2.layouts.residual_blocks`` (the
+guide's names) with its input, main-path output and output in the real forward. The
+``skip_wiring`` audit check does not use it: it finds blocks by dataflow in any model
+(``harness.core.wiring``, ``harness.core.residuals``).
 """
 
 from __future__ import annotations
@@ -15,10 +14,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-from harness.core.audits import AuditContext, Finding, ModelFailure, NotApplicable
-from harness.core.errors import error_line
 from harness.core.introspect import held_modules
-from harness.core.tolerances import EXACT, all_close, max_abs_diff
 from harness.rawnet2.layouts import ResidualBlock, residual_blocks
 
 
@@ -114,72 +110,3 @@ def observe_blocks(model: nn.Module, x: torch.Tensor) -> list[BlockObservation]:
 
 def _ids(module: nn.Module | None) -> set[int]:
     return set() if module is None else {id(m) for m in module.modules()}
-
-
-def check_skip_wiring(ctx: AuditContext) -> list[Finding]:
-    """For every residual block (``layouts.residual_blocks``): output == main(in) + shortcut(in).
-
-    The shortcut is the block's own projection module when the model holds one, the
-    identity when the block keeps its shape; a shape-changing block without one is a
-    finding. Each output is observed in the real forward, never recomputed.
-    """
-    model = ctx.build().eval()
-    if not residual_blocks(model):
-        raise NotApplicable("no residual blocks of a known idiom (res_blockN with skipN, or a block holding "
-                            "downsample/shortcut): nothing to observe")
-    try:
-        observations = observe_blocks(model, ctx.example)
-    except Exception as exc:
-        raise ModelFailure(f"forward raises {error_line(exc)} (eval mode)") from exc
-    findings = []
-    unobserved = [o.block.index for o in observations if o.output is None]
-    ran = {o.block.index for o in observations}
-    never = [b.index for b in residual_blocks(model) if b.index not in ran]
-    if never:
-        findings.extend(ctx.finding(f"block {b.index}: its main path {b.main_path} never runs", [b.main_path])
-                        for b in residual_blocks(model) if b.index in never)
-    if unobserved:
-        ctx.notes.append(f"output of block(s) {', '.join(map(str, unobserved))} not observable "
-                         "(no module with a same-shaped input runs after them); not checked")
-        if len(unobserved) == len(observations) and not never:
-            raise NotApplicable("no block output is observable: no module with a same-shaped input "
-                                "runs after any block")
-    for o in observations:
-        if o.output is not None:
-            problem = _wiring_problem(o)
-            if problem:
-                findings.append(ctx.finding(problem, [o.block.main_path]))
-    return findings
-
-
-def _shape_change(before: torch.Tensor, after: torch.Tensor) -> str:
-    if before.dim() == 3 and after.dim() == 3:
-        return (f"channels {before.shape[1]}->{after.shape[1]}, "
-                f"length {before.shape[2]}->{after.shape[2]}")
-    return f"{tuple(before.shape)}->{tuple(after.shape)}"
-
-
-def _wiring_problem(o: BlockObservation) -> str | None:
-    """What is wrong with one observed block, or None when output == main(input) + shortcut(input)."""
-    b, x, main, out = o.block, o.input, o.main_output, o.output
-    assert out is not None
-    label = f"block {b.index}"
-    if b.shortcut is not None:
-        with torch.no_grad():
-            shortcut = b.shortcut(x)
-        name = f"{b.shortcut_path}(input)"
-    elif x.shape == main.shape:
-        shortcut, name = x, "input"
-    else:
-        alone = " and its output is main(input) alone" if all_close(out, main, EXACT) else ""
-        return (f"{label}: shape changes ({_shape_change(x, main)}) but the model holds no projection "
-                f"shortcut for it{alone}: nothing is added on the shortcut path")
-    if shortcut.shape == main.shape and all_close(out, main + shortcut, EXACT):
-        return None
-    if all_close(out, main, EXACT):
-        return f"{label}: output == main(input) alone; {name} is never added"
-    if b.shortcut is not None and x.shape == main.shape and all_close(out, main + x, EXACT):
-        return f"{label}: output == main(input) + input: the identity is added instead of {name}"
-    diff = f"max abs diff {max_abs_diff(out, main + shortcut):.3g}" if shortcut.shape == main.shape \
-        else f"{name} has shape {tuple(shortcut.shape)}, main(input) {tuple(main.shape)}"
-    return f"{label}: output != {b.main_path}(input) + {name}, {diff} (output observed at {o.observed_at})"
