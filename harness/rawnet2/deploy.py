@@ -15,6 +15,7 @@ import torch
 
 from harness.core.contract import InputContract
 from harness.core.errors import HarnessError
+from harness.core.fileio import check_output_path
 from harness.core.loading import parse_kwargs
 from harness.core.onnx import OPSET, ExportedModel, VerifyInput, export_onnx, verification_inputs
 from harness.rawnet2.inputs import NUM_SAMPLES
@@ -40,6 +41,8 @@ def export_variant(target: VariantSpec, path: str | os.PathLike | None = None, *
     own input contract."""
     if not target.runs:
         raise HarnessError(f"cannot export {target.name}: its forward does not run (declared runs = false)")
+    if path is not None:
+        check_output_path(path, force=force, overwrite=force)  # before any work; checked again at the write
     model = target.build_or_refuse()
     example, verify = _inputs(target)
     return export_onnx(model, example, verify, path=path, force=force, opset=opset)
