@@ -38,7 +38,7 @@ def _synthetic_report() -> dict:
         "registered_parameters": 100, "used_parameters": 100, "state_dict_keys": 10, "batchnorms": 2,
         "batchnorms_reached_by_eval": 2, "forward_error": None, "audit": dict.fromkeys(CHECKS, PASS),
         "verdict": "ship: passes", "ship": True, "reasons": ["passes"], "description": "d", "source": "s",
-        "declared_defects": {}, "findings": {}, "audit_notes": {},
+        "declared_defects": {}, "findings": {}, "audit_notes": {}, "input_shape": [2, 1, 1000],
     }
     broken = {**variant, "used_parameters": None, "forward_error": "RuntimeError: <script>x | y</script>",
               "audit": {**variant["audit"], "skip_wiring": FAIL}, "verdict": "do not ship: a | b",
@@ -59,8 +59,8 @@ def _synthetic_report() -> dict:
                    "machine": {"torch_version": "2", "torch_threads": 2, "cpu": "cpu", "gpu": None},
                    "ratios": [{"batch": 1, "length": 2000, "kind": "time over its reference's",
                                "a": "tuple_blocks", "b": "skip_modules", "ratio": 1.02}]},
-        "meta": {"quick": True, "generated_utc": "now", "audit_input_shape": [2, 1, 1000],
-                 "compare_input_shape": [2, 1, 1000], "checks": list(CHECKS), "not_run": ["compiled"]},
+        "meta": {"quick": True, "generated_utc": "now", "audit_batch": 2,
+                 "compare_batch": 2, "checks": list(CHECKS), "not_run": ["compiled"]},
     }
 
 

@@ -38,7 +38,7 @@ from harness.rawnet2.checkpoints import (
 from harness.rawnet2.equivalence import compare_specs, compare_variants, seed_weights
 from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
 from harness.rawnet2.layouts import declared_layouts
-from harness.rawnet2.registry import MODES, SUBJECTS, build, spec
+from harness.rawnet2.registry import MODES, SUBJECTS, build, in_family, spec
 
 Progress = Callable[[str], None]
 
@@ -50,9 +50,9 @@ Progress = Callable[[str], None]
 class Plan:
     """How much the report measures. ``QUICK`` is for CI (seconds), ``FULL`` for reviewers."""
 
-    audit_shape: tuple[int, ...]  # example input of the audits and the structure counts
-    compare_shape: tuple[int, ...]  # input of the equivalence comparisons and checkpoint loads
-    lengths: tuple[int, ...]
+    audit_batch: int  # examples of each variant's own input contract (spec.example) the audits take
+    compare_batch: int  # the same for equivalence comparisons and checkpoint loads
+    lengths: tuple[int, ...]  # timed lengths (raised to a variant's declared length where it is longer)
     batches: tuple[int, ...]
     warmup: int
     min_repeats: int
@@ -63,10 +63,10 @@ class Plan:
     compile: bool  # time and compare the torch.compile'd form (5-15 s of compiling per shape)
 
 
-FULL = Plan(audit_shape=(2, 1, 4000), compare_shape=(3, 1, 4000), lengths=(16_000, NUM_SAMPLES),
+FULL = Plan(audit_batch=2, compare_batch=3, lengths=(16_000, NUM_SAMPLES),
             batches=(1, 8), warmup=1, min_repeats=3, max_repeats=15, budget_s=2.5,
             peak_size=2048, peak_min_run_time=1.0, compile=True)
-QUICK = Plan(audit_shape=(2, 1, 1000), compare_shape=(2, 1, 1000), lengths=(2000,), batches=(1, 4),
+QUICK = Plan(audit_batch=2, compare_batch=2, lengths=(2000,), batches=(1, 4),
              warmup=1, min_repeats=3, max_repeats=3, budget_s=0.0, peak_size=512, peak_min_run_time=0.05,
              compile=False)
 
@@ -134,14 +134,25 @@ def verdict(structure: Structure, results: Mapping[str, str], declared: Mapping[
 # --------------------------------------------------------------------------- sections
 
 
-def _example(shape: tuple[int, ...]) -> torch.Tensor:
-    return bench.waveform(shape[0], shape[-1])
+def _example(name: str, batch: int) -> torch.Tensor:
+    """``batch`` examples of ``name``'s own input contract: every model is fed what it takes."""
+    return spec(name).example(batch)
+
+
+def _group(name: str) -> str:
+    """Which variants compute comparable functions: the family, or a team model and the variants
+    that name it (followed through references)."""
+    variant = spec(name)
+    if in_family(variant):
+        return "rawnet2"
+    while variant.reference is not None:
+        variant = spec(variant.reference)
+    return variant.name
 
 
 def _reference_rows(subjects: list[str], plan: Plan, progress: Progress) -> list[dict]:
     """Every subject that declares a reference, compared with it in both modes (weights matched
     by structure, ``harness.rawnet2.equivalence.compare_specs``)."""
-    x = _example(plan.compare_shape)
     rows = []
     for name in subjects:
         variant = spec(name)
@@ -149,6 +160,7 @@ def _reference_rows(subjects: list[str], plan: Plan, progress: Progress) -> list
             continue
         progress(f"comparing {name} with its reference {variant.reference}")
         try:
+            x = _example(variant.reference, plan.compare_batch)
             result = compare_specs(spec(variant.reference), variant, x)
         except HarnessError as exc:
             rows += [{"a": variant.reference, "b": name, "mode": mode, "max_abs_diff": None,
@@ -183,15 +195,20 @@ def _departures(name: str, reference_rows: list[dict]) -> dict[str, str] | None:
 
 def _variants_section(subjects: list[str], plan: Plan, reference_rows: list[dict],
                       progress: Progress) -> dict:
-    example = _example(plan.audit_shape)
     variants = {}
     for i, name in enumerate(subjects, 1):
         info = spec(name)
         progress(f"auditing {name} ({i}/{len(subjects)})")
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            structure = describe(info.build(), example)
-        result = audit_spec(info, example)
+        try:
+            example = _example(name, plan.audit_batch)
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                structure = describe(info.build_or_refuse(), example)
+            result = audit_spec(info, example)
+        except HarnessError as exc:
+            # A model the harness cannot even run is a verdict, never a crash of the whole report.
+            variants[name] = _cannot_run(info, str(exc))
+            continue
         judged = verdict(structure, result.results, info.declared_defects, _departures(name, reference_rows))
         variants[name] = {
             **asdict(structure),
@@ -199,16 +216,29 @@ def _variants_section(subjects: list[str], plan: Plan, reference_rows: list[dict
             "verdict": judged.line,
             "ship": judged.ship,
             "reasons": list(judged.reasons),
-            "description": info.description,
-            "source": info.source,
-            "origin": info.origin,
-            "reference": info.reference,
-            "output": info.output,
-            "declared_defects": dict(info.expected_defects),
+            **_facts(info),
+            "input_shape": list(example.shape),
             "findings": {check: result.messages(check) for check in result.failed},
             "audit_notes": dict(result.notes),
         }
     return variants
+
+
+def _facts(info) -> dict:
+    """What the spec declares, as the report shows it."""
+    transform = info.score_transform
+    return {"description": info.description, "source": info.source, "origin": info.origin,
+            "reference": info.reference, "output": info.output,
+            "score": None if transform is None else f"{transform} (high = {transform.means})",
+            "declared_defects": dict(info.expected_defects)}
+
+
+def _cannot_run(info, why: str) -> dict:
+    judged = Verdict(False, (f"cannot run: {why}",))
+    return {"registered_parameters": 0, "used_parameters": None, "state_dict_keys": 0, "batchnorms": 0,
+            "batchnorms_reached_by_eval": 0, "forward_error": why, "audit": {}, "verdict": judged.line,
+            "ship": False, "reasons": list(judged.reasons), **_facts(info), "input_shape": None,
+            "findings": {}, "audit_notes": {}}
 
 
 def _tolerance(name: str, tol: Tolerance) -> dict:
@@ -219,12 +249,13 @@ def _equivalence_section(subjects: list[str], plan: Plan, device: str, reference
                          progress: Progress) -> tuple[list[dict], list[str]]:
     """Reference rows, every other runnable subject against the canonical layout's variant (what the
     fix changes, e.g. legacy_effective), then every subject's deployment forms vs its eager form."""
-    x = _example(plan.compare_shape)
     rows, skipped = list(reference_rows), []
     for name in subjects:
         variant = spec(name)
-        if variant.reference is not None or not variant.runs or name == CANONICAL_LAYOUT:
+        if (variant.reference is not None or not variant.runs or name == CANONICAL_LAYOUT
+                or _group(name) != _group(CANONICAL_LAYOUT)):
             continue
+        x = _example(CANONICAL_LAYOUT, plan.compare_batch)
         for mode in MODES:
             progress(f"comparing {name} with {CANONICAL_LAYOUT} ({mode})")
             try:
@@ -247,10 +278,18 @@ def _equivalence_section(subjects: list[str], plan: Plan, device: str, reference
         variant = spec(name)
         if not variant.runs:
             continue
-        model = seed_weights(variant.build(), 0)
+        try:
+            model, x = seed_weights(variant.build_or_refuse(), 0), _example(name, plan.compare_batch)
+        except HarnessError as exc:
+            skipped.append(f"{name} forms: {exc}")
+            continue
         for form in (f for f in forms if f in variant.forms):
             progress(f"comparing {name} eager with its {form} form")
-            diff = compare_form(model, x, form)
+            try:
+                diff = compare_form(model, x, form)
+            except HarnessError as exc:
+                skipped.append(f"{name} {form}: {exc}")
+                continue
             tolerance = _tolerance(f"DEPLOYMENT_TOLERANCES[{form!r}]", DEPLOYMENT_TOLERANCES[form])
             # Label by what really ran: a compile that fell back to eager must not read "compiled".
             rows.append({"a": name, "b": f"{name} ({diff.ran or form})", "mode": "eval",
@@ -261,26 +300,32 @@ def _equivalence_section(subjects: list[str], plan: Plan, device: str, reference
 
 
 def _checkpoint_ends(subjects: list[str]) -> list[str]:
-    """The declared layouts, then every runnable subject that declares none (its own keys)."""
-    layouts = list(declared_layouts())
+    """The declared layouts (when the family is reported on), then every runnable subject that declares
+    none (its own keys)."""
+    family = any(_group(name) == _group(CANONICAL_LAYOUT) for name in subjects)
+    layouts = list(declared_layouts()) if family else []
     return layouts + [n for n in subjects if spec(n).runs and spec(n).layout is None and n not in layouts]
 
 
 def _checkpoints_section(subjects: list[str], plan: Plan, progress: Progress) -> list[dict]:
     """A seeded checkpoint of every layout and layout-less variant, converted into every other one
-    under every policy (``load_into``: layouts by key maps, the rest matched by structure) and
-    really loaded; compared by outputs."""
+    of its group (``_group``: the family, or a team model and its refactors) under every policy
+    (``load_into``: layouts by key maps, the rest matched by structure) and really loaded;
+    compared by outputs on the source's own input contract."""
     progress("converting and loading checkpoints between layouts and variants")
-    x = _example(plan.compare_shape)
     ends = _checkpoint_ends(subjects)
     rows = []
     for source in ends:
         # get_audio_model builds each runnable form (legacy: legacy_effective).
-        model = seed_weights(get_audio_model(source), 0).eval()
+        try:
+            model = seed_weights(get_audio_model(source), 0).eval()
+        except HarnessError:
+            continue  # a model that cannot be built has its verdict in the variants section
+        x = _example(source if spec(source).runs else CANONICAL_LAYOUT, plan.compare_batch)
         state = {k: v.clone() for k, v in model.state_dict().items()}
         with torch.no_grad():
             expected = model(x)
-        for target in ends:
+        for target in (t for t in ends if _group(t) == _group(source)):
             for policy in POLICIES:
                 row = {"source": source, "target": target, "policy": policy, "loads": False,
                        "max_abs_diff": None, "function_preserved": None}
@@ -307,23 +352,27 @@ def _timing_section(subjects: list[str], plan: Plan, device: str,
              if form.subject in subjects and not (form.onnxruntime and device != "cpu")]
     rows = []
     for i, (batch, length) in enumerate(configs, 1):
-        x = bench.waveform(batch, length, device)
-        flops = {subject: bench.flops(build(subject), x.shape)
-                 for subject in dict.fromkeys(form.subject for form in timed)}
+        # Each form at its own input contract, at this length or its declared one where that is longer
+        # (a model is not timed on inputs shorter than it declares: a GRU would see a step or two).
+        inputs = {s: spec(s).input_contract().example(batch, max(length, spec(s).input_contract().length))
+                  .to(device) for s in dict.fromkeys(form.subject for form in timed)}
+        flops = {subject: bench.flops(build(subject), x.shape) for subject, x in inputs.items()}
         progress(f"timing batch {batch} x {length} on {device} ({i}/{len(configs)}): "
                  f"{', '.join(form.name for form in timed)}, interleaved")
         models = {f.name: rawnet2_bench.build_timed(f, device, compile=plan.compile) for f in timed}
-        timings = bench.time_calls({name: bench.inference_call(m, x) for name, m in models.items()},
+        timings = bench.time_calls({f.name: bench.inference_call(models[f.name], inputs[f.subject])
+                                    for f in timed},
                                    warmup=plan.warmup, min_repeats=plan.min_repeats,
                                    max_repeats=plan.max_repeats, budget_s=plan.budget_s,
                                    on_round=_slow_rounds(progress))
         for form in timed:
             timing, info = timings[form.name], getattr(models[form.name], "info", None)
-            rates = bench.throughput(model_flops=flops[form.subject], batch=batch, length=length,
+            length_run = inputs[form.subject].shape[-1]
+            rates = bench.throughput(model_flops=flops[form.subject], batch=batch, length=length_run,
                                      sample_rate=SAMPLE_RATE, seconds=timing.median_s,
                                      peak_flops_per_s=peak)
             rows.append({
-                "variant": form.name, "device": device, "batch": batch, "length": length,
+                "variant": form.name, "device": device, "batch": batch, "length": length_run,
                 "median_ms": timing.median_s * 1e3, "iqr_ms": timing.iqr_s * 1e3,
                 "repeats": len(timing.times_s), "flops": flops[form.subject], **asdict(rates),
                 "form": info.form if info is not None else form.kind,
@@ -399,8 +448,8 @@ def build_report(*, quick: bool = False, device: str = "cpu", progress: Progress
         "meta": {
             "quick": quick,
             "generated_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "audit_input_shape": list(plan.audit_shape),
-            "compare_input_shape": list(plan.compare_shape),
+            "audit_batch": plan.audit_batch,
+            "compare_batch": plan.compare_batch,
             "checks": list(CHECKS),
             "not_run": skipped,
         },

@@ -64,9 +64,10 @@ def _audit_table(report: dict) -> Table:
                 " (declared, not seen)" if result != FAIL and declared else ""
             cells.append(result + mark)
         rows.append((check, *cells))
-    shape = "x".join(map(str, report["meta"]["audit_input_shape"]))
-    return Table("Audit matrix", (f"harness.core.audits on an example input of {shape}; "
-                                  "`python -m harness audit --variant NAME` prints every finding.",),
+    shapes = ", ".join(f"{name} {'x'.join(map(str, v['input_shape']))}"
+                       for name, v in report["variants"].items() if v["input_shape"])
+    return Table("Audit matrix", (f"harness.core.audits on each variant's own input contract ({shapes}); "
+                                  "`python -m harness audit NAME` prints every finding.",),
                  ("check", *names), tuple(rows))
 
 
@@ -76,9 +77,9 @@ def _equivalence_table(report: dict) -> Table:
                   e.get("first_divergence") or e.get("detail") or "")
                  for e in report["equivalence"])
     notes = tuple(f"not run: {item}" for item in report["meta"]["not_run"])
-    shape = "x".join(map(str, report["meta"]["compare_input_shape"]))
+    batch = report["meta"]["compare_batch"]
     return Table("Equivalence", (f"Same weights in both (seeded, BatchNorm statistics away from their "
-                                 f"defaults), input {shape}.",),
+                                 f"defaults), {batch} examples of the reference's input contract.",),
                  ("a", "b", "mode", "b's weights", "max abs diff", "tolerance", "equivalent",
                   "where they part"), rows, notes)
 
@@ -92,8 +93,10 @@ def _checkpoint_table(report: dict) -> Table:
         row = [source]
         for target in targets:
             for policy in policies:
-                r = cells[(source, target, policy)]
-                if not r["loads"]:
+                r = cells.get((source, target, policy))
+                if r is None:
+                    row.append("-")  # another model's checkpoint: not compared across groups
+                elif not r["loads"]:
                     row.append("refused")
                 elif r["function_preserved"]:
                     row.append("loads, same function")

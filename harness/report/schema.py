@@ -43,6 +43,7 @@ REPORT_SCHEMA: dict = {
                 "verdict": {"type": "string", "minLength": 1},
                 "ship": {"type": "boolean"},
                 "declared_defects": {"type": "object", "additionalProperties": {"type": "string"}},
+                "input_shape": {"type": ["array", "null"], "items": {"type": "integer"}},
             }),
         },
         "equivalence": {"type": "array", "items": _object({
@@ -86,8 +87,8 @@ REPORT_SCHEMA: dict = {
         "meta": _object({
             "quick": {"type": "boolean"},
             "generated_utc": {"type": "string"},
-            "audit_input_shape": {"type": "array", "items": {"type": "integer"}},
-            "compare_input_shape": {"type": "array", "items": {"type": "integer"}},
+            "audit_batch": {"type": "integer", "minimum": 1},
+            "compare_batch": {"type": "integer", "minimum": 1},
             "checks": _STRINGS,
             "not_run": _STRINGS,
         }),
