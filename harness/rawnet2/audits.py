@@ -161,11 +161,11 @@ def cli_audit(args: argparse.Namespace) -> int:
                            "(one of them)")
     if args.variant and args.variant not in SUBJECTS:
         raise HarnessError(f"unknown variant {args.variant!r}; known: {', '.join(SUBJECTS)}")
-    shape = parse_shape(args.input_shape)
     checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
     names = resolve_checks(checks, CHECKS)
     spec = resolve(args.variant or args.target, kwargs=parse_kwargs(args.kwargs) if args.kwargs else None,
                    weights=args.weights, output=args.output)
+    shape = parse_shape(args.input_shape) if args.input_shape else spec.input_contract().batch_shape(2)
     registered = spec.name in SUBJECTS
     declared = declared_results(spec.expected_defects, names) if registered else None
     example = torch.randn(shape, generator=torch.Generator().manual_seed(BUILD_SEED))
