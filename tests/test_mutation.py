@@ -22,7 +22,6 @@ import jsonschema  # noqa: E402
 import libcst as cst  # noqa: E402
 
 from harness.__main__ import main  # noqa: E402
-from harness.core import mutation_plugin  # noqa: E402
 from harness.core.errors import HarnessError  # noqa: E402
 from harness.core.mutation import (  # noqa: E402
     MARKER,
@@ -31,15 +30,16 @@ from harness.core.mutation import (  # noqa: E402
     Equivalence,
     Mutant,
     MutationRun,
-    _prepare_workspace,
     build_report,
     enumerate_mutants,
     file_section,
+    prepare_workspace,
     render_summary,
     run_mutation,
     summarize,
 )
-from harness.core.mutation_operators import OPERATORS, mutations, operator_names  # noqa: E402
+from harness.core.mutation import plugin as mutation_plugin  # noqa: E402
+from harness.core.mutation.operators import OPERATORS, mutations, operator_names  # noqa: E402
 from harness.rawnet2.mutation import (  # noqa: E402
     EQUIVALENCES,
     TEXT_PINNING,
@@ -354,7 +354,7 @@ def test_the_report_validates_and_says_everything_about_each_mutant(tmp_path: Pa
     assert section["summary"] == {**summarize({"killed": 1, "survived": 1, "timeout": 1, "equivalent": 1})}
     assert section["summary"]["score"] == pytest.approx(100 * 2 / 3, abs=0.01)
     text = render_summary(report)
-    assert "score 66.7 %: 2 of 3 non-equivalent mutants detected" in text
+    assert "score 66.7 %: 2 of 3 judged mutants detected" in text
     assert f"SURVIVED {section['mutants'][1]['id']}" in text
     # an equivalent without its reason is not a valid report
     bad = json.loads(json.dumps(report))
@@ -407,10 +407,10 @@ def test_a_workspace_the_harness_did_not_make_is_never_deleted(tmp_path: Path):
     (tmp_path / "mutants").mkdir()
     (tmp_path / "mutants" / "precious.txt").write_text("keep")
     with pytest.raises(HarnessError, match="exists and was not made by 'harness mutate'"):
-        _prepare_workspace(tmp_path)
+        prepare_workspace(tmp_path)
     assert (tmp_path / "mutants" / "precious.txt").read_text() == "keep"
     (tmp_path / "mutants" / MARKER).write_text("")
-    workspace = _prepare_workspace(tmp_path)  # ours: remade empty but for the marker and the plugin
+    workspace = prepare_workspace(tmp_path)  # ours: remade empty but for the marker and the plugin
     assert sorted(p.name for p in workspace.iterdir()) == [MARKER, "_harness_mutation_plugin.py"]
 
 

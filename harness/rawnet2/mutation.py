@@ -2,31 +2,40 @@
 
 The engine is generic (``harness.core.mutation``: mutmut plus the model operators); this
 module knows the house. The tests that judge a file are the behavioural tests of the
-variants whose registry ``source`` it is (``-k skip_modules`` for ``fixed/skip_modules.py``:
-test ids carry the variant's name), never the text-pinning ones (``TEXT_PINNING``), and
-the equivalent mutants of the built-in variants are declared here, each with its reason
-(``EQUIVALENCES``; ``tests/test_mutation.py`` checks every one by running the mutant
-against the original, outputs and gradients, train and eval).
+variants whose source it is (``-k skip_modules`` for ``fixed/skip_modules.py``: test ids
+carry the variant's name; for a team's registry file, the variants whose factory module
+is the file, with ``--registry FILE`` passed to every pytest run), never the text-pinning
+ones (``TEXT_PINNING``). A file outside the checkout is staged into the mutation
+workspace (``harness.core.mutation.stage_outside_file``). The equivalent mutants of the
+built-in variants are declared here, each with its reason (``EQUIVALENCES``;
+``tests/test_mutation.py`` checks every one by running the mutant against the original,
+outputs and gradients, train and eval), and so are the contracts a survivor is
+attributed to (``CONTRACTS``: which tests hold each, which changes each exists to catch).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
 from harness.core.errors import HarnessError
-from harness.core.fileio import check_output_path, write_text_atomically
+from harness.core.fileio import check_output_path
 from harness.core.mutation import (
+    Contract,
     Equivalence,
     MutationRun,
-    build_report,
+    ReportWriter,
+    read_source,
     relative_path,
     render_summary,
     run_mutation,
+    stage_outside_file,
 )
-from harness.rawnet2.registry import SUBJECTS
+from harness.core.mutation.attribution import ANY
+from harness.rawnet2.registry import SUBJECTS, VariantSpec
 
 TESTS_DIR = "tests"
 # Left out of every run: they judge the text, not the behaviour.
@@ -105,11 +114,60 @@ EQUIVALENCES: tuple[Equivalence, ...] = (
 )
 
 
+# --- which contract should have caught a survivor ---------------------------------------------------
+
+# The contracts of this suite, by what marks their tests (a substring of the test id: the nine audits
+# run in one test per variant, so "audit" marks each audit's contract) and which changes each exists to
+# catch. A survivor's report lists, of the contracts that claim its change, those whose tests reach the
+# mutated function (and passed: a gap in them) and those none of whose tests reach it (missing there).
+_OUTPUT_CHANGES = dict(operators=(ANY,), not_operators=("detach", "unregister_module"))
+CONTRACTS: tuple[Contract, ...] = (
+    Contract("skip_wiring", "each residual block's output is main(input) + shortcut(input), the shortcut "
+             "computed from this block's own input and added once (the audit, and the wiring tests)",
+             keywords=("skip_wiring", "audit", "shortcut", "residual", "wiring"), operators=("drop_addend",),
+             text=("identity", "shortcut", "skip", "downsample", "residual")),
+    Contract("golden outputs", "the outputs on the recorded inputs equal the golden file's, train and eval",
+             keywords=("golden",), **_OUTPUT_CHANGES),
+    Contract("equivalence to the reference", "a variant held to a reference computes exactly its function "
+             "given matched weights, outputs and gradients", keywords=("reference", "equivalen", "compare"),
+             **_OUTPUT_CHANGES),
+    Contract("registration / state_dict round trip", "every tensor the forward uses is a registered "
+             "parameter, buffer or submodule, so state_dict(), .to() and eval() reach it and a checkpoint "
+             "loaded into a fresh instance computes the same function",
+             keywords=("registration", "registers", "state_dict", "round_trip", "roundtrip", "checkpoint",
+                       "device_transfer", "audit"),
+             operators=("unregister_module", "batchnorm_batch_statistics"), functions=("__init__",)),
+    Contract("train/eval modes", "eval() reaches every BatchNorm, which then uses its running statistics",
+             keywords=("mode_propagation", "eval_mode", "running", "audit"),
+             operators=("batchnorm_batch_statistics", "unregister_module")),
+    Contract("gradients", "the backward is the gradient of the forward: every parameter gets one, and the "
+             "input gradient equals the reference's", keywords=("gradient", "audit"), operators=("detach",)),
+)
+
+
+# --- which tests judge a file ------------------------------------------------------------------------
+
+
+def source_file(spec: VariantSpec, *, root: Path) -> Path | None:
+    """The file a variant's factory is defined in: its ``source`` (relative to its registry file's
+    directory for a TOML variant, else to ``root``), or the callable's own file."""
+    if spec.source:
+        base = Path(spec.origin).parent if spec.origin.endswith(".toml") else root
+        return (base / spec.source).resolve()
+    if callable(spec.factory):
+        import inspect
+
+        try:
+            return Path(inspect.getsourcefile(spec.factory) or "").resolve()
+        except TypeError:
+            return None
+    return None
+
+
 def variants_of(path: str | os.PathLike, *, root: Path) -> list[str]:
-    """The registered variants (and derived forms) whose ``source`` is ``path``."""
+    """The registered variants (and derived forms) whose source is ``path``."""
     target = (root / path).resolve()
-    return [name for name, spec in SUBJECTS.items()
-            if spec.source and (root / spec.source).resolve() == target]
+    return [name for name, spec in SUBJECTS.items() if source_file(spec, root=root) == target]
 
 
 def selection_for(path: str | os.PathLike, tests: str | None = None, *, root: Path = Path(".")) -> list[str]:
@@ -119,7 +177,8 @@ def selection_for(path: str | os.PathLike, tests: str | None = None, *, root: Pa
         names = variants_of(path, root=root)
         if not names:
             raise HarnessError(f"{path} is the source of no registered variant; say which tests judge it "
-                               "with --tests EXPR (a pytest -k expression)")
+                               "with --tests EXPR (a pytest -k expression), or register its variants "
+                               "(--registry FILE)")
         expression = " or ".join(names)
     ignored = [f"--ignore={p}" for p in (*TEXT_PINNING, *NOT_THE_MODEL) if (root / p).exists()]
     return [TESTS_DIR, *ignored, "-k", expression]
@@ -134,24 +193,86 @@ def load_equivalences(path: str | os.PathLike) -> list[Equivalence]:
         raise HarnessError(f"{path}: not a list of equivalences ({exc})") from None
 
 
+# --- the command -------------------------------------------------------------------------------------
+
+
+def _never_an_input(output: Path, inputs: list[Path]) -> None:
+    """The report is never written over a file the run reads (the model, the registry, equivalences)."""
+    for read in inputs:
+        try:
+            same = output.exists() and read.exists() and os.path.samefile(output, read)
+        except OSError:
+            same = False
+        if same or output.resolve() == read.resolve():
+            raise HarnessError(f"{output}: is {read}, which the run reads; give another --output")
+
+
+def model_file(path: str | os.PathLike, *, root: Path) -> Path:
+    """``path`` resolved, if it is a readable Python file that parses (else one line: file, line, why)."""
+    full = (root / path).resolve()
+    if not full.is_file() or full.suffix != ".py":
+        raise HarnessError(f"{path}: not a Python source file")
+    read_source(full, os.fspath(path))
+    return full
+
+
+def plan_run(path: str, *, root: Path, tests: str | None, registry: str | None, workers: int,
+             timeout_factor: float, equivalences: list[Equivalence], max_mutants: int | None = None,
+             time_budget_s: float | None = None) -> MutationRun:
+    """The run for one PATH: in the checkout as it is, or staged into the workspace when outside it."""
+    full = model_file(path, root=root)
+    excluded = {p: why for p, why in {**TEXT_PINNING, **NOT_THE_MODEL}.items() if (root / p).exists()}
+    common = dict(workers=workers, timeout_factor=timeout_factor, max_mutants=max_mutants,
+                  time_budget_s=time_budget_s, excluded=excluded, contracts=CONTRACTS)
+    registry_path = Path(registry).resolve() if registry is not None else None
+    if full.is_relative_to(root):
+        rel = relative_path(full, root)
+        selection = selection_for(rel, tests, root=root)
+        pytest_args = []
+        if registry_path is not None:
+            shown = registry_path.relative_to(root).as_posix() if registry_path.is_relative_to(root) else str(
+                registry_path)
+            pytest_args = [f"--registry={shown}"]
+        return MutationRun(path=rel, selection=selection, root=root, pytest_args=pytest_args,
+                           equivalences=equivalences, **common)
+    selection = selection_for(full, tests, root=root)
+    staged = stage_outside_file(full, project=root, selection=selection, registry=registry_path)
+    # A team's declarations name its file as it gave it: they apply to the staged copy.
+    own = [dataclasses.replace(e, path=staged.path) for e in equivalences
+           if (root / e.path).resolve() == full or Path(e.path).resolve() == full]
+    return MutationRun(path=staged.path, selection=selection, root=staged.root,
+                       pytest_args=[f"--registry={staged.registry}"] if staged.registry else [],
+                       linked=staged.linked, shown_path=str(full), equivalences=[*equivalences, *own],
+                       **common)
+
+
 def cli_mutate(args) -> int:
-    """``python -m harness mutate``: summary on stdout, JSON report; 1 when a score is under --fail-under."""
-    root = Path.cwd()
+    """``python -m harness mutate``: summary on stdout, JSON report (partial while it runs); 1 when a
+    score is under --fail-under; 130 on Ctrl-C (the partial report kept)."""
+    root = Path.cwd().resolve()
     output = check_output_path(args.output)
+    registry = getattr(args, "registry", None)
+    _never_an_input(output, [Path(p) for p in args.paths] + [Path(p) for p in (registry, args.equivalences)
+                                                             if p is not None])
     workers = args.workers or os.cpu_count() or 1
-    if workers < 1:
-        raise HarnessError("--workers must be at least 1")
     equivalences = [*EQUIVALENCES, *(load_equivalences(args.equivalences) if args.equivalences else [])]
-    sections = []
+    for path in args.paths:  # every file checked (a syntax error named file:line) before any run
+        model_file(path, root=root)
+    writer = ReportWriter(output)
     for path in args.paths:
-        rel = relative_path(path, root)
-        run = MutationRun(path=rel, selection=selection_for(rel, args.tests, root=root), root=root,
-                          workers=workers, timeout_factor=args.timeout_factor, equivalences=equivalences,
-                          excluded={p: why for p, why in {**TEXT_PINNING, **NOT_THE_MODEL}.items()
-                                    if (root / p).exists()})
-        sections.append(run_mutation(run))
-    report = build_report(sections)
-    write_text_atomically(output, json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        run = plan_run(path, root=root, tests=args.tests, registry=registry, workers=workers,
+                       timeout_factor=args.timeout_factor, equivalences=equivalences,
+                       max_mutants=getattr(args, "max_mutants", None),
+                       time_budget_s=getattr(args, "time_budget", None))
+        run.on_update = writer.write
+        try:
+            section = run_mutation(run)
+        except KeyboardInterrupt:
+            print(f"interrupted: the partial report is {output}", file=sys.stderr)
+            return 130
+        writer.finish_file(section)
+    status = "complete" if all(s["status"] == "complete" for s in writer.done) else "partial"
+    report = writer.write(status=status)
     print(render_summary(report))
     print(f"report: {output}")
     sys.stdout.flush()

@@ -10,6 +10,9 @@ elsewhere changes nothing:
   (``MUTANT_UNDER_TEST``, set by mutmut or the harness) appends its first failing test
   (or collection error) as ``{"mutant", "event": "killed", "test", "message"}`` and, at
   the end, ``{"mutant", "event": "finished", "duration_s", "tests_run"}``.
+- ``HARNESS_MUTATION_CLEAN``: a JSON-lines file. The clean run (no mutant) appends one
+  ``{"test", "outcome", "duration_s"}`` per test (its failing phase if one failed): the
+  harness checks the selection green and learns its tests and their durations from it.
 
 Under either, Hypothesis neither shrinks a failing example nor replays its database: a
 mutant only needs *a* failure, and shrinking one through dozens of model forwards turns a
@@ -40,7 +43,8 @@ def _durations() -> dict[str, float]:
 
 
 def _active() -> bool:
-    return bool(os.environ.get("HARNESS_MUTATION_RECORDS") or os.environ.get("HARNESS_MUTATION_DURATIONS"))
+    return bool(os.environ.get("HARNESS_MUTATION_RECORDS") or os.environ.get("HARNESS_MUTATION_DURATIONS")
+                or os.environ.get("HARNESS_MUTATION_CLEAN"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -69,18 +73,22 @@ def _first_line(report: pytest.TestReport | pytest.CollectReport) -> str:
     return (text.strip().splitlines() or [""])[0][:300]
 
 
-def _append(record: dict) -> None:
-    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
-    path = os.environ.get("HARNESS_MUTATION_RECORDS")
-    if not path or MUTANT_MARK not in mutant:
-        return
-    line = json.dumps({"mutant": mutant, **record}) + "\n"
+def _write_line(path: str, record: dict) -> None:
+    line = json.dumps(record) + "\n"
     # One short O_APPEND write: concurrent workers never interleave within a line.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+def _append(record: dict) -> None:
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    path = os.environ.get("HARNESS_MUTATION_RECORDS")
+    if not path or MUTANT_MARK not in mutant:
+        return
+    _write_line(path, {"mutant": mutant, **record})
 
 
 def _killed(nodeid: str, report: pytest.TestReport | pytest.CollectReport) -> None:
@@ -93,7 +101,18 @@ def pytest_sessionstart() -> None:
     _state.update(killed=False, start=time.monotonic(), tests_run=0)
 
 
+def _clean_record(report: pytest.TestReport) -> None:
+    path = os.environ.get("HARNESS_MUTATION_CLEAN")
+    if not path or MUTANT_MARK in os.environ.get("MUTANT_UNDER_TEST", ""):
+        return
+    if report.when == "call" or not report.passed:
+        _write_line(path, {"test": report.nodeid, "outcome": report.outcome, "when": report.when,
+                           "duration_s": round(report.duration, 4), "message": _first_line(report)
+                           if report.failed else ""})
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _clean_record(report)
     if report.when == "call" or (report.when == "setup" and not report.passed):
         _state["tests_run"] += 1
     if report.failed:
@@ -101,6 +120,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.failed and (path := os.environ.get("HARNESS_MUTATION_CLEAN")) and MUTANT_MARK not in \
+            os.environ.get("MUTANT_UNDER_TEST", ""):
+        _write_line(path, {"test": report.nodeid or "<collection>", "outcome": "failed", "when": "collect",
+                           "duration_s": 0.0, "message": _first_line(report)})
     if report.failed:
         _killed(report.nodeid or "<collection>", report)
 
