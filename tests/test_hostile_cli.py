@@ -1,0 +1,236 @@
+"""Hostile command lines: each refusal is exit 2, exactly one ``error:`` line, nothing changed on disk.
+
+Each case runs the CLI (``harness.__main__.main``) in a scratch working directory and checks
+the exit code, that stderr holds exactly one line with ``error:`` (no traceback, never exit
+1, which means findings), and that no file below the scratch directory appeared, vanished
+or changed. The cases: ``export`` of models the exporter cannot take as they are (an output
+that is a dict, a NamedTuple or None, a forward of two inputs, float64 and half weights);
+``audit``/``compare`` with an input shape too large to allocate; ``mutate`` with a
+non-finite timeout factor; an unexpected exception in any verb (exit 2, one ``internal
+error`` line; ``--debug`` re-raises it) and Ctrl-C (exit 130).
+
+The fast gate runs them in-process; the slow twin runs each as a real ``python -m harness``
+subprocess (``-m slow``), plus one real subprocess in the fast gate for the top-level guard.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+import torch
+import torch.nn as nn
+
+from harness.__main__ import INTERNAL_ERROR_EXIT, INTERRUPTED_EXIT, main
+from harness.core.contract import MAX_INPUT_VALUES
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+# The models below, as MODULE:ATTR: this module by the name pytest imported it (in-process), by
+# its file name with tests/ on PYTHONPATH (subprocess).
+IN_PROCESS = __name__
+BY_FILE = Path(__file__).stem
+
+
+# --- models the exporter cannot take as they are ---------------------------------------------------
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1, 1)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.fc(x.mean(dim=-1)))
+
+
+class DictOutput(_Tiny):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"score": self.score(x)}
+
+
+class Scores(NamedTuple):
+    score: torch.Tensor
+    logit: torch.Tensor
+
+
+class NamedTupleOutput(_Tiny):
+    def forward(self, x: torch.Tensor) -> Scores:
+        return Scores(self.score(x), self.fc(x.mean(dim=-1)))
+
+
+class NoneOutput(_Tiny):
+    def forward(self, x: torch.Tensor) -> None:
+        self.score(x)
+
+
+class TwoInputs(_Tiny):
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.score(x) * lengths
+
+
+class Float64Model(_Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x.double())
+
+
+class HalfModel(_Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        self.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x.half())
+
+
+# --- the cases -------------------------------------------------------------------------------------
+
+
+def _export(model: type[nn.Module]) -> list[str]:
+    return ["export", f"{{module}}:{model.__name__}", "out.onnx"]
+
+
+HUGE = "100000,1,100000"
+# case id -> (argv, with {module} for the models' module; expected exit code; text the error line holds)
+CASES: dict[str, tuple[list[str], int, str]] = {
+    "export-dict": (_export(DictOutput), 2, "its output is a dict (keys 'score')"),
+    "export-namedtuple": (_export(NamedTupleOutput), 2, "its output is a NamedTuple (Scores: score, logit)"),
+    "export-none": (_export(NoneOutput), 2, "its output is None"),
+    "export-two-inputs": (_export(TwoInputs), 2, "its forward takes 2 inputs (x, lengths)"),
+    "export-float64": (_export(Float64Model), 2, "its weights are float64, not float32"),
+    "export-half": (_export(HalfModel), 2, "its weights are float16, not float32"),
+    "audit-huge-shape": (["audit", "skip_modules", "--input-shape", HUGE], 2,
+                         f"input shape [100000, 1, 100000] holds 10,000,000,000 values; the limit is "
+                         f"{MAX_INPUT_VALUES:,}"),
+    "compare-huge-shape": (["compare", "skip_modules", "basic_blocks", "--input-shape", HUGE], 2,
+                           "holds 10,000,000,000 values"),
+    "mutate-nan-timeout": (["mutate", "fixed/skip_modules.py", "--timeout-factor", "nan"], 2,
+                           "argument --timeout-factor: expected a finite number, got 'nan'"),
+    "mutate-zero-timeout": (["mutate", "fixed/skip_modules.py", "--timeout-factor", "0"], 2,
+                            "argument --timeout-factor: expected a number > 0, got '0'"),
+    "mutate-inf-fail-under": (["mutate", "fixed/skip_modules.py", "--fail-under", "inf"], 2,
+                              "argument --fail-under: expected a finite number, got 'inf'"),
+}
+
+
+def snapshot(directory: Path) -> dict[str, tuple]:
+    """Every entry below ``directory``: its kind, size, mtime and bytes (links not followed)."""
+    out = {}
+    for root, dirs, files in os.walk(directory):
+        for name in [*dirs, *files]:
+            path = Path(root) / name
+            info = os.lstat(path)
+            content = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+            out[str(path.relative_to(directory))] = (info.st_mode, info.st_size, info.st_mtime_ns, content)
+    return out
+
+
+def assert_one_error_line(err: str, expected: str) -> None:
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    assert expected in lines[0], err
+    assert "Traceback" not in err, err
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A scratch working directory (no pyproject.toml: the built-in registry only), and fixed/ for mutate."""
+    work = tmp_path / "work"
+    (work / "fixed").mkdir(parents=True)
+    (work / "fixed" / "skip_modules.py").write_bytes((REPO / "fixed" / "skip_modules.py").read_bytes())
+    monkeypatch.chdir(work)
+    return work
+
+
+def run_in_process(argv: list[str], capfd: pytest.CaptureFixture) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's refusals
+        code = exc.code
+    return code, capfd.readouterr().err
+
+
+def run_subprocess(argv: list[str], cwd: Path) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)]),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run([sys.executable, "-m", "harness", *argv], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=300)
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_refused_in_one_line_changing_nothing(case: str, workdir: Path, capfd: pytest.CaptureFixture):
+    argv, expected_code, expected = CASES[case]
+    before = snapshot(workdir)
+    code, err = run_in_process([a.format(module=IN_PROCESS) for a in argv], capfd)
+    assert code == expected_code, err
+    assert_one_error_line(err, expected)
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_refused_in_one_line_changing_nothing_as_a_real_process(case: str, workdir: Path):
+    argv, expected_code, expected = CASES[case]
+    before = snapshot(workdir)
+    code, err = run_subprocess([a.format(module=BY_FILE) for a in argv], workdir)
+    assert code == expected_code, err
+    assert_one_error_line(err, expected)
+    assert snapshot(workdir) == before
+
+
+# --- the top-level guard ---------------------------------------------------------------------------
+
+
+def _raise(exc: BaseException):
+    def handler(args) -> int:
+        raise exc
+
+    return handler
+
+
+@pytest.mark.parametrize("verb, module, attr, argv", [
+    ("export", "harness.rawnet2.deploy", "cli_export", ["export", "skip_modules", "out.onnx"]),
+    ("audit", "harness.rawnet2.audits", "cli_audit", ["audit", "skip_modules"]),
+    ("migrate", "harness.rawnet2.checkpoints", "cli_migrate", ["migrate", "a.pt", "b.pt", "--to", "legacy"]),
+])
+def test_an_unexpected_exception_is_exit_2_in_one_line(verb: str, module: str, attr: str, argv: list[str],
+                                                      workdir: Path, capfd: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch):
+    """A bug is never exit 1 (findings) nor a traceback: one line naming the verb and the exception."""
+    monkeypatch.setattr(f"{module}.{attr}", _raise(ZeroDivisionError("division by zero\nsecond line")))
+    code, err = run_in_process(argv, capfd)
+    assert code == INTERNAL_ERROR_EXIT
+    assert err == f"error: internal error in {verb}: ZeroDivisionError: division by zero\n"
+    with pytest.raises(ZeroDivisionError):  # --debug: the traceback, for the bug report
+        main(["--debug", *argv])
+
+
+def test_ctrl_c_in_any_verb_is_exit_130(workdir: Path, capfd: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("harness.rawnet2.audits.cli_audit", _raise(KeyboardInterrupt()))
+    code, err = run_in_process(["audit", "skip_modules"], capfd)
+    assert code == INTERRUPTED_EXIT
+    assert err == "error: interrupted (Ctrl-C) during audit\n"
+
+
+def test_the_guard_holds_in_a_real_process(workdir: Path):
+    """The process's own exit status and stderr, as a script calling the CLI sees them."""
+    script = ("import sys, harness.rawnet2.deploy as deploy\n"
+              "def broken(args):\n    raise KeyError('out')\n"
+              "deploy.cli_export = broken\n"
+              "from harness.__main__ import main\n"
+              "sys.exit(main(['export', 'skip_modules', 'out.onnx']))\n")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == INTERNAL_ERROR_EXIT
+    assert result.stderr == "error: internal error in export: KeyError: 'out'\n"
