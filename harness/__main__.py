@@ -62,7 +62,9 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     _model_options(p)
     p.add_argument("--output", choices=("probability", "logits", "any"),
                    help="what the forward returns (default: the spec's, else any)")
-    p.add_argument("--input-shape", default="2,1,16000", help="example input shape (default 2,1,16000)")
+    p.add_argument("--input-shape", default=None,
+                   help="example input shape, batch first (default: 2 examples of the model's input contract: "
+                        "its declared input_shape, else the first of [B, 1, 16000] and [B, 16000] it takes)")
     p.add_argument("--checks", help="comma-separated check names (default: all that apply)")
     p.add_argument("--format", choices=("text", "json"), default="text")
 
@@ -75,7 +77,8 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", metavar="CKPT", help="REF's weights (default: seeded random weights)")
     p.add_argument("--ref-kwargs", metavar="JSON", help=f"REF's {_KWARGS}")
     p.add_argument("--other-kwargs", metavar="JSON", help=f"OTHER's {_KWARGS}")
-    p.add_argument("--input-shape", default="2,1,4000", help="input shape (default 2,1,4000)")
+    p.add_argument("--input-shape", default=None,
+                   help="input shape, batch first (default: 3 examples of REF's input contract)")
     p.add_argument("--mode", choices=("train", "eval", "both"), default="both")
     p.add_argument("--tolerance", default="EXACT", metavar="NAME",
                    help="a tolerance of harness.core.tolerances (default EXACT: bit for bit)")
@@ -90,8 +93,10 @@ def _migrate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", required=True, metavar="TARGET",
                    help="a declared layout (skip_modules, legacy; tuple_blocks cannot hold a checkpoint), "
                         f"or {_MODEL}: the weights are matched into it by structure and proven")
-    p.add_argument("--from", dest="source", default="auto", metavar="LAYOUT",
-                   help="source layout: auto (detect from the keys, default), legacy or skip_modules")
+    p.add_argument("--from", dest="source", default="auto", metavar="SOURCE",
+                   help="what SRC is a checkpoint of: auto (default: a declared layout detected from the "
+                        "keys, else the registered variant whose own state_dict has exactly its keys), a "
+                        f"layout (legacy, skip_modules), or {_MODEL} whose own state_dict SRC holds")
     p.add_argument("--policy", default="preserve-function",
                    choices=("preserve-function", "preserve-weights"),
                    help="preserve-function (default): the result computes what the source computed; "
@@ -110,20 +115,33 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", default="preserve-function",
                    choices=("preserve-function", "preserve-weights"))
     _model_options(p, weights=False)
+    p.add_argument("--score", metavar="TRANSFORM",
+                   help="how a score comes from the output: probability, sigmoid[k], softmax[k] or "
+                        "log_softmax[k] (column k) (default: the variant's declared score)")
+    p.add_argument("--score-means", choices=("spoof", "bonafide"),
+                   help="what a high score means (default: the variant's declared score_means)")
+    p.add_argument("--input-shape", metavar="SHAPE",
+                   help="one clip's model input without the batch axis, the last axis its length: 1,64600 "
+                        "([B, 1, T]) or 64600 ([B, T]) (default: the variant's input_shape; the RawNet2 "
+                        "family at the ASVspoof 64,600 samples)")
     p.add_argument("--form", choices=("auto", "eager", "optimized", "onnxruntime"), default="auto",
                    help="deployment form: auto (default) takes the fastest this machine and the model allow "
-                        "(onnxruntime, else optimized, else eager); stderr names the one that ran")
+                        "(onnxruntime, else optimized, else eager), verified against eager on the first "
+                        "batch (auto falls back to eager on a difference, a named form is refused); stderr "
+                        "names the one that ran")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, default=8, help="usable files per forward (default 8)")
     p.add_argument("--format", choices=("table", "json"),
                    help="what stdout gets without --output (default: table)")
     p.add_argument("--output", metavar="PATH",
-                   help="write JSON Lines here instead, one line per file in input order, fsync'd after "
-                        "each batch: a new path, or an existing regular file with --resume or --force")
+                   help="write a score log here instead: a header line with the run's fingerprint, then one "
+                        "JSON line per file in input order, fsync'd after each batch, locked while the run "
+                        "lasts: a new path, or an existing regular file with --resume or --force; never a "
+                        "file the run reads")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
-                       help="finish the --output file a stopped run left: skip the files it records, append "
-                            "the rest")
+                       help="finish the --output log a stopped run left (same options, same files): skip the "
+                            "files it records, append the rest")
     again.add_argument("--force", action="store_true",
                        help="overwrite an existing --output file (a symbolic link: replace the link itself)")
 

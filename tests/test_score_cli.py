@@ -9,9 +9,11 @@ is expected to get wrong comes from its spec, never from a list here.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -31,16 +33,15 @@ from harness import SUBJECTS, HarnessError, build, get_audio_model
 from harness.__main__ import main
 from harness.core.introspect import batchnorms
 from harness.core.tolerances import BATCHING, EXACT, assert_close
-from harness.rawnet2.audio import (
+from harness.rawnet2.audio import SAMPLE_RATE, load_clip
+from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED
+from harness.rawnet2.scorelog import header_line, parse_score_log
+from harness.rawnet2.scoring import (
     PROGRESS_MIN_FILES,
-    RANDOM_WEIGHTS_SEED,
-    SAMPLE_RATE,
     FileScore,
     ForwardFailed,
     Progress,
     iter_scores,
-    load_clip,
-    parse_score_log,
     score_files,
     score_waveforms,
 )
@@ -48,8 +49,9 @@ from harness.rawnet2.audio import (
 REPO = Path(__file__).resolve().parent.parent
 AUDIO = Path(__file__).parent / "data" / "audio"
 FIXTURES = [str(AUDIO / n) for n in ("hello.wav", "numbers.wav", "hello_44k_stereo.wav", "hello_16k.flac")]
-# Stand-in models count their calls: score them as they are (the deployment forms: test_score_forms.py).
-EAGER = ("--form", "eager")
+# Stand-in models (MODULE:ATTR, so nothing declares their contract) count their calls: score them as they
+# are (the deployment forms: test_score_forms.py), as probabilities of [B, 1, 64600] clips.
+EAGER = ("--form", "eager", "--score", "probability", "--input-shape", "1,64600")
 HELLO, NUMBERS = FIXTURES[0], FIXTURES[1]
 
 
@@ -257,7 +259,7 @@ def test_a_non_finite_score_is_that_files_error(pool: list[str]):
 
 def test_score_waveforms_refuses_a_model_without_one_score_per_clip():
     model = nn.Conv1d(1, 2, 1)
-    with pytest.raises(ForwardFailed, match=r"shape \[2, 1\]; got \[2, 2, 8\]"):
+    with pytest.raises(ForwardFailed, match=r"the output shape \[2, 2, 8\] is not \[B, 1\]"):
         score_waveforms(model, torch.zeros(2, 8))
 
 
@@ -293,7 +295,9 @@ def test_cli_json_reports_each_bad_file_and_scores_the_rest(
     argv = ["score", *files, "--checkpoint", str(legacy_checkpoint), "--format", "json"]
     assert main(argv) == 1
     captured = capsys.readouterr()
-    out = json.loads(captured.out)  # stdout is the JSON and nothing else
+    document = json.loads(captured.out)  # stdout is the JSON and nothing else
+    assert (document["score"], document["score_means"]) == ("probability", "spoof")
+    out = document["results"]
     assert [row["file"] for row in out] == files
     error, score = ["error", "file"], ["file", "score"]
     assert [sorted(row) for row in out] == [error, error, score, error, error]
@@ -313,24 +317,13 @@ def test_cli_table_without_checkpoint_scores_with_seeded_random_weights(capsys: 
     assert main(["score", HELLO, missing]) == 1
     captured = capsys.readouterr()
     header, hello_row, missing_row = captured.out.splitlines()
-    assert header.split() == ["file", "score"]
+    assert header.split()[:2] == ["file", "score"]
+    assert header.endswith("score (probability: a probability in [0, 1], higher = spoof)")
     assert missing_row.startswith(missing) and missing_row.endswith("error: no such file")
     expected = score_waveforms(random_model("skip_modules"), torch.from_numpy(load_clip(HELLO))[None])
     assert hello_row.startswith(HELLO) and hello_row.split()[-1] == f"{expected.item():.6f}"
     assert captured.err.startswith("warning: no --checkpoint: skip_modules has random weights (seed 0)")
     assert "scored" not in captured.err  # no progress for fewer than PROGRESS_MIN_FILES files
-
-
-def test_cli_scores_with_every_runnable_variant(runnable_name: str, capsys: pytest.CaptureFixture):
-    # --form eager: the command's plumbing vs the library, bit for bit (the forms: test_score_forms.py)
-    assert main(["score", HELLO, "--variant", runnable_name, "--format", "json", "--form", "eager"]) == 0
-    captured = capsys.readouterr()
-    (row,) = json.loads(captured.out)
-    expected = score_waveforms(random_model(runnable_name), torch.from_numpy(load_clip(HELLO))[None])
-    assert row["file"] == HELLO
-    assert_close(torch.tensor([row["score"]], dtype=expected.dtype), expected.flatten(), EXACT,
-                 f"{runnable_name}: CLI score vs score_waveforms")
-    assert captured.err.startswith(f"warning: no --checkpoint: {runnable_name} has random weights")
 
 
 @pytest.mark.parametrize(
@@ -379,6 +372,7 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_per_batch_elsewhere():
 # --- score --output: JSON Lines as computed, --resume after a kill ------------------------------
 
 STAND_IN_SOURCE = '''
+import os
 import time
 
 import torch
@@ -386,13 +380,16 @@ import torch.nn as nn
 
 
 class MeanScore(nn.Module):
-    """Each clip's score is the sigmoid of its mean. With ``hang_after`` N, every forward after
-    the N-th hangs (for an hour): a run that is only ever stopped by a kill."""
+    """Each clip's score is the sigmoid of its mean. With SCORE_STAND_IN_HANG_AFTER=N in the
+    environment (not an argument: a score log's fingerprint holds those), every forward after
+    the N-th hangs (for an hour): a run that is only ever stopped by a kill. (score's check of
+    the model before any file is decoded is a forward too.)"""
 
-    def __init__(self, hang_after: int | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
-        self.hang_after, self.forwards = hang_after, 0
+        hang_after = os.environ.get("SCORE_STAND_IN_HANG_AFTER")
+        self.hang_after, self.forwards = None if hang_after is None else int(hang_after), 0
 
     def forward(self, x):
         self.forwards += 1
@@ -428,7 +425,10 @@ def short_wavs(root: Path, n: int) -> list[str]:
 
 
 def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_bytes().splitlines()]
+    """A score log's records (its first line, the header, checked and left out)."""
+    header, *lines = path.read_bytes().splitlines()
+    assert set(json.loads(header)) == {"score_log", "fingerprint"}, header
+    return [json.loads(line) for line in lines]
 
 
 def snapshot(*roots: Path) -> dict[str, tuple]:
@@ -455,12 +455,12 @@ def test_output_is_json_lines_in_input_order_like_the_json_on_stdout(
     out = tmp_path / "s.jsonl"
     argv = ["score", *files, "--variant", stand_in, *EAGER, "--batch-size", "2"]
     assert main([*argv, "--format", "json"]) == 1
-    on_stdout = json.loads(capsys.readouterr().out)
+    on_stdout = json.loads(capsys.readouterr().out)["results"]
     assert main([*argv, "--output", str(out)]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""  # the results are in the file only
     assert records(out) == on_stdout and [r["file"] for r in on_stdout] == files
-    assert out.read_bytes().endswith(b"\n") and len(out.read_bytes().splitlines()) == len(files)
+    assert out.read_bytes().endswith(b"\n") and len(out.read_bytes().splitlines()) == 1 + len(files)
     assert "scored 9/9 files (1 failed)" in captured.err
     assert captured.err.rstrip().endswith("1 of 9 files failed")
 
@@ -474,16 +474,17 @@ def test_resume_skips_what_is_recorded_drops_a_half_written_line_and_appends_the
     argv = ["score", *files, "--variant", stand_in, *EAGER, "--batch-size", "3", "--output", str(out)]
     assert main(argv) == 1
     full = out.read_bytes()
-    lines = full.splitlines(keepends=True)
-    for kept in (0, 2, 5, 7, 11):
-        # what a kill while writing line `kept` + 1 leaves: whole lines, then part of one
+    lines = full.splitlines(keepends=True)  # the header, then one record per file
+    assert len(lines) == 12 and json.loads(lines[0])["score_log"] == 1
+    for kept in (0, 1, 3, 6, 8, 12):
+        # what a kill while writing line `kept` + 1 leaves: whole lines, then part of one (0: of the header)
         out.write_bytes(b"".join(lines[:kept]) + (lines[kept][:9] if kept < len(lines) else b""))
         capsys.readouterr()
         assert main([*argv, "--resume"]) == 1  # the exit code covers every file, recorded ones included
         assert out.read_bytes() == full, f"resumed after {kept} lines"
         err = capsys.readouterr().err
-        if kept:
-            assert f"resuming {out}: {kept} of 11 files already recorded, {11 - kept} to score" in err
+        if kept > 1:
+            assert f"resuming {out}: {kept - 1} of 11 files already recorded, {12 - kept} to score" in err
         assert err.rstrip().endswith("1 of 11 files failed")
     # without --resume an existing output is refused; --force starts it over
     assert main(argv) == 2
@@ -510,7 +511,7 @@ def test_output_resumed_with_the_real_model_scores_like_the_uninterrupted_run(
     # the scores the same converted checkpoint gave all four fixtures in one batch
     assert_close(torch.tensor([r["score"] for r in first]), fixture_scores["skip_modules"][1], BATCHING)
     lines = out.read_bytes().splitlines(keepends=True)
-    out.write_bytes(lines[0] + lines[1][:20])  # killed while writing the first batch's second line
+    out.write_bytes(lines[0] + lines[1] + lines[2][:20])  # killed while writing the first batch's second line
     assert main([*argv, "--resume"]) == 0
     resumed = records(out)
     assert [r["file"] for r in resumed] == FIXTURES
@@ -519,27 +520,64 @@ def test_output_resumed_with_the_real_model_scores_like_the_uninterrupted_run(
                  BATCHING, "resumed vs uninterrupted")
 
 
-def test_a_killed_run_resumed_gives_the_uninterrupted_output(tmp_path: Path, stand_in: str):
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat_line = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat_line.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for a reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_a_killed_run_leaves_no_decoder_behind_and_resumed_gives_the_uninterrupted_output(
+    tmp_path: Path, stand_in: str
+):
     # The demo: a run killed (SIGKILL, no chance to clean up) after a few batches, then the same
-    # command with --resume: every file exactly once, the scores of an uninterrupted run.
+    # command with --resume: every file exactly once, the scores of an uninterrupted run. Only the
+    # run itself is killed: its decoding workers must die with it, never live on re-parented to init.
     files = short_wavs(tmp_path / "in", 40)
     out, reference = tmp_path / "s.jsonl", tmp_path / "reference.jsonl"
     argv = ["score", *files, "--variant", stand_in, *EAGER, "--batch-size", "4"]
-    hangs = ["--kwargs", '{"hang_after": 3}']  # 3 batches written, then it waits for the kill
+    # the check before scoring, 3 batches written, then it waits for the kill
+    hangs = {**os.environ, "SCORE_STAND_IN_HANG_AFTER": "4"}
     with open(tmp_path / "stderr", "wb") as err:
-        run = subprocess.Popen([sys.executable, "-m", "harness", *argv, *hangs, "--output", str(out)],
+        run = subprocess.Popen([sys.executable, "-m", "harness", *argv, "--output", str(out)], env=hangs,
                                cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                start_new_session=True)
         try:
             deadline = time.monotonic() + 60
-            while not out.exists() or out.read_bytes().count(b"\n") < 12:
+            while not out.exists() or out.read_bytes().count(b"\n") < 13:
                 assert run.poll() is None, (tmp_path / "stderr").read_text()
                 assert time.monotonic() < deadline, "no batch written in 60 s"
                 time.sleep(0.01)
+            workers = children(run.pid)
+            os.kill(run.pid, signal.SIGKILL)
+            run.wait()
+            deadline = time.monotonic() + 10
+            while any(alive(w) for w in workers) and time.monotonic() < deadline:
+                time.sleep(0.02)
         finally:
-            os.killpg(run.pid, signal.SIGKILL)  # the run and its decoding workers
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)  # whatever is left, so that a failure leaks nothing
             run.wait()
     assert run.returncode == -signal.SIGKILL
+    if len(os.sched_getaffinity(0)) > 1:  # one core: decoding runs in the process itself
+        assert len(workers) == 2, workers
+    assert not [w for w in workers if alive(w)], "decoding workers outlived the killed run"
     killed = records(out)
     assert 12 <= len(killed) < len(files) and [r["file"] for r in killed] == files[: len(killed)]
     assert main([*argv, "--output", str(out), "--resume"]) == 1
@@ -553,14 +591,19 @@ def test_a_killed_run_resumed_gives_the_uninterrupted_output(tmp_path: Path, sta
 
 
 def test_a_damaged_output_file_is_refused_naming_the_line():
-    good = b'{"file": "a.wav", "score": 0.25}\n{"file": "b.wav", "error": "no such file"}\n'
-    parsed, keep = parse_score_log(good + b'{"file": "c.w', "s.jsonl")
-    assert parsed == [FileScore("a.wav", score=0.25), FileScore("b.wav", error="no such file")]
-    assert keep == len(good)  # the half-written last line is not a record
-    for bad in (b"\n", b"[1, 2]\n", b'{"file": "c.wav"}\n', b'{"file": "c.wav", "score": NaN}\n',
-                b'{"file": "c.wav", "score": true}\n', b'{"file": "c.wav", "score": 0.5, "x": 1}\n',
+    header = header_line({"score": "probability", "score_means": "spoof"})
+    good = header + b'{"file": "a.wav", "score": 0.25}\n{"file": "b.wav", "error": "no such file"}\n'
+    parsed = parse_score_log(good + b'{"file": "c.w', "s.jsonl")
+    assert [r for _, r, _ in parsed.records] == [FileScore("a.wav", score=0.25),
+                                                 FileScore("b.wav", error="no such file")]
+    assert parsed.keep == len(good)  # the half-written last line is not a record
+    for bad in (b"\n", b"[1, 2]\n", b'{"file": "c.wav"}\n', b'{"file": "c.wav", "score": 0.5, "x": 1}\n',
                 b'{"file": 3, "score": 0.5}\n', b"\xff\xfe\n", b'{"file": "c.wav", "score": 0.5\n'):
-        with pytest.raises(HarnessError, match=r"^s\.jsonl: line 3: not a score record"):
+        with pytest.raises(HarnessError, match=r"^s\.jsonl: line 4: not a score record"):
+            parse_score_log(good + bad, "s.jsonl")
+    for bad, why in ((b'{"file": "c.wav", "score": NaN}\n', "score nan is outside [0.0, 1.0]"),
+                     (b'{"file": "c.wav", "score": true}\n', "score True is not a number")):
+        with pytest.raises(HarnessError, match=rf"^s\.jsonl: line 4: {re.escape(why)}"):
             parse_score_log(good + bad, "s.jsonl")
 
 
@@ -603,12 +646,12 @@ def hostile_output(case: str, tmp: Path, audio: str) -> tuple[list[str], str]:
         checkpoint = tmp / "model.pt"
         checkpoint.write_bytes(b"weights")
         return (["--checkpoint", str(checkpoint), "--output", str(checkpoint), "--resume"],
-                f"{checkpoint}: is the input file {str(checkpoint)!r}")
+                f"{checkpoint}: is the checkpoint {str(checkpoint)!r}, which this run reads")
     if case == "missing directory":
         return ["--output", str(tmp / "no" / "s.jsonl")], f"{tmp / 'no' / 's.jsonl'}: directory"
-    if case == "a damaged line, with --resume":
+    if case == "a log without a header, with --resume":
         out.write_text('{"file": "a.wav", "score": 0.5}\n{"file": "b.wav", "score": 0.5 oops}\n{"file"')
-        return ["--output", str(out), "--resume"], f"{out}: line 2: not a score record"
+        return ["--output", str(out), "--resume"], f"{out}: line 1 is not a score-log header"
     if case == "--format with --output":
         return ["--output", str(out), "--format", "json"], "--format is for stdout"
     if case == "--resume without --output":
@@ -620,7 +663,7 @@ HOSTILE_OUTPUTS = [
     "directory", "trailing separator", "fifo", "device", "empty path", "symlink to an input",
     "dangling symlink", "symlink with --resume", "symlink loop", "existing file", "an input, with --force",
     "a hard link to an input, with --force", "the checkpoint, with --resume", "missing directory",
-    "a damaged line, with --resume", "--format with --output", "--resume without --output",
+    "a log without a header, with --resume", "--format with --output", "--resume without --output",
 ]
 
 
@@ -667,7 +710,7 @@ def test_out_of_range_audio_is_scored_with_a_one_line_warning(
     sf.write(quiet, np.full(600, 0.5, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
     assert main(["score", str(loud), str(quiet), "--variant", stand_in, *EAGER, "--format", "json"]) == 0
     captured = capsys.readouterr()
-    assert [sorted(r) for r in json.loads(captured.out)] == [["file", "score"]] * 2
+    assert [sorted(r) for r in json.loads(captured.out)["results"]] == [["file", "score"]] * 2
     warnings = [line for line in captured.err.splitlines() if str(loud) in line or str(quiet) in line]
     assert warnings == [f"warning: {loud}: peak 1.75 is outside [-1, 1] (float samples beyond full scale); "
                         "scored as it is"]
@@ -686,7 +729,7 @@ def test_decoder_chatter_on_the_c_stderr_is_kept_off_the_terminal(
     stub.write_bytes(data[:300])
     assert main(["score", str(cut), str(stub), "--variant", stand_in, *EAGER, "--format", "json"]) == 1
     captured = capfd.readouterr()  # file descriptors 1 and 2, not just sys.stdout/stderr
-    assert [r["error"] for r in json.loads(captured.out)] == [
+    assert [r["error"] for r in json.loads(captured.out)["results"]] == [
         "truncated: the header declares 48000 frames, the file holds 24815",
         "not a readable audio file: libsndfile: cannot read the start of the stream (truncated or damaged)",
     ]
@@ -696,10 +739,10 @@ def test_decoder_chatter_on_the_c_stderr_is_kept_off_the_terminal(
 
 
 class InterruptedOnSecondBatch(MeanScore):
-    """Stand-in whose second forward gets Ctrl-C."""
+    """Stand-in whose second batch gets Ctrl-C (its first forward is score's check of the model)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.batch_sizes:
+        if len(self.batch_sizes) == 2:
             raise KeyboardInterrupt
         return super().forward(x)
 

@@ -17,10 +17,10 @@ from harness.__main__ import main
 from harness.core.errors import HarnessError
 from harness.core.onnx import onnx_missing
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, assert_close
-from harness.rawnet2.audio import score_files
 from harness.rawnet2.deploy import deployment_model
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.registry import SUBJECTS
+from harness.rawnet2.scoring import score_files
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 FILES = [str(AUDIO / name) for name in ("hello.wav", "numbers.wav", "hello_44k_stereo.wav", "hello_16k.flac")]

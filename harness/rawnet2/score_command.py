@@ -1,0 +1,410 @@
+"""``python -m harness score FILE...``: a variant's detection scores for audio files, at its own contract.
+
+The variant is fed at its input contract (``[B, 1, T]`` for the RawNet2 family at the
+ASVspoof length, ``[B, T]`` for a team's ``input_shape = [T]``) and its output becomes a
+score through its declared transform; a variant with none, a model that is not float32,
+or one whose output the transform cannot read is refused before any file is decoded.
+The deployment form (``harness.rawnet2.deploy.deployment_model``) must match eager on the
+run's first batch, as it is and made loud, before it scores anything (``VerifiedForm``).
+Results go to stdout (a table, or JSON) or, with ``--output``, to a score log
+(``harness.rawnet2.scorelog``) that ``--resume`` finishes after a kill. Nothing the run
+reads (audio, checkpoint, registered weights, registry, ``--kwargs @FILE``, the factory's
+source) may be its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from harness.core.contract import InputContract, ScoreTransform
+from harness.core.errors import HarnessError, error_line
+from harness.core.fileio import check_regular_input
+from harness.core.loading import parse_kwargs
+from harness.core.tolerances import DEPLOYMENT_TOLERANCES, Tolerance, all_close, max_abs_diff
+from harness.rawnet2.audio import NUM_SAMPLES, SAMPLE_RATE
+from harness.rawnet2.checkpoints import get_audio_model
+from harness.rawnet2.registry import VariantSpec, in_family, resolve
+from harness.rawnet2.scorelog import ScoreLog, fingerprint
+from harness.rawnet2.scoring import (
+    PROGRESS_MIN_FILES,
+    FileScore,
+    ForwardFailed,
+    Progress,
+    describe_scores,
+    iter_scores,
+    model_output,
+    output_scores,
+    render_table,
+    shown_name,
+    write_stdout,
+)
+
+# Without a checkpoint or registered weights the CLI scores with freshly initialised weights
+# from this seed, so that two runs print the same numbers (which still mean nothing).
+RANDOM_WEIGHTS_SEED = 0
+# The first batch is verified a second time scaled to this peak: a graph that froze a
+# data-dependent branch (``if x.abs().amax() > 1``) on quiet input shows on loud input.
+LOUD_PEAK = 4.0
+# Exit codes of a run stopped by Ctrl-C or SIGTERM (128 + the signal), what is recorded kept.
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the run unwinds: decoders stopped, log closed."""
+
+
+# --- what is scored, and how -------------------------------------------------------------------------
+
+
+def score_target(args: argparse.Namespace) -> VariantSpec:
+    """``--variant`` with ``--kwargs``, ``--score``/``--score-means`` and ``--input-shape`` applied."""
+    kwargs = parse_kwargs(args.kwargs) if getattr(args, "kwargs", None) else None
+    target = resolve(args.variant, kwargs=kwargs)
+    changes: dict[str, object] = {}
+    if getattr(args, "score", None) is not None:
+        changes["score"] = args.score
+    if getattr(args, "score_means", None) is not None:
+        changes["score_means"] = args.score_means
+    if getattr(args, "input_shape", None) is not None:
+        changes["input_shape"] = parse_clip_shape(args.input_shape)
+    return target.replace(**changes) if changes else target
+
+
+def parse_clip_shape(text: str) -> tuple[int, ...]:
+    """``"1,64600"`` -> ``(1, 64600)``: one clip's input without the batch axis."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(n < 1 for n in shape):
+        raise HarnessError(f"--input-shape {text!r}: expected positive integers separated by commas, one "
+                           "clip's input without the batch axis (1,64600 for [B, 1, T]; 64600 for [B, T])")
+    return shape
+
+
+def score_transform(target: VariantSpec) -> ScoreTransform:
+    """How the target's output becomes a score, or the refusal (exit 2) when its spec says no way."""
+    transform = target.score_transform
+    if transform is None:
+        raise HarnessError(f"{target.score_refusal()} (or pass --score TRANSFORM)")
+    return transform
+
+
+def scoring_contract(target: VariantSpec) -> InputContract:
+    """The clip shape the target is fed: its declared ``input_shape`` (the RawNet2 family's is a
+    short gate length, so the family is scored at the ASVspoof length, 64,600 samples); a
+    variant that declares none is probed for its layout and scored at the ASVspoof length."""
+    if target.input_shape is not None and not in_family(target):
+        return InputContract(tuple(target.input_shape), target.min_length or 1)
+    shape = tuple(target.input_shape) if target.input_shape is not None else target.input_contract().shape
+    return InputContract((*shape[:-1], NUM_SAMPLES))
+
+
+# --- what the run reads is never its output ---------------------------------------------------------
+
+
+def files_read(args: argparse.Namespace, target: VariantSpec) -> list[tuple[str, str]]:
+    """``(what, path)`` for every file the run reads."""
+    reads = [("the input file", f) for f in args.files]
+    if args.checkpoint is not None:
+        reads.append(("the checkpoint", args.checkpoint))
+    kwargs = getattr(args, "kwargs", None)
+    if kwargs and kwargs.startswith("@"):
+        reads.append(("the --kwargs file", kwargs[1:]))
+    for path in target.files_read():
+        what = ("the registered weights" if path == target.weights_path else
+                "the registry file" if str(path) == target.origin else "the factory's source")
+        reads.append((f"{what} of {target.name}", os.fspath(path)))
+    return reads
+
+
+def check_not_read(output: str, reads: Sequence[tuple[str, str]]) -> None:
+    """Refuse ``output`` (with or without ``--force``) when it is a file the run reads: by path, or by
+    inode (a hard link). A symbolic link output is judged by ``check_output_path`` (``--force``
+    replaces the link itself, never what it points to)."""
+    if os.path.islink(output):
+        return
+    real = os.path.realpath(output)
+    for what, path in reads:
+        same = os.path.realpath(path) == real
+        if not same:
+            with contextlib.suppress(OSError):
+                same = os.path.samefile(path, output)
+        if same:
+            raise HarnessError(f"{shown_name(output)}: is {what} {path!r}, which this run reads; give "
+                               "another output file")
+
+
+# --- the model -----------------------------------------------------------------------------------------
+
+
+def build_score_model(args: argparse.Namespace, target: VariantSpec) -> nn.Module:
+    """The eager model: ``target`` holding ``--checkpoint``, else its registered weights, else seeded
+    random weights (with a warning: only then has it none)."""
+    kwargs = parse_kwargs(args.kwargs) if getattr(args, "kwargs", None) else None
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = get_audio_model(args.variant, args.checkpoint, policy=args.policy, kwargs=kwargs)
+    except HarnessError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's factory: a model that cannot be built is refused
+        raise HarnessError(f"cannot build {target.name}: {error_line(exc)}") from None
+    if args.checkpoint is not None:
+        return model
+    if target.weights is None:
+        print(f"warning: no --checkpoint: {target.name} has random weights (seed {RANDOM_WEIGHTS_SEED}); the "
+              "scores mean nothing", file=sys.stderr)
+    return model
+
+
+def check_scorable(model: nn.Module, target: VariantSpec, contract: InputContract,
+                   transform: ScoreTransform) -> None:
+    """Refuse, before any file is decoded, a model that is not float32 or whose forward on a short
+    example of its contract gives nothing ``transform`` reads (a dict, a tuple, None, another shape)."""
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            raise HarnessError(f"{target.name}: {name} is {tensor.dtype}; score feeds float32 audio to a "
+                               "float32 model: cast it with .float() (or save a float32 checkpoint)")
+    length = target.input_shape[-1] if target.input_shape is not None else contract.length
+    example = contract.example(2, max(length, contract.min_length))
+    output_scores(model_output(model, example), transform, 2)
+
+
+# --- the deployment form, verified on the first batch ---------------------------------------------
+
+
+def form_tolerance(built: object, ran: str, device: str) -> tuple[str, Tolerance] | None:
+    """The tolerance the form that ran is held to against eager (None: it is eager)."""
+    if ran.startswith("onnxruntime"):
+        return "onnxruntime", DEPLOYMENT_TOLERANCES["onnxruntime"]
+    if ran.startswith("optimized"):
+        key = "compiled" if getattr(getattr(built, "info", None), "backend", None) else "folded"
+        return key, DEPLOYMENT_TOLERANCES[key]
+    return None
+
+
+class VerifiedForm:
+    """A deployment form that scores only after matching eager on the run's first batch, as it is
+    and scaled to ``LOUD_PEAK``. On a difference: ``fallback`` (``--form auto``) scores with eager
+    from then on, saying why through ``say``; else the run is refused naming the difference."""
+
+    def __init__(self, form: Callable[[torch.Tensor], object], eager: nn.Module, *, name: str,
+                 tolerance: tuple[str, Tolerance], fallback: bool, say: Callable[[str], None]) -> None:
+        self.form, self.eager, self.name, self.tolerance = form, eager, name, tolerance
+        self.fallback, self.say = fallback, say
+        self.current: Callable[[torch.Tensor], object] | None = None
+
+    def __call__(self, x: torch.Tensor) -> object:
+        if self.current is not None:
+            return self.current(x)
+        peak = float(x.abs().amax()) if x.numel() else 0.0
+        checks = [("the first batch", x), (f"the first batch scaled to peak {LOUD_PEAK:g}",
+                                           x * (LOUD_PEAK / peak) if peak > 0 else x)]
+        first: tuple[object, object] | None = None  # eager's and the form's output for the batch itself
+        for label, inputs in checks:
+            expected = model_output(self.eager, inputs)
+            try:
+                actual = model_output(self.form, inputs)
+            except ForwardFailed as exc:
+                problem = f"fails on {label}: {exc}"
+            else:
+                problem = self._difference(actual, expected)
+                problem = problem and f"differs from eager on {label}: {problem}"
+            first = first or (expected, actual)
+            if problem:
+                self._fall_back_or_refuse(f"{self.name} {problem}")
+                return first[0]
+        self.current = self.form
+        return first[1]
+
+    def _difference(self, actual: object, expected: object) -> str | None:
+        key, tol = self.tolerance
+        if not (isinstance(actual, torch.Tensor) and isinstance(expected, torch.Tensor)):
+            return f"it gives {type(actual).__name__} where eager gives {type(expected).__name__}"
+        actual, expected = actual.detach().float().cpu(), expected.detach().float().cpu()
+        if actual.shape != expected.shape:
+            return f"output shape {list(actual.shape)}, eager's {list(expected.shape)}"
+        if all_close(actual, expected, tol):
+            return None
+        return (f"max abs difference {max_abs_diff(actual, expected):.3g} (DEPLOYMENT_TOLERANCES[{key}]: "
+                f"rtol={tol.rtol:g}, atol={tol.atol:g})")
+
+    def _fall_back_or_refuse(self, message: str) -> None:
+        if not self.fallback:
+            raise HarnessError(f"--form {self.name.split()[0]}: {message}; --form eager scores with the "
+                               "model itself")
+        self.say(f"score: --form auto: {message}; scoring with eager instead")
+        self.current = self.eager
+
+
+def scoring_model(eager: nn.Module, target: VariantSpec, form: str, device: str,
+                  say: Callable[[str], None]) -> tuple[Callable[[torch.Tensor], object], str]:
+    """The form that scores (verified on the first batch unless it is eager) and what ran."""
+    from harness.rawnet2.deploy import deployment_model
+
+    try:
+        built, ran = deployment_model(eager, target, form, device)
+    except HarnessError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - building a form runs the exporter and the user's model
+        if form != "auto":
+            raise HarnessError(f"--form {form}: cannot build it: {error_line(exc)}") from None
+        eager = eager.to(device).eval()
+        return eager, f"eager on {device} (auto; building a faster form failed: {error_line(exc)})"
+    tolerance = form_tolerance(built, ran, device)
+    if tolerance is None:
+        return built, ran
+    return VerifiedForm(built, eager, name=ran, tolerance=tolerance, fallback=form == "auto", say=say), ran
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+
+def cli_score(args: argparse.Namespace) -> int:
+    """``python -m harness score``: exit 0 when every file scored, 1 when any failed, 2 refused."""
+    if args.batch_size < 1:
+        raise HarnessError(f"--batch-size must be at least 1, got {args.batch_size}")
+    output = getattr(args, "output", None)
+    resume, force = getattr(args, "resume", False), getattr(args, "force", False)
+    if output is None and (resume or force):
+        flag = "--resume" if resume else "--force"
+        raise HarnessError(f"{flag} applies to --output PATH, and none was given")
+    if output is not None and args.format is not None:
+        raise HarnessError("--format is for stdout; --output always writes JSON Lines (stdout stays empty)")
+    target = score_target(args)
+    transform = score_transform(target)
+    if output is not None:  # before any work: a run never writes over what it reads
+        check_not_read(output, files_read(args, target))
+    contract = scoring_contract(target)
+    form, device = getattr(args, "form", "eager"), getattr(args, "device", "cpu")
+    log = None
+    if output is not None:  # before the model loads: a bad path, a locked or foreign log stops the run here
+        if args.checkpoint is not None:
+            check_regular_input(args.checkpoint)
+        options = {"batch_size": args.batch_size, "policy": args.policy, "input_shape": list(contract.shape)}
+        print_ = fingerprint(
+            variant=target.name, factory=_factory_name(target), kwargs=target.kwargs,
+            checkpoint=args.checkpoint, weights=target.weights_path, form=form, device=device,
+            length=contract.length, sample_rate=SAMPLE_RATE, transform=transform, options=options)
+        log = ScoreLog.open(output, print_, resume=resume, force=force)
+    with log if log is not None else contextlib.nullcontext():
+        todo = log.todo(args.files) if log is not None else list(args.files)
+        model = build_score_model(args, target)
+        try:
+            check_scorable(model, target, contract, transform)
+            scorer, ran = scoring_model(model, target, form, device,
+                                        say=lambda line: print(line, file=sys.stderr, flush=True))
+            print(f"score: {target.name} as {ran}", file=sys.stderr)
+            run = _Run(args, target, contract, transform, scorer)
+            with _sigterm_raises():
+                if log is None:
+                    return run.to_stdout()
+                return run.to_log(log, todo)
+        except ForwardFailed as exc:
+            raise ForwardFailed(f"variant {args.variant!r} cannot score audio: {exc}") from None
+
+
+def _factory_name(target: VariantSpec) -> str:
+    factory = target.factory
+    if isinstance(factory, str):
+        return factory
+    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises ``Terminated`` in the main thread for the block (elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Run:
+    """One run's scoring loop, with its progress and warnings on stderr."""
+
+    def __init__(self, args: argparse.Namespace, target: VariantSpec, contract: InputContract,
+                 transform: ScoreTransform, scorer: Callable[[torch.Tensor], object]) -> None:
+        self.files, self.batch_size = list(args.files), args.batch_size
+        self.format, self.target, self.contract, self.transform = args.format, target, contract, transform
+        self.scorer = scorer
+
+    def scored(self, files: Sequence[str], progress: Progress, failed: int,
+               done: int) -> Iterator[list[FileScore]]:
+        for chunk in iter_scores(self.scorer, files, batch_size=self.batch_size, contract=self.contract,
+                                 transform=self.transform):
+            for r in chunk:
+                if r.warning is not None:
+                    progress.message(f"warning: {shown_name(r.file)}: {r.warning}")
+            yield chunk
+            done += len(chunk)
+            failed += sum(r.error is not None for r in chunk)
+            progress.update(done, failed)
+
+    def to_stdout(self) -> int:
+        progress = Progress(len(self.files), enabled=len(self.files) >= PROGRESS_MIN_FILES)
+        try:
+            results = [r for chunk in self.scored(self.files, progress, 0, 0) for r in chunk]
+        except (KeyboardInterrupt, Terminated) as stop:
+            progress.close()
+            print("interrupted: nothing printed (without --output the scores come at the end)",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+        finally:
+            progress.close()
+        if self.format == "json":
+            document = {"variant": self.target.name, "score": str(self.transform),
+                        "score_means": self.transform.means, "scores_are": describe_scores(self.transform),
+                        "results": [r.as_json() for r in results]}
+            write_stdout(json.dumps(document, indent=2) + "\n")
+        else:
+            write_stdout(render_table(results, self.transform))
+        return _summary(sum(r.error is not None for r in results), len(results))
+
+    def to_log(self, log: ScoreLog, todo: list[str]) -> int:
+        kept = log.records()
+        failed = sum(r.error is not None for r in kept)
+        if kept:
+            print(f"resuming {log.path}: {len(kept)} of {len(self.files)} files already recorded, "
+                  f"{len(todo)} to score", file=sys.stderr)
+        progress = Progress(len(self.files), done=len(kept), failed=failed,
+                            enabled=len(self.files) >= PROGRESS_MIN_FILES)
+        written = 0
+        try:
+            for chunk in self.scored(todo, progress, failed, len(kept)):
+                log.append(chunk)
+                written += len(chunk)
+            results = log.finish(self.files)
+        except (KeyboardInterrupt, Terminated) as stop:
+            progress.close()
+            print(f"interrupted: {len(kept) + written} of {len(self.files)} files are recorded in "
+                  f"{log.path}; the same command with --resume scores the rest", file=sys.stderr)
+            return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
+        finally:
+            progress.close()
+        return _summary(sum(r.error is not None for r in results), len(self.files))
+
+
+def _summary(failed: int, total: int) -> int:
+    if failed:
+        print(f"{failed} of {total} files failed", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,336 @@
+"""Clips in, detection scores out: batches of decoded files through a model, in input order.
+
+A model is fed at its input contract (``harness.core.contract.InputContract``: a ``[B, T]``
+model gets ``[B, T]``, the RawNet2 family ``[B, 1, T]``) and its output becomes one score
+per file through its ``ScoreTransform`` (``probability``, ``sigmoid[k]``, ``softmax[k]``,
+``log_softmax[k]``). An output the transform cannot read stops the run (``ForwardFailed``);
+a row that is not finite is that file's error.
+
+Files are decoded by ``DataLoader`` worker processes, in order, while the model scores the
+batch before (``iter_scores``), so a file costs its forward and not its forward plus its
+decode. The workers die with the process that started them (``PR_SET_PDEATHSIG``), even
+when it is killed with SIGKILL. In eval mode a file's score does not depend on its batch
+mates (up to ``harness.core.tolerances.BATCHING``) unless the variant declares so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from harness.core.contract import InputContract, ScoreTransform
+from harness.core.errors import HarnessError, error_line
+from harness.rawnet2.audio import NUM_SAMPLES, UnusableAudio, load_clip_checked
+
+# The RawNet2 family's scoring input: one channel of the ASVspoof evaluation length.
+FAMILY_SCORING_CONTRACT = InputContract((1, NUM_SAMPLES))
+# What a model's output is taken to be when nothing else is said: a probability of spoof.
+PROBABILITY = ScoreTransform("probability")
+# From this many files on, progress goes to stderr after each batch; below it one
+# glance at the output covers the run.
+PROGRESS_MIN_FILES = 5
+# Decoding worker processes, at most: decoding costs ~2 ms a file against a forward's
+# hundreds, so two workers keep ahead of the model and leave the cores to it.
+MAX_DECODE_WORKERS = 2
+# linux/prctl.h: deliver a signal to this process when its parent thread dies.
+_PR_SET_PDEATHSIG = 1
+
+
+class ForwardFailed(HarnessError):
+    """The model itself could not score a batch: not the files' fault, so the run stops."""
+
+
+@dataclass(frozen=True)
+class FileScore:
+    """One file's outcome: a score (what the run's transform gives), or the reason it has none.
+    ``warning`` is set for a file scored despite something odd about it; not in the JSON."""
+
+    file: str
+    score: float | None = None
+    error: str | None = None
+    warning: str | None = None
+
+    def as_json(self) -> dict:
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        return {"file": self.file, "score": self.score}
+
+
+# --- one forward -----------------------------------------------------------------------------------
+
+
+def model_output(model: Callable[[torch.Tensor], object], x: torch.Tensor) -> object:
+    """``model(x)`` under inference mode on the model's device; any failure is ``ForwardFailed``.
+
+    A deployment form with no parameters (an ONNX Runtime session) takes CPU tensors.
+    """
+    first = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    device = first.device if first is not None else torch.device("cpu")
+    try:
+        with torch.inference_mode():
+            return model(x.to(device))
+    except HarnessError:  # a verified form's own refusal
+        raise
+    except SystemExit:
+        raise ForwardFailed("the model's forward called sys.exit()") from None
+    except Exception as exc:  # noqa: BLE001 - a forward that cannot take the audio: one line
+        raise ForwardFailed(f"the model's forward raised {error_line(exc)}") from None
+
+
+def output_scores(output: object, transform: ScoreTransform, batch: int) -> list[float | None]:
+    """The ``batch`` scores ``transform`` reads from ``output``; None for a row that is not finite.
+
+    ``ForwardFailed`` when the output is not what the transform reads (not a tensor, another
+    shape, values outside what it promises).
+    """
+    if isinstance(output, torch.Tensor) and output.is_floating_point():
+        output = output.detach().float().cpu()
+        if output.dim() >= 1 and len(output) != batch:
+            raise ForwardFailed(f"expected one output row per file ({batch}); got shape {list(output.shape)}")
+        finite = torch.isfinite(output.reshape(len(output), -1)).all(dim=1) if output.dim() else None
+        if finite is not None and not bool(finite.all()):
+            scores: list[float | None] = [None] * batch
+            if bool(finite.any()):
+                kept = output_scores(output[finite], transform, int(finite.sum()))
+                for index, value in zip(finite.nonzero().flatten().tolist(), kept, strict=True):
+                    scores[index] = value
+            return scores
+    problem = transform.output_problem(output)
+    if problem is not None:
+        raise ForwardFailed(problem)
+    return [float(v) for v in transform(output).tolist()]
+
+
+def score_waveforms(model: Callable[[torch.Tensor], object], waveforms: torch.Tensor, *,
+                    contract: InputContract = FAMILY_SCORING_CONTRACT,
+                    transform: ScoreTransform = PROBABILITY) -> torch.Tensor:
+    """One forward over ``[B, T]`` waveforms shaped to ``contract``; the ``[B]`` scores (NaN for
+    a row that is not finite). Raises ``ForwardFailed`` when the model cannot score them."""
+    batch, length = waveforms.shape
+    output = model_output(model, waveforms.reshape(contract.batch_shape(batch, length)))
+    scores = output_scores(output, transform, batch)
+    return torch.tensor([math.nan if s is None else s for s in scores], dtype=torch.float32)
+
+
+# --- decoding in worker processes --------------------------------------------------------------------
+
+
+def decode_workers(n_files: int, batch_size: int) -> int:
+    """Decoding worker processes for a run: none when one forward takes every file (nothing
+    to overlap with) or on one core; else ``MAX_DECODE_WORKERS`` or the cores, if fewer."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    if cpus < 2 or n_files <= batch_size:
+        return 0
+    return min(MAX_DECODE_WORKERS, cpus)
+
+
+def die_with_parent(parent_pid: int, worker_id: int = 0) -> None:
+    """A worker's first act (``worker_init_fn``): ask Linux for SIGTERM when the parent dies, so a
+    parent killed with SIGKILL leaves no decoder behind; exit now if it is already gone."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(0)
+
+
+class ClipFiles(Dataset):
+    """Item ``i``: ``(i, clip, warning)`` for a usable file, ``(i, reason, None)`` for one that is not."""
+
+    def __init__(self, files: Sequence[str], length: int = NUM_SAMPLES) -> None:
+        self.files, self.length = list(files), length
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | str, str | None]:
+        try:
+            clip, warning = load_clip_checked(self.files[index], self.length)
+        except UnusableAudio as exc:
+            return index, str(exc), None
+        return index, clip, warning
+
+
+def _as_is(item: object) -> object:
+    return item
+
+
+def decoded_in_order(files: Sequence[str], *, workers: int, ahead: int, length: int = NUM_SAMPLES,
+                     ) -> Iterator[tuple[int, np.ndarray | str, str | None]]:
+    """``ClipFiles(files, length)`` item by item in input order; with ``workers`` > 0 decoded by that
+    many ``DataLoader`` worker processes, up to about ``ahead`` files ahead of the consumer."""
+    dataset = ClipFiles(files, length)
+    if workers == 0:
+        yield from (dataset[i] for i in range(len(dataset)))
+        return
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
+                        prefetch_factor=max(2, -(-ahead // workers)),
+                        worker_init_fn=functools.partial(die_with_parent, os.getpid()))
+    items = iter(loader)
+    try:
+        yield from items
+    finally:
+        del items  # stops the workers now, not whenever the iterator is collected
+
+
+# --- runs ----------------------------------------------------------------------------------------------
+
+
+def iter_scores(model: Callable[[torch.Tensor], object], files: Sequence[str], *, batch_size: int = 8,
+                workers: int | None = None, contract: InputContract = FAMILY_SCORING_CONTRACT,
+                transform: ScoreTransform = PROBABILITY) -> Iterator[list[FileScore]]:
+    """Score ``files`` (clips of ``contract.length`` samples), yielding results in input order as
+    each forward is done.
+
+    Each chunk is the files after the previous chunk up to the last file of one batch of
+    ``batch_size`` usable files (the failed files among them included; the last chunk ends
+    at the last file). While the model scores a batch, ``workers`` processes (default:
+    ``decode_workers``) decode the next one; the clips, batches and so the scores are the
+    same with any number of workers.
+    """
+    if batch_size < 1:
+        raise HarnessError(f"batch size must be at least 1, got {batch_size}")
+    files = list(files)
+    if workers is None:
+        workers = decode_workers(len(files), batch_size)
+    done: dict[int, FileScore] = {}
+    pending: list[tuple[int, np.ndarray, str | None]] = []
+    start = 0
+
+    def flush(end: int) -> list[FileScore]:
+        nonlocal start
+        if pending:
+            batch = torch.from_numpy(np.stack([clip for _, clip, _ in pending]))
+            scores = score_waveforms(model, batch, contract=contract, transform=transform).tolist()
+            for (index, _, warning), score in zip(pending, scores, strict=True):
+                if math.isfinite(score):
+                    done[index] = FileScore(files[index], score=score, warning=warning)
+                else:
+                    reason = f"the model gave a non-finite score ({score})"
+                    done[index] = FileScore(files[index], error=reason, warning=warning)
+            pending.clear()
+        chunk = [done.pop(i) for i in range(start, end)]
+        start = end
+        return chunk
+
+    for index, item, warning in decoded_in_order(files, workers=workers, ahead=batch_size,
+                                                 length=contract.length):
+        if isinstance(item, str):
+            done[index] = FileScore(files[index], error=item)
+        else:
+            pending.append((index, item, warning))
+        if len(pending) == batch_size:
+            yield flush(index + 1)
+    if start < len(files):
+        yield flush(len(files))
+
+
+def score_files(model: Callable[[torch.Tensor], object], files: Sequence[str], *, batch_size: int = 8,
+                progress: Callable[[int, int, int], None] | None = None, workers: int | None = None,
+                contract: InputContract = FAMILY_SCORING_CONTRACT, transform: ScoreTransform = PROBABILITY,
+                ) -> list[FileScore]:
+    """Score every file, in input order; a file that fails gets its reason instead.
+
+    ``batch_size`` usable files per forward, decoded ahead by ``workers`` processes
+    (``iter_scores``), so memory stays at a few batches. ``progress(done, total, failed)``
+    is called after each batch.
+    """
+    results: list[FileScore] = []
+    failed = 0
+    for chunk in iter_scores(model, files, batch_size=batch_size, workers=workers, contract=contract,
+                             transform=transform):
+        results.extend(chunk)
+        failed += sum(r.error is not None for r in chunk)
+        if progress is not None:
+            progress(len(results), len(files), failed)
+    return results
+
+
+# --- what the user sees ----------------------------------------------------------------------------------
+
+
+def shown_name(name: str) -> str:
+    """A file name as a table or message shows it: as it is when every character prints, else its
+    ``repr`` (newlines, control characters and undecodable bytes escaped), so a name can never
+    start a row or a line of its own."""
+    return name if name.isprintable() else repr(name)
+
+
+def describe_scores(transform: ScoreTransform) -> str:
+    """What the numbers are, in words: ``log_softmax[1]: a log-probability <= 0, higher = bonafide``."""
+    low, high = transform.score_range
+    span = f"<= {high:g}" if math.isinf(low) else f"in [{low:g}, {high:g}]"
+    return f"{transform}: {transform.range_words} {span}, higher = {transform.means}"
+
+
+def render_table(results: Iterable[FileScore], transform: ScoreTransform = PROBABILITY) -> str:
+    rows = [(shown_name(r.file), f"{r.score:.6f}" if r.error is None else f"error: {shown_name(r.error)}")
+            for r in results]
+    width = max((len(name) for name, _ in rows), default=4)
+    lines = [f"{'file':<{width}}  score ({describe_scores(transform)})"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_stdout(text: str, stream: TextIO | None = None) -> None:
+    """Write ``text`` whatever the stream's encoding: what it cannot encode is backslash-escaped."""
+    stream = sys.stdout if stream is None else stream
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+    stream.flush()
+
+
+class Progress:
+    """Progress of a run on stderr: a tqdm bar on a terminal, else one plain line per batch.
+
+    ``message`` prints a line (a warning) without tearing the bar.
+    """
+
+    def __init__(self, total: int, *, done: int = 0, failed: int = 0, enabled: bool = True,
+                 stream: TextIO | None = None) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        self.total, self.enabled = total, enabled
+        self.bar: tqdm | None = None
+        if enabled and _is_terminal(self.stream):
+            self.bar = tqdm(total=total, initial=done, unit="file", desc="scoring", file=self.stream,
+                            dynamic_ncols=True, postfix=f"{failed} failed")
+
+    def update(self, done: int, failed: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{failed} failed", refresh=False)
+            self.bar.update(done - self.bar.n)
+        elif self.enabled:
+            print(f"scored {done}/{self.total} files ({failed} failed)", file=self.stream, flush=True)
+
+    def message(self, line: str) -> None:
+        if self.bar is not None:
+            tqdm.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
