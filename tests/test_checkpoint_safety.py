@@ -15,6 +15,7 @@ import pickle
 import random
 import re
 import stat
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,16 @@ class CreatesAFile:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+class RunsAShellCommand:
+    """Unpickling this calls ``os.system`` (``posix.system``): the marker appears if it ever runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.path}'",))
 
 
 def good_bytes() -> bytes:
@@ -122,6 +133,18 @@ CORPUS: dict[str, tuple[str, Callable[[Path], None] | None, str]] = {
                              r"refused: the pickle asks for io\.open"),
     "malicious_pickle_raw": ("evil.pkl", _raw_pickle(lambda p: CreatesAFile(p.parent / MARKER)),
                              r"refused: the pickle asks for io\.open"),
+    # torch >= 2.7 says "unsupported GLOBAL posix.system whose module posix is blocked": code, refused.
+    "pickle_calls_os_system_zip": ("system.pt", _torch_save(lambda p: RunsAShellCommand(p.parent / MARKER)),
+                                   r"refused: the pickle calls (posix|nt)\.system \(code, never run"),
+    "pickle_calls_os_system_raw": ("system.pkl", _raw_pickle(lambda p: RunsAShellCommand(p.parent / MARKER)),
+                                   r"refused: the pickle calls (posix|nt)\.system \(code, never run"),
+    # Named for what it is, never "header too large"; refused, since the name promises no pickle.
+    "pickle_named_safetensors": ("renamed.safetensors", lambda p: p.write_bytes(good_bytes()),
+                                 r"is a torch pickle checkpoint named \.safetensors \(torch\.save's zip"),
+    "legacy_pickle_named_safetensors": (
+        "old.safetensors", lambda p: torch.save({"fc2.bias": torch.zeros(1)}, p,
+                                                _use_new_zipfile_serialization=False),
+        r"is a torch pickle checkpoint named \.safetensors \(torch\.save's pickle"),
     "tensor_payload": ("tensor.pt", _torch_save(lambda p: torch.zeros(3)),
                        "holds a Tensor, not a state_dict"),
     "list_payload": ("list.pt", _torch_save(lambda p: [torch.zeros(3)]), "holds a list, not a state_dict"),
@@ -208,10 +231,11 @@ def test_load_checkpoint_raises_harness_error_naming_the_file(corpus_case, tmp_p
     assert not (tmp_path / MARKER).exists()
 
 
-def test_the_malicious_pickle_is_live_without_weights_only(tmp_path):
-    """The corpus' payload really runs under a plain unpickler, so its absence above means something."""
+@pytest.mark.parametrize("case", ["malicious_pickle_zip", "pickle_calls_os_system_zip"])
+def test_the_malicious_pickle_is_live_without_weights_only(tmp_path, case: str):
+    """The corpus' payloads really run under a plain unpickler, so their absence above means something."""
     path = tmp_path / "evil.pt"
-    CORPUS["malicious_pickle_zip"][1](path)
+    CORPUS[case][1](path)
     torch.load(path, weights_only=False)
     assert (tmp_path / MARKER).exists()
 
@@ -290,6 +314,103 @@ def test_save_respects_the_umask_like_any_new_file(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
+# --- a checkpoint holds only its own bytes ----------------------------------------------------------
+
+# A value no weight holds: where a saved file holds it, bytes of the buffer outside the tensors came too.
+SENTINEL = 1234.5
+
+
+def views_of_one_buffer(state: dict[str, torch.Tensor], spare: int, fill: float = SENTINEL,
+                        ) -> dict[str, torch.Tensor]:
+    """``state`` with every tensor a view into one buffer ``spare`` times the size of all of them, the rest
+    of it ``fill``: what a loader that memory-maps or slices one blob hands back."""
+    total = sum(v.numel() for v in state.values())
+    buffer = torch.full((total * spare,), fill)
+    out, offset = {}, 0
+    for key, tensor in state.items():
+        view = buffer[offset:offset + tensor.numel()].view(tensor.shape)
+        view.copy_(tensor)
+        out[key], offset = view, offset + tensor.numel()
+    return out
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_views_of_a_100_mb_buffer_save_to_their_own_size(tmp_path, suffix: str):
+    state = {f"layer{i}.weight": torch.randn(64, 64) for i in range(8)}
+    own = sum(v.numel() * v.element_size() for v in state.values())  # 128 KiB
+    views = views_of_one_buffer(state, spare=(100 << 20) // own)
+    assert views["layer0.weight"].untyped_storage().nbytes() >= 100 << 20
+    path = tmp_path / f"w{suffix}"
+    save_checkpoint(views, path)
+    assert path.stat().st_size < own + (16 << 10)  # the tensors and a small header, not 100 MB
+    assert struct.pack("<f", SENTINEL) not in path.read_bytes()
+    loaded = load_checkpoint(path)
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+@given(cuts=st.lists(st.tuples(st.integers(0, 40), st.integers(1, 8), st.integers(1, 3), st.booleans()),
+                     min_size=1, max_size=5),
+       suffix=st.sampled_from([".pt", ".safetensors"]))
+def test_any_strided_view_saves_its_own_values_and_no_more(tmp_path_factory, cuts, suffix: str):
+    """Slices at any offset, with any step, transposed: what is saved is each view's values alone."""
+    buffer = torch.full((4096,), SENTINEL)
+    state = {}
+    for i, (start, rows, step, transpose) in enumerate(cuts):
+        view = buffer[start * 64:].view(-1, 8)[: rows * step: step]
+        view.copy_(torch.arange(view.numel(), dtype=torch.float32).view(view.shape) + i)
+        state[f"t{i}"] = view.t() if transpose else view
+    path = tmp_path_factory.mktemp("views") / f"v{suffix}"
+    save_checkpoint(state, path)
+    loaded = load_checkpoint(path)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert path.stat().st_size < sum(v.numel() * 4 for v in state.values()) + (8 << 10)
+
+
+def test_migrate_to_safetensors_splits_two_keys_sharing_one_tensor(tmp_path, capsys):
+    """safetensors refuses shared storage (tied weights); the saved file gets one copy per key."""
+    from safetensors.torch import save
+
+    state = build("skip_modules").state_dict()
+    state["res_block1.3.weight"] = state["res_block1.0.weight"]  # tied: one tensor, two keys
+    with pytest.raises(RuntimeError, match="share memory"):
+        save({"a": state["res_block1.0.weight"], "b": state["res_block1.3.weight"]})
+    src, dst = tmp_path / "tied.pt", tmp_path / "o.safetensors"
+    torch.save(state, src)
+    assert main(["migrate", str(src), str(dst), "--to", "skip_modules"]) == 0, capsys.readouterr().err
+    loaded = load_checkpoint(dst)
+    assert torch.equal(loaded["res_block1.3.weight"], state["res_block1.0.weight"])
+    assert loaded["res_block1.3.weight"].data_ptr() != loaded["res_block1.0.weight"].data_ptr()
+
+
+def test_a_pt_checkpoint_keeps_tied_weights_tied(tmp_path):
+    """torch.save writes a storage two keys share once, and loads it tied: nothing to split."""
+    tied = torch.randn(32, 32)
+    path = tmp_path / "tied.pt"
+    save_checkpoint({"a.weight": tied, "b.weight": tied}, path)
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["a.weight"].data_ptr() == loaded["b.weight"].data_ptr()
+    assert path.stat().st_size < tied.numel() * 4 + (4 << 10)
+
+
+def test_migrate_of_a_legacy_checkpoint_of_views_holds_only_what_it_keeps(tmp_path, capsys):
+    """The legacy checkpoint's tensors are views of a buffer 40 times their size; the skip.* tensors the
+    conversion drops are filled with a marker value: neither the spare buffer nor their bytes are written."""
+    state = build("legacy").state_dict()
+    dropped_marker = 777.25
+    views = views_of_one_buffer(state, spare=40)
+    for key in [k for k in views if k.startswith("skip.") and views[k].is_floating_point()]:
+        views[key].fill_(dropped_marker)
+    src, dst = tmp_path / "legacy.pt", tmp_path / "migrated.pt"
+    torch.save(views, src)
+    assert main(["migrate", str(src), str(dst), "--to", "skip_modules"]) == 0
+    assert "dropped" in capsys.readouterr().out
+    kept = load_checkpoint(dst)
+    own = sum(v.numel() * v.element_size() for v in kept.values())
+    assert dst.stat().st_size < own + (64 << 10) < src.stat().st_size // 10
+    data = dst.read_bytes()
+    assert struct.pack("<f", SENTINEL) not in data and struct.pack("<f", dropped_marker) not in data
 
 
 # --- dtypes: what the loader accepts computes what the model it came from computes --------------
