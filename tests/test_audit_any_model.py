@@ -29,6 +29,7 @@ from harness.core.audits import (
     Finding,
     audit,
 )
+from harness.core.contract import ScoreTransform
 from harness.core.errors import HarnessError
 from harness.core.loading import (
     UserCodeExit,
@@ -507,3 +508,28 @@ def test_as_json_shape():
     assert "batch size 1" in data["notes"]["batch_independence"]
     assert AuditReport(results={"determinism": PASS}).as_json() == {
         "ok": True, "results": {"determinism": PASS}, "findings": [], "notes": {}}
+
+
+class LogitsNotLogProbabilities(nn.Module):
+    """Returns raw logits [B, 2] where its spec promises log-probabilities."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + 3.0
+
+
+@pytest.mark.parametrize(("head", "passes"), [(lambda out: torch.log_softmax(out, dim=1), True),
+                                              (lambda out: out, False)], ids=["log_softmax", "raw"])
+def test_output_contract_checks_what_the_declared_score_transform_reads(head, passes):
+    class Model(LogitsNotLogProbabilities):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return head(super().forward(x))
+
+    report = audit(Model, torch.randn(3, 8), checks=["output_contract"], output="logits",
+                   score=ScoreTransform.parse("log_softmax[1]", "bonafide"))
+    assert (report.results["output_contract"] == "pass") == passes
+    if not passes:
+        assert "log-sum-exp is off 0" in report.messages("output_contract")[0]

@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 from torch.nn.modules.module import register_module_forward_pre_hook
 
+from harness.core.contract import ScoreTransform
 from harness.core.errors import HarnessError, error_line
 from harness.core.introspect import Held, cycles, held, held_modules, held_tensors, used_tensors
 from harness.core.loading import UserCodeExit, call_user_code, exit_error
@@ -163,14 +164,17 @@ class ModelFailure(Exception):
 class AuditContext:
     """What every check gets: fresh instances, the example, guarded forwards, the used tensors.
 
-    ``output`` is the kind of output the model promises (``OUTPUT_KINDS``); only
-    ``output_contract`` reads it.
+    ``output`` is the kind of output the model promises (``OUTPUT_KINDS``) and ``score``
+    how a detection score comes from it (a ``harness.core.contract.ScoreTransform``, or None);
+    only ``output_contract`` reads them.
     """
 
-    def __init__(self, factory: Callable[[], nn.Module], example: torch.Tensor, output: str = "any") -> None:
+    def __init__(self, factory: Callable[[], nn.Module], example: torch.Tensor, output: str = "any",
+                 score: ScoreTransform | None = None) -> None:
         self.factory = factory
         self.example = example
         self.output = output
+        self.score = score
         self._built: weakref.WeakSet[nn.Module] = weakref.WeakSet()
         self._used: list[Held] | None = None
         self.check = ""  # the check running now; names its findings
@@ -784,6 +788,9 @@ def check_output_contract(ctx: AuditContext) -> list[Finding]:
       real values.
     * ``"probability"``: the scores are ``[B, num_classes]`` and within [0, 1].
 
+    With a score transform (``ctx.score``), the scores are also what it reads: its column
+    exists, and log-softmax rows log-sum-exp to 0 (``ScoreTransform.output_problem``).
+
     The scores are the output itself when the forward returns one tensor. In a structured
     output they are the one leaf keyed ``logits``, ``scores``, ``probs`` or ``probabilities``
     (a dict key, namedtuple or dataclass field), else the last tensor leaf (the
@@ -822,6 +829,10 @@ def check_output_contract(ctx: AuditContext) -> list[Finding]:
             low, high = float(values.min()), float(values.max())
             findings.append(ctx.finding(f"{name} outside [0, 1]: min {low:.4g}, max {high:.4g} "
                                         "(logits or log-probabilities, not probabilities)"))
+        if is_scores and ctx.score is not None and bool(finite.all()):
+            problem = ctx.score.output_problem(out)
+            if problem:
+                findings.append(ctx.finding(f"{name}: score {ctx.score} cannot read it: {problem}"))
     return findings
 
 
@@ -858,7 +869,7 @@ def resolve_checks(checks: Iterable[str] | None, table: CheckTable = GENERIC_CHE
 
 def audit(factory: Callable[[], nn.Module], example_input: torch.Tensor, *,
           checks: Iterable[str] | None = None, table: CheckTable = GENERIC_CHECKS,
-          output: str = "any") -> AuditReport:
+          output: str = "any", score: ScoreTransform | None = None) -> AuditReport:
     """Run the contract checks on fresh instances from ``factory``.
 
     ``example_input`` has the batch dimension first (any further shape the model
@@ -881,7 +892,7 @@ def audit(factory: Callable[[], nn.Module], example_input: torch.Tensor, *,
     if output not in OUTPUT_KINDS:
         raise HarnessError(f"unknown output kind {output!r}; known: {', '.join(OUTPUT_KINDS)}")
     names = resolve_checks(checks, table)
-    ctx = AuditContext(factory, example_input, output)
+    ctx = AuditContext(factory, example_input, output, score)
     report = AuditReport(results={})
     devices = list(range(torch.cuda.device_count()))
     with torch.random.fork_rng(devices=devices):

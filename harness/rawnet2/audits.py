@@ -88,7 +88,8 @@ def audit_spec(spec: VariantSpec, example_input: torch.Tensor, *,
             check_example_input(spec, model, example_input, names)
     table = CHECKS if not loops else MappingProxyType(
         {name: _recursion_is_a_finding(check, loops[0]) for name, check in CHECKS.items()})
-    return core_audits.audit(spec.build, example_input, checks=names, table=table, output=spec.output)
+    return core_audits.audit(spec.build, example_input, checks=names, table=table, output=spec.output,
+                             score=spec.score_transform if spec.score is not None else None)
 
 
 def check_example_input(spec: VariantSpec, model: nn.Module, example: torch.Tensor,
