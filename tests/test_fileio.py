@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,74 @@ def test_existing_target_needs_force_unless_overwrite(tmp_path: Path):
     assert target.read_text() == "new"
     write_text_atomically(target, "newer")  # reports and golden files: a regular file is replaced
     assert target.read_text() == "newer"
+
+
+# --- a replaced file keeps who may read it ---------------------------------------------------------
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@given(mode=st.integers(0, 0o777))
+def test_a_replaced_file_keeps_its_permission_bits(tmp_path_factory: pytest.TempPathFactory, mode: int):
+    """A ``chmod 600`` checkpoint replaced with --force stays private (before: the umask's 0644)."""
+    target = tmp_path_factory.mktemp("mode") / "ckpt.pt"
+    target.write_bytes(b"old")
+    os.chmod(target, mode)
+    write_atomically(target, lambda f: f.write(b"new"), force=True)
+    assert stat.S_IMODE(os.lstat(target).st_mode) == mode
+    os.chmod(target, 0o600)
+    assert target.read_bytes() == b"new"
+
+
+def test_setuid_and_sticky_bits_are_not_carried(tmp_path: Path):
+    target = tmp_path / "ckpt.pt"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o4755 | stat.S_ISVTX)
+    write_text_atomically(target, "new")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+
+
+def test_a_new_file_gets_the_umask_default(tmp_path: Path):
+    mask = os.umask(0o027)
+    try:
+        write_text_atomically(tmp_path / "new.txt", "x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640
+
+
+def test_a_replaced_link_is_a_new_file_and_its_target_keeps_its_mode(tmp_path: Path):
+    private = tmp_path / "private.pt"
+    private.write_bytes(b"secret")
+    os.chmod(private, 0o600)
+    link = tmp_path / "link.pt"
+    link.symlink_to(private.name)
+    mask = os.umask(0o022)
+    try:
+        write_text_atomically(link, "new", force=True)
+    finally:
+        os.umask(mask)
+    assert not link.is_symlink() and stat.S_IMODE(link.stat().st_mode) == 0o644
+    assert private.read_bytes() == b"secret" and stat.S_IMODE(private.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only root may give a file to another owner")
+def test_a_replaced_file_keeps_its_owner_and_group_where_we_may(tmp_path: Path):
+    target = tmp_path / "ckpt.pt"
+    target.write_bytes(b"old")
+    os.chown(target, 4321, 4322)
+    write_text_atomically(target, "new")
+    info = target.stat()
+    assert (info.st_uid, info.st_gid) == (4321, 4322)
+
+
+def test_an_owner_we_may_not_give_is_skipped_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    def not_permitted(fd: int, uid: int, gid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchown", not_permitted)
+    target = tmp_path / "ckpt.pt"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    write_text_atomically(target, "new")
+    assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o640

@@ -456,3 +456,18 @@ def test_migrate_to_dev_null_is_refused_and_dev_null_stays(tmp_path, legacy_byte
             assert code == 2 and out == ""
             assert_one_error_line(err, "error: /dev/null: is a character device, not a regular file")
     assert writes == []
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o444])
+def test_migrate_force_over_a_private_checkpoint_keeps_it_private(tmp_path, legacy_bytes, capsys, mode):
+    """``migrate ... p.pt --force`` over a ``chmod 600`` file: still 0600 (before: the umask's 0644,
+    a private checkpoint made world-readable)."""
+    src, target = tmp_path / "legacy.pt", tmp_path / "p.pt"
+    src.write_bytes(legacy_bytes)
+    target.write_bytes(b"old weights")
+    os.chmod(target, mode)
+    code, _, err = run_migrate(capsys, str(src), str(target), "--to", "skip_modules", "--force")
+    assert code == 0, err
+    assert stat.S_IMODE(os.lstat(target).st_mode) == mode
+    assert len(load_checkpoint(target)) == 116
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["legacy.pt", "p.pt"]
