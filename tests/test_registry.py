@@ -289,6 +289,7 @@ def test_a_published_model_is_audited_with_kwargs_weights_and_logits(tmp_path, m
 # --- coverage follows the registry ---------------------------------------------------------------
 
 # Contract tests every variant must appear in, by what its spec says of it (test function names).
+# Contracts every registered variant they apply to must reach, even in a run that collects no other.
 REQUIRED_CONTRACTS = {
     "variant_name": ("test_audit_equals_declaration",),
     "runnable_name": ("test_outputs_match_golden_file",),
@@ -298,28 +299,31 @@ REQUIRED_CONTRACTS = {
 
 
 def test_every_registered_variant_is_covered_by_every_contract_that_applies(request):
-    """A newly registered model is tested or this fails: no contract may silently leave it out."""
-    if request.config.getoption("keyword") or request.config.getoption("markexpr") or \
-            request.config.getoption("deselect"):
-        pytest.skip("a filtered run collects only part of the suite; coverage is checked on full runs")
-    from tests.conftest import VARIANT_FIXTURES  # the predicates the fixtures parametrize with
+    """A newly registered model is tested or this fails: no contract may silently leave it out.
 
-    covered: dict[str, set[str]] = {}
+    Every collected test parametrized by a registry fixture (tests/conftest.py) must hold every
+    variant that fixture's predicate admits, and the contracts of ``REQUIRED_CONTRACTS`` must be
+    collected for each variant they apply to."""
+    if request.config.getoption("keyword") or request.config.getoption("markexpr") or \
+            request.config.getoption("deselect") or request.config.getoption("--variant"):
+        pytest.skip("a filtered run collects only part of the suite; coverage is checked on full runs")
+    from tests.conftest import VARIANT_FIXTURES, variants  # the predicates the fixtures parametrize with
+
+    seen: dict[tuple[str, str], set[str]] = {}
     for item in request.session.items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        for value in params.values():
-            if isinstance(value, str):
-                covered.setdefault(value, set()).add(item.originalname)
-    collected = {item.originalname for item in request.session.items}
+        for fixture in VARIANT_FIXTURES:
+            if fixture in params:
+                seen.setdefault((item.originalname, fixture), set()).add(params[fixture])
+    collected = {test for test, _ in seen}
     if not collected & {t for tests in REQUIRED_CONTRACTS.values() for t in tests}:
         pytest.skip("none of the contract tests was collected in this run (a single file?)")
-    missing = {}
-    for name, variant in SUBJECTS.items():
-        for fixture, tests in REQUIRED_CONTRACTS.items():
-            if VARIANT_FIXTURES[fixture](variant):
-                absent = [t for t in tests if t in collected and t not in covered.get(name, set())]
-                if absent:
-                    missing[name] = missing.get(name, []) + absent
+    missing = {f"{test} [{fixture}]": sorted(set(variants(fixture)) - names)
+               for (test, fixture), names in seen.items() if set(variants(fixture)) - names}
+    for fixture, tests in REQUIRED_CONTRACTS.items():
+        for test in tests:
+            if test in collected and (test, fixture) not in seen and variants(fixture):
+                missing[f"{test} [{fixture}]"] = variants(fixture)
     assert not missing, f"registered variants left out of contracts: {missing}"
 
 
