@@ -1,11 +1,15 @@
 """Structural weight matching: pair two differently built models' weights by what their forwards compute.
 
 Why not names: a refactor renames, re-nests and reorders modules (``res_block3.0`` becomes
-``layers.2.conv1``, a shortcut runs before the main path, blocks hide in unregistered tuples), so
-state_dict keys say nothing about which weight is which. What a module *receives* does: run the
-source once and record the input of every weight-owning module ("leaf"); then run the destination
-and, on each of its leaves' first call, take the unused source leaf of the same signature that
-received exactly the same input, copy its weights in right there, and go on. Everything downstream
+``layers.2.conv1``, a shortcut runs before the main path, blocks hide in unregistered tuples) and
+renames classes, so neither state_dict keys nor class names say which weight is which. What a
+module *receives* does: run the source once and record the input of every weight-owning module
+("leaf"); then run the destination and, on each of its leaves' first call, take the unused source
+leaf of the same signature that received exactly the same input, copy its weights in right there,
+and go on. A signature is what a leaf computes with, never what its class is called: its type
+family (a torch built-in class, or the built-in a user class derives from, is itself: a Conv1d is
+no Linear; any other class is judged by what it holds), its own tensors' names, shapes and dtypes,
+and, recursively, its registered children's signatures. Everything downstream
 then computes what the source computed, so the next leaf is found the same way (dataflow matching).
 Where no input agrees the models part; pairing falls back to call order there. A pairing is only
 trusted once proven (``match_weights``): with the weights copied, both models give bit-identical
@@ -43,13 +47,21 @@ __all__ = [
     "compare_models",
     "match_weights",
     "pair_weights",
+    "type_family",
 ]
 
 MODES = ("train", "eval")
 _SHOWN = 6  # unmatched modules named in a "no pairing fits" message before "and N more"
 
-# (type name, ((own tensor name, shape, dtype), ...)): two leaves pair only if these are equal.
-Signature = tuple[str, tuple[tuple[str, tuple[int, ...], torch.dtype], ...]]
+# (type family, ((own tensor name, shape, dtype), ...), children's signatures): two leaves pair only
+# if these are equal (see _signatures).
+Signature = tuple
+# The type family of a module whose class is the user's own (not a torch built-in, nor derived from
+# one): its own tensors and its children's signatures say what it computes with, its name nothing.
+USER_FAMILY = "module"
+# torch classes that hold modules rather than compute: deriving from one does not make a user class
+# a built-in.
+_CONTAINER_CLASSES = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
 ExampleInput = torch.Tensor | tuple[torch.Tensor, ...]
 
 
@@ -148,10 +160,61 @@ class _Leaf:
     signature: Signature
     tensors: tuple[tuple[str, str], ...]  # (own name, held tensor path)
 
+    @property
+    def class_name(self) -> str:
+        """For messages, and to prefer a same-named class among equally fitting candidates."""
+        return type(self.module).__name__
+
+    @property
+    def own(self) -> tuple[tuple[str, tuple[int, ...], torch.dtype], ...]:
+        return self.signature[1]
+
 
 def _own_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(name, t) for registry in (module._parameters, module._buffers)
             for name, t in registry.items() if t is not None]
+
+
+def type_family(module: nn.Module) -> str:
+    """The torch built-in class ``module`` is or derives from (a renamed subclass of ``nn.Conv1d``
+    is a ``Conv1d``), else ``USER_FAMILY``: a user's own class is known by what it holds."""
+    for cls in type(module).__mro__:
+        if cls in _CONTAINER_CLASSES:
+            break
+        if cls.__module__.startswith("torch."):
+            return cls.__qualname__
+    return USER_FAMILY
+
+
+def _children(module: nn.Module) -> list[nn.Module]:
+    return [child for child in dict.values(module._modules) if child is not None]
+
+
+def _signatures(modules: Sequence[nn.Module]) -> dict[int, Signature | None]:
+    """id -> signature of each module and its registered descendants; None for one holding no tensor.
+
+    Children's signatures enter sorted (their names and order say nothing). Iterative, so a
+    nesting deeper than the recursion limit is fine; a registered cycle is cut where it closes.
+    """
+    done: dict[int, Signature | None] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[nn.Module, bool]] = [(m, False) for m in reversed(modules)]
+    while stack:
+        module, expanded = stack.pop()
+        key = id(module)
+        if not expanded:
+            if key in done or key in on_path:
+                continue
+            on_path.add(key)
+            stack.append((module, True))
+            stack.extend((c, False) for c in _children(module) if id(c) not in done and id(c) not in on_path)
+            continue
+        on_path.discard(key)
+        own = tuple((n, tuple(t.shape), t.dtype) for n, t in _own_tensors(module))
+        held_children = (done.get(id(c)) for c in _children(module))
+        children = tuple(sorted((s for s in held_children if s is not None), key=repr))
+        done[key] = (type_family(module), own, children) if own or children else None
+    return done
 
 
 def _leaves(model: nn.Module) -> list[_Leaf]:
@@ -159,12 +222,13 @@ def _leaves(model: nn.Module) -> list[_Leaf]:
     items = held(model)
     tensor_paths = {id(h.obj): h.path for h in items if isinstance(h.obj, torch.Tensor)}
     modules = [("", model)] + [(h.path, h.obj) for h in items if isinstance(h.obj, nn.Module)]
+    signatures = _signatures([module for _, module in modules])
     leaves = []
     for path, module in modules:
         own = _own_tensors(module)
         if own:
-            signature = (type(module).__name__, tuple((n, tuple(t.shape), t.dtype) for n, t in own))
-            leaves.append(_Leaf(path, module, signature, tuple((n, tensor_paths[id(t)]) for n, t in own)))
+            leaves.append(_Leaf(path, module, signatures[id(module)],
+                                tuple((n, tensor_paths[id(t)]) for n, t in own)))
     return leaves
 
 
@@ -297,15 +361,19 @@ def _show_path(path: str) -> str:
 
 
 def _short(leaf: _Leaf) -> str:
-    name, tensors = leaf.signature
-    return f"{name}{_shape(tensors[0][1])}"
+    return f"{leaf.class_name}{_shape(leaf.own[0][1])}"
 
 
 def _long(leaf: _Leaf) -> str:
-    name, tensors = leaf.signature
     parts = [f"{n}{_shape(s)}" + ("" if d == torch.float32 else f" {str(d).removeprefix('torch.')}")
-             for n, s, d in tensors]
-    return f"{name}({', '.join(parts)})"
+             for n, s, d in leaf.own]
+    return f"{leaf.class_name}({', '.join(parts)})"
+
+
+def _same_class_first(options: list[_Leaf], leaf: _Leaf) -> list[_Leaf]:
+    """``options`` with those of ``leaf``'s own class first: where several fit equally, the class
+    name breaks the tie (it never rules a candidate out)."""
+    return sorted(options, key=lambda option: option.class_name != leaf.class_name)
 
 
 def _unmatched(left: list[_Leaf], right: list[_Leaf]) -> tuple[list[_Leaf], list[_Leaf]]:
@@ -369,6 +437,7 @@ def _pair(src: nn.Module, dst: nn.Module, args: tuple, names: tuple[str, str]) -
         options = [s for s in candidates.get(dst_leaf.signature, ()) if s.path not in pairs]
         if not options:
             return
+        options = _same_class_first(options, dst_leaf)
         received = _tensor_leaves(call_args)
         chosen = next((s for s in options if _same_tensors(src_seen.inputs[s.path], received)), None)
         how = "dataflow"
@@ -397,7 +466,9 @@ def _pair(src: nn.Module, dst: nn.Module, args: tuple, names: tuple[str, str]) -
             waiting[leaf.signature].append(leaf)
     for leaf in src_leaves:
         if leaf.path not in pairs:
-            pairs[leaf.path] = (waiting[leaf.signature].pop(0), "unused")
+            chosen = _same_class_first(waiting[leaf.signature], leaf)[0]
+            waiting[leaf.signature].remove(chosen)
+            pairs[leaf.path] = (chosen, "unused")
 
     modules, mapping, tied_apart = [], {}, False
     for src_leaf in src_sequence:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +34,21 @@ from harness.core.fileio import check_output_path
 from harness.core.introspect import parameter_count
 from harness.core.loading import parse_kwargs
 from harness.rawnet2.equivalence import copy_weights
-from harness.rawnet2.layouts import canonical_modules, declared_layouts, state_dict_layout
-from harness.rawnet2.registry import SUBJECTS, VariantSpec, build, register, resolve, spec
+from harness.rawnet2.layouts import (
+    CANONICAL_LAYOUT,
+    canonical_modules,
+    declared_layouts,
+    own_shapes,
+    state_dict_layout,
+    variant_of_state,
+)
+from harness.rawnet2.registry import SUBJECTS, VariantSpec, build, resolve, spec
 
 POLICIES = ("preserve-function", "preserve-weights")
 DEFAULT_POLICY = "preserve-function"
 # Fresh shortcut weights come from a skip_modules model built under this seed, so the
 # same migration always writes the same bytes.
 FRESH_INIT_SEED = 0
-# Checkpoint wrappers unwrapped by the loader, outermost first (training loops, Lightning).
-# The layout that holds every canonical module under its canonical name.
-CANONICAL_LAYOUT = "skip_modules"
 _MAX_LISTED = 6
 
 # --- layouts -------------------------------------------------------------------------------
@@ -367,51 +372,96 @@ def _runnable(model: nn.Module, target: VariantSpec) -> nn.Module:
     return model
 
 
-def in_declared_layout(source: str, state: Mapping[str, torch.Tensor]) -> StateDict:
+def detect_source(state: Mapping[str, torch.Tensor]) -> str | VariantSpec:
+    """What ``state`` is a checkpoint of: a declared layout (``detect_layout``), else the registered
+    variant whose own state_dict it is (``layouts.variant_of_state``); ``HarnessError`` when neither."""
+    try:
+        return detect_layout(state)
+    except HarnessError as exc:
+        variant = variant_of_state(state) if state else None
+        if variant is None:
+            raise HarnessError(f"{exc}; nor do its keys fit any registered variant's state_dict "
+                               "(--from VARIANT names the model it came from)") from None
+        return variant
+
+
+def in_declared_layout(source: str | VariantSpec, state: Mapping[str, torch.Tensor]) -> StateDict:
     """``state`` (a checkpoint of variant ``source``) in a declared layout that conversion knows.
 
     A variant that declares a layout is already in one; any other is loaded into its own
     model strictly and matched by structure into the canonical layout's model (proven).
     """
-    variant = spec(source)
+    variant = spec(source) if isinstance(source, str) else source
     if variant.layout is not None:
         return dict(state)
-    model = variant.build()
-    model.load_state_dict(dict(state), strict=True)
-    hub = spec(CANONICAL_LAYOUT).build()
-    copy_weights(model, hub)
-    return {k: v.detach() for k, v in hub.state_dict().items()}
+    hub = spec(CANONICAL_LAYOUT)
+    model = _move(_holding(variant, state), variant.name, hub, hub.build())
+    return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 def load_into(target: VariantSpec, state: Mapping[str, torch.Tensor], *, policy: str = DEFAULT_POLICY,
-              ) -> tuple[nn.Module, list[str]]:
+              source: VariantSpec | None = None) -> tuple[nn.Module, list[str]]:
     """A fresh ``target`` holding ``state``'s function, in the form that runs (see ``get_audio_model``),
-    and what was done."""
+    and what was done.
+
+    ``state`` is a checkpoint of ``source``: its declared layout, or the variant's own
+    state_dict. Without ``source``: ``target``'s own when it has exactly its keys and shapes,
+    else what ``detect_source`` finds. A variant's own state_dict moves into another variant
+    by proven structural matching; into a declared layout through the canonical one.
+    """
+    if source is None and target.layout is None:
+        model = target.build()
+        if own_shapes(model.state_dict()) == own_shapes(state):
+            model.load_state_dict(dict(state), strict=True)
+            return model, [f"loaded as it is: the checkpoint has {target.name}'s own {len(state)} keys"]
+    found = detect_source(state) if source is None else source.layout or source
+    if isinstance(found, VariantSpec):
+        if found.name == target.name:
+            return _holding(target, state), [f"loaded as it is: {target.name}'s own {len(state)} keys"]
+        if target.layout is None:
+            model = _move(_holding(found, state), found.name, target, target.build())
+            return model, [_matched_line(found.name, target, len(state))]
+        state, found = in_declared_layout(found, state), CANONICAL_LAYOUT
     if target.layout is not None:
-        converted, report = convert_state_dict(state, target.layout, policy=policy)
+        converted, report = convert_state_dict(state, target.layout, source=found, policy=policy)
         check_fits(converted, target.layout)
         model = target.build(num_classes=num_classes_of(converted))
         if target.layout == "legacy" and not any(k.startswith("skip.") for k in converted):
             model.skip = None  # a 95-key legacy checkpoint: the model as its forward left it
         model.load_state_dict(converted, strict=True)
         return _runnable(model, target), report.lines()
-    model = target.build()
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if own == {k: tuple(v.shape) for k, v in state.items()}:
-        model.load_state_dict(dict(state), strict=True)
-        return model, [f"loaded as it is: the checkpoint has {target.name}'s own {len(own)} keys"]
-    hub = spec(CANONICAL_LAYOUT)
-    canonical, report = convert_state_dict(state, CANONICAL_LAYOUT, policy=policy)
-    hub_model = hub.build(num_classes=num_classes_of(canonical))
-    hub_model.load_state_dict(canonical, strict=True)
+    canonical, report = convert_state_dict(state, CANONICAL_LAYOUT, source=found, policy=policy)
+    hub = spec(CANONICAL_LAYOUT).build(num_classes=num_classes_of(canonical))
+    hub.load_state_dict(canonical, strict=True)
+    model = _move(hub, CANONICAL_LAYOUT, target, target.build())
+    return model, [*report.lines(), _matched_line(CANONICAL_LAYOUT, target, len(canonical))]
+
+
+def _holding(variant: VariantSpec, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A fresh ``variant`` loaded strictly with ``state``, its own state_dict (one-line error if not)."""
+    model = variant.build()
     try:
-        copy_weights(hub_model, model)
+        model.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise HarnessError(f"does not fit {variant.name}'s state_dict: {detail[:300]}") from None
+    return model
+
+
+def _move(model: nn.Module, name: str, target: VariantSpec, into: nn.Module) -> nn.Module:
+    """``into`` (a fresh ``target``) given ``model``'s weights by ``copy_weights``, proven on an example
+    of ``target``'s input contract."""
+    try:
+        copy_weights(model, into, contract=target.input_contract())
     except HarnessError as exc:
-        raise HarnessError(f"cannot move the weights into {target.name}: {exc}",
+        raise HarnessError(f"cannot move {name}'s weights into {target.name}: {exc}",
                            exit_code=exc.exit_code) from None
-    matched = (f"{CANONICAL_LAYOUT} -> {target.name}: every tensor matched by structure ({len(own)} keys), "
-               "outputs proven bit-identical in train and eval mode")
-    return model, [*report.lines(), matched]
+    return into
+
+
+def _matched_line(name: str, target: VariantSpec, keys: int) -> str:
+    return (f"{name} -> {target.name}: every tensor matched by structure ({keys} keys), outputs proven "
+            "bit-identical in train and eval mode")
 
 
 class _about:
@@ -432,33 +482,46 @@ class _about:
 
 
 def cli_migrate(args: argparse.Namespace) -> int:
-    """``python -m harness migrate SRC DST --to TARGET``: convert, print the report, write atomically.
+    """``python -m harness migrate SRC DST --to TARGET [--from SOURCE]``: convert, report, write atomically.
 
     TARGET is a declared layout (``convert_state_dict``), or any registered variant or
     ``MODULE:ATTR``: then the checkpoint is loaded into that model (``load_into``, the
-    pairing proven) and its own state_dict is written.
+    pairing proven) and its own state_dict is written. SOURCE (default: detected, the
+    detected variant named on stderr) is a declared layout or a variant whose own
+    state_dict SRC holds. DST is never a file the run reads.
     """
     src, dst = Path(args.src), Path(args.dst)
-    if args.dst and _same_file(src, dst):
-        raise HarnessError(f"{dst}: is the source checkpoint {src}; write the migration to a new file")
+    kwargs = parse_kwargs(args.kwargs) if args.kwargs else None
+    to_layout = args.to in declared_layouts() or ":" not in args.to and args.to not in SUBJECTS
+    target = None if to_layout else resolve(args.to, kwargs=kwargs)
+    named = None if args.source == "auto" else resolve(args.source)
+    reads = [("the source checkpoint", src), *_files_read(target), *_files_read(named)]
+    reads += [("the registry", Path(args.registry))] if getattr(args, "registry", None) else []
+    reads += [("the --kwargs file", Path(args.kwargs[1:]))] if args.kwargs and args.kwargs[:1] == "@" else []
+    _refuse_overwriting(dst, reads)
     # Before reading anything: DST must be a new path or a regular file (--force), never a
     # directory, device, FIFO or socket, nor a symlink without --force (the raw spelling, so
     # that a trailing separator still names a directory).
     check_output_path(args.dst, force=args.force, overwrite=False)
     state, notes = read_checkpoint(src)
-    source = None if args.source == "auto" else args.source
     with _about(str(src)):
-        if source is not None and source not in declared_layouts() and (source in SUBJECTS or ":" in source):
-            # A checkpoint of a model without a declared layout: matched into the canonical one first.
-            state, source = in_declared_layout(_registered(resolve(source)), state), None
-        if args.to in declared_layouts() or ":" not in args.to and args.to not in SUBJECTS:
-            converted, report = convert_state_dict(state, args.to, source=source, policy=args.policy)
+        source = named
+        if source is None and (target is None or target.layout is not None or
+                               own_shapes(target.build().state_dict()) != own_shapes(state)):
+            found = detect_source(state)
+            if isinstance(found, VariantSpec):
+                _refuse_overwriting(dst, _files_read(found))
+                print(f"{src}: its keys are {found.name}'s own state_dict (detected; --from {found.name} "
+                      "says so)", file=sys.stderr)
+                source = found
+        if target is None:
+            layout = None if source is None else source.layout or CANONICAL_LAYOUT
+            if source is not None and source.layout is None:
+                state = in_declared_layout(source, state)
+            converted, report = convert_state_dict(state, args.to, source=layout, policy=args.policy)
             lines = report.lines()
         else:
-            if source is not None:
-                state, _ = convert_state_dict(state, CANONICAL_LAYOUT, source=source, policy=args.policy)
-            target = resolve(args.to, kwargs=parse_kwargs(args.kwargs) if args.kwargs else None)
-            model, lines = load_into(target, state, policy=args.policy)
+            model, lines = load_into(target, state, policy=args.policy, source=source)
             converted = {k: v.detach() for k, v in model.state_dict().items()}
     save_checkpoint(converted, args.dst, force=args.force)
     for note in notes:
@@ -468,11 +531,16 @@ def cli_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _registered(target: VariantSpec) -> str:
-    """Register an ad-hoc ``MODULE:ATTR`` spec for this process so name-based helpers take it."""
-    if target.name not in SUBJECTS:
-        register(target)
-    return target.name
+def _files_read(variant: VariantSpec | None) -> list[tuple[str, Path]]:
+    paths = [] if variant is None else variant.files_read()
+    return [(f"a file {variant.name} is built from", path) for path in paths]
+
+
+def _refuse_overwriting(dst: Path, reads: list[tuple[str, Path]]) -> None:
+    """Refuse a DST that is any file the run reads, in any spelling (``_same_file``), even with --force."""
+    for what, path in reads:
+        if _same_file(path, dst):
+            raise HarnessError(f"{dst}: is {what} {path}; write the migration to a new file")
 
 
 def _same_file(src: Path, dst: Path) -> bool:
@@ -483,4 +551,3 @@ def _same_file(src: Path, dst: Path) -> bool:
         return os.path.samefile(src, dst)
     except OSError:
         return False
-

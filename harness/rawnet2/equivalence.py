@@ -2,11 +2,15 @@
 
 * ``copy_weights(src, dst)`` moves every parameter and buffer between live models: by
   canonical module between the guide's layouts (``harness.rawnet2.layouts``), by proven
-  structural matching (``harness.core.matching``) between any others.
+  structural matching (``harness.core.matching``) between any others, observed and proven
+  on an example of the target's input contract.
 * ``seed_weights(model, seed)`` gives every module deterministic random weights *and*
   BatchNorm statistics (``harness.core.weights``); modules with the same canonical name
   get the same values in every layout.
 * ``compare_variants`` measures the differences the report prints and the tests bound.
+
+Every input made here comes from a variant's input contract (``VariantSpec.example``),
+never a hard-coded shape.
 """
 
 from __future__ import annotations
@@ -19,40 +23,47 @@ import torch
 import torch.nn as nn
 
 from harness.core.audits import parse_shape
+from harness.core.contract import InputContract, check_size
 from harness.core.errors import HarnessError
 from harness.core.forms import max_differences
 from harness.core.loading import parse_kwargs
 from harness.core.matching import Comparison, compare_models, match_weights, pair_weights
 from harness.core.tolerances import EXACT, Tolerance, tolerance_named
 from harness.core.weights import seed_weights as core_seed_weights
-from harness.rawnet2.layouts import canonical_modules, has_guide_layout
+from harness.rawnet2.layouts import CANONICAL_LAYOUT, canonical_modules, has_guide_layout
 from harness.rawnet2.registry import MODES, VariantSpec, resolve, spec
 
-# Input the structural matching observes and proves on when the caller gives none:
-# short enough to be cheap, long enough for train-mode BatchNorm at any batch size.
-MATCHING_INPUT_SHAPE = (2, 1, 800)
+# Examples in the batch the structural matching observes and proves on when the caller gives
+# no input: two, so that train-mode BatchNorm sees more than one value per channel at any length.
+MATCHING_BATCH = 2
+# Examples in the batch compare_variants and `python -m harness compare` run by default.
+COMPARE_BATCH = 3
 
 
-def matching_input(seed: int = 0) -> torch.Tensor:
-    return torch.randn(MATCHING_INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
+def matching_input(contract: InputContract | None = None, seed: int = 0) -> torch.Tensor:
+    """A seeded ``MATCHING_BATCH`` of ``contract``'s examples at its declared length (default:
+    the contract of the guide's canonical layout, the built-in family's)."""
+    contract = spec(CANONICAL_LAYOUT).input_contract() if contract is None else contract
+    return contract.example(MATCHING_BATCH, seed=seed)
 
 
 def copy_weights(src: nn.Module, dst: nn.Module, example_input: torch.Tensor | None = None,
-                 *, modes: tuple[str, ...] = ("train", "eval")) -> None:
+                 *, contract: InputContract | None = None, modes: tuple[str, ...] = MODES) -> None:
     """Copy every parameter and buffer of ``src`` into ``dst``.
 
     Two models in the guide's layouts pair module by canonical module (tuple_blocks'
     unregistered tuple members included); any other pair is matched by structure
     (``harness.core.matching.match_weights``) and the pairing proven bit for bit in
-    ``modes`` on ``example_input`` (default: ``matching_input()``). Both models keep their
-    own tensors (device and dtype of ``dst``). Raises ``HarnessError`` naming every module
-    or tensor that has no counterpart, or where an unproven pairing parts; nothing is
-    copied then.
+    ``modes`` on ``example_input`` (default: ``matching_input(contract)``, where
+    ``contract`` is ``dst``'s spec's input contract; a model outside the built-in family
+    needs one or the other). Both models keep their own tensors (device and dtype of
+    ``dst``). Raises ``HarnessError`` naming every module or tensor that has no
+    counterpart, or where an unproven pairing parts; nothing is copied then.
     """
     if has_guide_layout(src) and has_guide_layout(dst):
         _copy_canonical(src, dst)
         return
-    match_weights(src, dst, matching_input() if example_input is None else example_input, modes=modes)
+    match_weights(src, dst, matching_input(contract) if example_input is None else example_input, modes=modes)
 
 
 def _copy_canonical(src: nn.Module, dst: nn.Module) -> None:
@@ -117,7 +128,8 @@ def shared_weights(a: str, b: str, seed: int, example_input: torch.Tensor | None
     Layouts that hold the same canonical modules share them through ``copy_weights``;
     two declared layouts that differ convert ``a``'s state_dict under the
     ``preserve-function`` policy; anything else is paired by structure
-    (``harness.core.matching.pair_weights``, not proven: the comparison is the proof).
+    (``harness.core.matching.pair_weights``, not proven: the comparison is the proof) on
+    ``example_input`` (default: ``b``'s seeded example, ``matching_input``).
     """
     spec_a, spec_b = spec(a), spec(b)
     model_a, model_b = seed_weights(spec_a.build(), seed), spec_b.build()
@@ -132,7 +144,9 @@ def shared_weights(a: str, b: str, seed: int, example_input: torch.Tensor | None
                                       policy="preserve-function")
         model_b.load_state_dict(state)
         return model_a, model_b, "preserve-function"
-    pairing = pair_weights(model_a, model_b, matching_input(seed) if example_input is None else example_input)
+    if example_input is None:
+        example_input = matching_input(spec_b.input_contract(), seed)
+    pairing = pair_weights(model_a, model_b, example_input)
     pairing.copy_into(model_a, model_b)
     return model_a, model_b, "structural match"
 
@@ -141,12 +155,12 @@ def compare_variants(a: str, b: str, mode: str, *, seed: int = 0, x: torch.Tenso
                      ) -> VariantDifference:
     """Max difference between variants ``a`` and ``b`` holding the same weights, in ``mode``.
 
-    The default input is three seeded 4000-sample waveforms.
+    The default input is ``COMPARE_BATCH`` seeded examples of ``a``'s input contract.
     """
-    if mode not in ("train", "eval"):
+    if mode not in MODES:
         raise HarnessError(f"mode must be 'train' or 'eval', not {mode!r}")
     if x is None:
-        x = torch.randn(3, 1, 4000, generator=torch.Generator().manual_seed(seed))
+        x = spec(a).example(COMPARE_BATCH, seed=seed)
     model_a, model_b, how = shared_weights(a, b, seed, x)
     with torch.no_grad():
         out_a = model_a.train(mode == "train")(x)
@@ -158,18 +172,33 @@ def compare_variants(a: str, b: str, mode: str, *, seed: int = 0, x: torch.Tenso
 # --- any two models ------------------------------------------------------------------------
 
 
-def compare_specs(ref: VariantSpec, other: VariantSpec, x: torch.Tensor, *, modes: tuple[str, ...] = MODES,
-                  tolerance: Tolerance = EXACT, seed: int = 0) -> Comparison:
-    """``ref`` (seeded, or holding its spec's weights) vs ``other`` given ``ref``'s weights by structure.
+def compare_specs(ref: VariantSpec, other: VariantSpec, x: torch.Tensor | None = None, *,
+                  modes: tuple[str, ...] = MODES, tolerance: Tolerance = EXACT, seed: int = 0) -> Comparison:
+    """``ref`` (seeded, or holding its spec's weights) vs ``other`` given ``ref``'s weights by structure,
+    on ``x`` (default: ``COMPARE_BATCH`` seeded examples of ``ref``'s input contract).
 
     A pairing that fits but whose outputs differ is the result (``equivalent`` False, the
     first module pair where they part named); a factory that fails or models no pairing
     fits raise ``HarnessError`` (exit 2).
     """
+    if x is None:
+        x = ref.example(COMPARE_BATCH, seed=seed)
     ref_model = ref.build_or_refuse()
     if ref.weights is None:
         seed_weights(ref_model, seed)
     return compare_models(ref_model, other.build_or_refuse(), x, modes=modes, tolerance=tolerance)
+
+
+def compare_input(ref: VariantSpec, input_shape: str | None, seed: int = 0) -> torch.Tensor:
+    """``compare``'s seeded input: ``--input-shape`` when given (refused in one line where ``ref``
+    declares an input contract it breaks), else ``COMPARE_BATCH`` examples of ``ref``'s contract."""
+    if input_shape is None:
+        return ref.example(COMPARE_BATCH, seed=seed)
+    shape = parse_shape(input_shape)
+    check_size(shape)
+    if ref.input_shape is not None and (problem := ref.input_contract().fits(shape)):
+        raise HarnessError(f"--input-shape {input_shape} does not fit {ref.name}: {problem}")
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
 def cli_compare(args: argparse.Namespace) -> int:
@@ -177,10 +206,10 @@ def cli_compare(args: argparse.Namespace) -> int:
     ref = resolve(args.ref, kwargs=parse_kwargs(args.ref_kwargs) if args.ref_kwargs else None,
                   weights=args.weights)
     other = resolve(args.other, kwargs=parse_kwargs(args.other_kwargs) if args.other_kwargs else None)
-    shape = parse_shape(args.input_shape)
     modes = MODES if args.mode == "both" else (args.mode,)
     tolerance = tolerance_named(args.tolerance)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    x = compare_input(ref, args.input_shape)
+    shape = tuple(x.shape)
     result = compare_specs(ref, other, x, modes=modes, tolerance=tolerance)
     if args.format == "json":
         print(json.dumps(result.as_json(), indent=2, allow_nan=False))

@@ -13,10 +13,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
+import torch
 import torch.nn as nn
 
 from harness.core.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.rawnet2.registry import VariantSpec
 
 # Blocks whose stride or channel count changes; every other block keeps its shape.
 PROJECTION_BLOCKS = (2, 4, 6)
@@ -24,6 +29,9 @@ PROJECTION_BLOCKS = (2, 4, 6)
 # ``_make_res_block``; the last assignment (block 6, 128 -> 256, stride 2) survives.
 LEGACY_SHARED_SKIP_BLOCK = 6
 HEAD_MODULES = ("conv1", "fc1", "fc2")
+# The layout that holds every canonical module under its canonical name: conversions between
+# other layouts, and matching a model outside them, go through it.
+CANONICAL_LAYOUT = "skip_modules"
 
 _BLOCK_ATTR = re.compile(r"^res_block(\d+)$")
 # A block that adds its own shortcut keeps it under one of these names (None: identity):
@@ -199,3 +207,58 @@ def state_dict_layout(name: str) -> StateDictLayout:
         unsaved=tuple(c for c, p in found.items() if p is None),
         cleared=_CLEARED_BY_FORWARD.get(name, ()),
     )
+
+
+# --- a registered variant's own state_dict --------------------------------------------------
+
+
+def own_shapes(state: Mapping[str, object]) -> dict[str, tuple[int, ...]]:
+    """Key -> shape: what a strict ``load_state_dict`` asks of a checkpoint."""
+    return {key: tuple(getattr(value, "shape", ())) for key, value in state.items()}
+
+
+def variant_of_state(state: Mapping[str, object]) -> VariantSpec | None:
+    """The registered variant whose own state_dict ``state`` is: exactly its keys and shapes.
+
+    Several fit where variants share a state_dict (a class-renamed copy of a model): one
+    held to another that fits (its ``reference``, followed through the registry) computes
+    that one's function, so the checkpoint is read as the other's. None when none fits;
+    ``HarnessError`` when unrelated ones do (only ``--from`` can say which). Variants whose
+    factory raises are passed over: they hold no checkpoint.
+    """
+    from harness.core.loading import UserCodeExit
+    from harness.rawnet2.registry import SUBJECTS
+
+    shapes = own_shapes(state)
+    fitting = {}
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights: the caller's RNG stays
+        for name, spec in SUBJECTS.items():
+            try:
+                built = spec.build()
+            except UserCodeExit:
+                raise
+            except Exception:  # noqa: BLE001 - a model that cannot be built is no candidate
+                continue
+            if own_shapes(built.state_dict()) == shapes:
+                fitting[name] = spec
+    roots = [spec for spec in fitting.values() if not _held_to(spec, set(fitting) - {spec.name})]
+    if len(roots) > 1:
+        raise HarnessError(f"its keys fit the state_dicts of {len(roots)} registered variants "
+                           f"({', '.join(s.name for s in roots)}): name the one it came from with --from")
+    return roots[0] if roots else None
+
+
+def _held_to(spec: VariantSpec, names: set[str]) -> bool:
+    """Whether ``spec``'s reference chain reaches one of ``names``."""
+    from harness.rawnet2.registry import SUBJECTS
+
+    seen: set[str] = set()
+    current: VariantSpec | None = spec
+    while current.reference is not None and current.name not in seen:
+        if current.reference in names:
+            return True
+        seen.add(current.name)
+        current = SUBJECTS.get(current.reference)
+        if current is None:
+            return False
+    return False
