@@ -61,6 +61,7 @@ class _Node:
     calls: tuple[_Call, ...]  # the module calls running when it was made, outermost first
     derived: bool  # computed from the forward's input
     parametrized: bool  # the op took a parameter or buffer
+    weights: int  # how many parameter and buffer values the op took (a held tensor: its own)
     addends: tuple[int | Const, ...] | None = None  # for a sum: its operands in order
     made_by: list[_Call] = field(default_factory=list)  # calls returning it, innermost first
     consumers: list[int] = field(default_factory=list)
@@ -96,8 +97,9 @@ class _Tracer(TorchFunctionMode):
     def _new(self, t: torch.Tensor, op: str, parents: tuple[int, ...], **extra: object) -> int:
         index = len(self.nodes)
         derived = op == "input" or any(self.nodes[p].derived for p in parents)
-        parametrized = any(self.nodes[p].op == "held" for p in parents)
-        self.nodes.append(_Node(index, op, parents, tuple(self._stack), derived, parametrized, **extra))
+        held = [self.nodes[p] for p in dict.fromkeys(parents) if self.nodes[p].op == "held"]
+        weights = t.numel() if op == "held" else sum(h.weights for h in held)
+        self.nodes.append(_Node(index, op, parents, tuple(self._stack), derived, bool(held), weights, **extra))
         for p in dict.fromkeys(parents):
             self.nodes[p].consumers.append(index)
         self._node_of[id(t)] = (index, t._version)
@@ -256,6 +258,10 @@ class _Graph:
         """Parametrized ops between ``x`` and ``m``: 0 for ``m`` a parameter-free function of ``x``."""
         return sum(self.nodes[n].parametrized for n in self.between(x, m)) if m != x else 0
 
+    def weight(self, x: int, m: int) -> int:
+        """Parameter and buffer values the ops between ``x`` and ``m`` take: how heavy that branch is."""
+        return sum(self.nodes[n].weights for n in self.between(x, m)) if m != x else 0
+
     def flattened(self, n: int) -> bool:
         """A sum whose only use is as a summand of another sum (``a + b + c``): part of that one."""
         consumers = self.nodes[n].consumers
@@ -299,8 +305,9 @@ class _Graph:
         for s in tensors:
             for m in tensors:
                 if s != m and (src := self.source(s, m, depth)) is not None:
-                    x = src[0]
-                    if (0 if src[1] == "identity" else self.depth(x, s)) < self.depth(x, m):
+                    # The shortcut is the lighter branch: a projection (1x1 conv) takes fewer values
+                    # than the main path it bypasses, the identity none.
+                    if self.weight(src[0], s) < self.weight(src[0], m):
                         found.append((s, src))
         if not found:
             return None
@@ -372,11 +379,12 @@ class _Namer:
         r.path = self.path(r.block)
 
 
-def _siblings(namer: _Namer, blocks: list[nn.Module]) -> dict[int, tuple[nn.Module, list[str]]]:
+def _siblings(namer: _Namer, blocks: list[nn.Module], projections: list[nn.Module],
+              ) -> dict[int, tuple[nn.Module, list[str]]]:
     """Modules built like a block: the same class in the same container, or the same class tree
-    under the same parent. id -> (module, the paths of the blocks it is compared with)."""
+    under the same parent (a block's projection is none). id -> (module, the blocks it is compared with)."""
     ids = {id(b) for b in blocks}
-    inside = {id(m) for b in blocks for m in b.modules()}
+    inside = {id(m) for b in (*blocks, *projections) for m in b.modules()}
     paths = [namer.path(b) for b in blocks]
     found: dict[int, tuple[nn.Module, list[str]]] = {}
     for path, module in namer.modules.items():
@@ -416,7 +424,8 @@ def find_blocks(model: nn.Module, x: torch.Tensor) -> list[Block]:
                 r.block, r.path = last.module, namer.path(last.module)
             r.foreign = f"the input of {min(inner, key=lambda i: i.sum).path}"
     blocks = list(dict.fromkeys(r.block for r in residuals if not r.foreign and r.block is not None))
-    others = _sibling_runs(graph, namer, residuals, _siblings(namer, blocks))
+    projections = [c.module for r in residuals for _, _, c in r.shortcuts if c is not None]
+    others = _sibling_runs(graph, namer, residuals, _siblings(namer, blocks, projections))
     keep = {r.source for r in residuals} | {r.sum for r in residuals}
     keep |= {n for r in residuals for n in graph.summands(r.sum) if isinstance(n, int)}
     keep |= {n for o in others for n in (o.source, o.output)}
