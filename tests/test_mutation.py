@@ -11,6 +11,7 @@ import importlib.util
 import json
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +21,8 @@ import torch
 pytest.importorskip("mutmut", reason="mutation testing needs the extra: pip install -e '.[mutation]'")
 import jsonschema  # noqa: E402
 import libcst as cst  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from harness.__main__ import main  # noqa: E402
 from harness.core.errors import HarnessError  # noqa: E402
@@ -30,23 +33,32 @@ from harness.core.mutation import (  # noqa: E402
     Equivalence,
     Mutant,
     MutationRun,
+    ReportWriter,
+    attribute,
     build_report,
+    check_clean,
     enumerate_mutants,
     file_section,
     prepare_workspace,
     render_summary,
     run_mutation,
+    sample_evenly,
+    stage_outside_file,
     summarize,
 )
 from harness.core.mutation import plugin as mutation_plugin  # noqa: E402
+from harness.core.mutation.config import Clock  # noqa: E402
 from harness.core.mutation.operators import OPERATORS, mutations, operator_names  # noqa: E402
 from harness.rawnet2.mutation import (  # noqa: E402
+    CONTRACTS,
     EQUIVALENCES,
     TEXT_PINNING,
     load_equivalences,
+    plan_run,
     selection_for,
     variants_of,
 )
+from harness.rawnet2.registry import load_registry_file, unregister  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -464,3 +476,258 @@ def test_a_tiny_project_end_to_end(tmp_path: Path):
     assert section["summary"]["survived"] == len(section["survivors"]) > 0  # unregistering lin, detaching
     assert (tmp_path / "tinypkg" / "model.py").read_text() == TINY_MODEL
     assert sys.modules.get("tinypkg") is None
+
+
+# --- a team's model: staging, sampling, the clean run, attribution, partial reports -------------
+
+TEAM_MODEL = """\
+import torch.nn as nn
+
+SLOPE = 0.3
+
+
+class Block(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, kernel_size=3, padding=1)
+        self.act = nn.LeakyReLU(SLOPE)
+
+    def forward(self, x):
+        return self.act(self.conv(x))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(2), Block(2)])
+        self.head = nn.Linear(2, 1)
+
+    def _residual(self, block, x):
+        identity = x
+        out = block(x) + identity
+        return out
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = self._residual(block, x)
+        return self.head(x.mean(-1))
+"""
+TEAM_REGISTRY = """\
+[tool.rawnet2-harness.variants.team_net]
+factory = "net:Net"
+output = "any"
+input_shape = [2, 16]
+"""
+
+
+@pytest.fixture(scope="module")
+def team_mutants(tmp_path_factory) -> list[Mutant]:
+    root = tmp_path_factory.mktemp("team")
+    (root / "net.py").write_text(TEAM_MODEL)
+    return enumerate_mutants("net.py", root=root)
+
+
+def shortcut_deletion(mutants: list[Mutant]) -> Mutant:
+    return next(m for m in mutants if m.function == "Net._residual"
+                and m.changed_text() == (["out = block(x) + identity"], ["out = block(x)"]))
+
+
+@settings(max_examples=25)
+@given(limit=st.integers(1, 200))
+def test_a_sample_is_spread_evenly_across_functions_and_is_deterministic(team_mutants, limit: int):
+    chosen, left = sample_evenly(team_mutants, limit)
+    assert len(chosen) == min(limit, len(team_mutants))
+    assert [m.id for m in chosen + left] == [m.id for m in team_mutants if m in chosen] + [
+        m.id for m in team_mutants if m in left]  # a partition, each part in file order
+    assert sample_evenly(team_mutants, limit) == (chosen, left)  # same file, same sample
+    total = Counter(m.function for m in team_mutants)
+    taken = Counter(m.function for m in chosen)
+    for function, n in total.items():
+        if taken[function] < n:  # a function with mutants left never has two fewer than another
+            assert all(taken[function] >= other - 1 for other in taken.values()), (function, taken)
+    model_operators = set(operator_names())
+    for function in total:  # a function's first turns go to the model operators it has, one each
+        own = {m.operator for m in team_mutants if m.function == function} & model_operators
+        if taken[function] >= len(own):
+            assert own <= {m.operator for m in chosen if m.function == function}
+
+
+def test_a_sample_of_one_per_function_takes_the_shortcut_deletion(team_mutants: list[Mutant]):
+    functions = {m.function for m in team_mutants}
+    chosen, _ = sample_evenly(team_mutants, len(functions))
+    assert [m for m in chosen if m.function == "Net._residual"] == [shortcut_deletion(team_mutants)]
+    assert {m.function for m in chosen} == functions
+    assert sample_evenly(team_mutants, None) == (team_mutants, [])
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("timeout_factor", float("nan")), ("timeout_factor", float("inf")), ("timeout_factor", 0.0),
+    ("timeout_factor", -1.0), ("timeout_constant_s", float("nan")), ("workers", 0), ("workers", 1.5),
+    ("max_mutants", 0), ("max_mutants", True), ("time_budget_s", float("nan")), ("time_budget_s", 0)])
+def test_the_library_refuses_a_run_with_a_number_out_of_range(field: str, value: object):
+    with pytest.raises(HarnessError, match=r"must be (a finite number|an integer) >=? ?0?.*got"):
+        MutationRun(path="m.py", selection=["tests"], **{field: value})
+
+
+def team_repository(tmp_path: Path) -> tuple[Path, Path]:
+    """A project (the tiny one) and, outside it, a team's directory: model, a helper module, registry,
+    weights and a tests folder of its own."""
+    project = tmp_path / "project"
+    project.mkdir()
+    tiny_project(project, "")
+    (project / "pyproject.toml").write_text("")
+    team = tmp_path / "teamrepo"
+    team.mkdir()
+    (team / "net.py").write_text(TEAM_MODEL)
+    (team / "layers.py").write_text("WIDTH = 2\n")
+    (team / "registry.toml").write_text(TEAM_REGISTRY)
+    (team / "weights").mkdir()
+    (team / "weights" / "w.pt").write_bytes(b"not read")
+    (team / "tests").mkdir()
+    return project, team
+
+
+def test_a_model_file_outside_the_project_is_staged_and_never_written(tmp_path: Path):
+    project, team = team_repository(tmp_path)
+    staged = stage_outside_file(team / "net.py", project=project, selection=["tests"],
+                                registry=team / "registry.toml")
+    assert staged.root == project / "mutants" / "project" and staged.path == "net.py"
+    assert staged.registry == "registry.toml" and staged.original == team / "net.py"
+    assert set(staged.copied) == {"net.py", "layers.py", "registry.toml"} and staged.linked == ("weights",)
+    for name in staged.copied:  # snapshots: the run never writes the team's files
+        assert not (staged.root / name).is_symlink()
+        assert (staged.root / name).read_bytes() == (team / name).read_bytes()
+    assert (staged.root / "weights").resolve() == team / "weights"
+    # the project's packages and tests, linked; the team's own tests folder left out (same name)
+    assert (staged.root / "tinypkg").resolve() == project / "tinypkg"
+    assert (staged.root / "tests").resolve() == project / "tests"
+    assert (project / "mutants" / MARKER).is_file()
+    # a model whose top-level name is the project's own cannot be staged
+    (team / "tests" / "m.py").write_text("x = 1\n")
+    with pytest.raises(HarnessError, match=r"m.py: its top-level name 'tests' .* is also the project's own"):
+        stage_outside_file(team / "tests" / "m.py", project=project, selection=["tests"],
+                           registry=team / "registry.toml")
+
+
+@pytest.fixture
+def team_registered(tmp_path: Path):
+    project, team = team_repository(tmp_path)
+    load_registry_file(team / "registry.toml")
+    yield project, team
+    unregister("team_net")
+
+
+def test_a_team_file_is_judged_by_its_variants_tests_with_its_registry_passed_through(team_registered):
+    project, team = team_registered
+    assert variants_of(team / "net.py", root=project) == ["team_net"]
+    (team / "eq.json").write_text(json.dumps([{"path": str(team / "net.py"), "first": 24,
+                                               "anchor": "identity = x", "reason": "r"}]))
+    run = plan_run(str(team / "net.py"), root=project, tests=None, registry=str(team / "registry.toml"),
+                   workers=1, timeout_factor=5.0, equivalences=load_equivalences(team / "eq.json"),
+                   max_mutants=10, time_budget_s=60.0)
+    assert run.selection[-2:] == ["-k", "team_net"] and run.pytest_args == ["--registry=registry.toml"]
+    assert run.root == project / "mutants" / "project" and run.path == "net.py"
+    assert run.shown_path == str(team / "net.py") and set(run.linked) == {"eq.json", "weights"}
+    assert Equivalence("net.py", 24, "identity = x", "r") in run.equivalences  # the team's, on the copy
+    assert (run.max_mutants, run.time_budget_s, run.contracts) == (10, 60.0, CONTRACTS)
+
+
+PURE_TESTS = """\
+def test_passes():
+    assert True
+
+
+def test_fails():
+    assert 1 == 2
+"""
+
+
+def test_the_selection_must_pass_on_the_unmutated_file_naming_the_failing_tests(tmp_path: Path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_pure.py").write_text(PURE_TESTS)
+    workspace = prepare_workspace(tmp_path)
+    # no torch, no harness plugin: a pure-Python project, so the check takes a second
+    run = MutationRun(path="m.py", selection=["tests"], root=tmp_path,
+                      pytest_args=["-p", "no:rawnet2_harness"], progress=lambda line: None)
+    failing = r"tests/test_pure.py::test_fails \(assert 1 == 2\);"
+    with pytest.raises(HarnessError, match=r"^1 selected test\(s\) fail on the unmutated m.py, so no mutant "
+                                           r"can be judged: " + failing):
+        check_clean(run, workspace, {}, Clock(None), "m.py")
+    (tmp_path / "tests" / "test_pure.py").write_text(PURE_TESTS.replace("1 == 2", "2 == 2"))
+    clean = check_clean(run, workspace, {}, Clock(None), "m.py")
+    assert sorted(clean.tests) == ["tests/test_pure.py::test_fails", "tests/test_pure.py::test_passes"]
+    run.selection = ["tests", "-k", "nothing_matches"]
+    with pytest.raises(HarnessError, match="no test is selected by tests -k nothing_matches"):
+        check_clean(run, workspace, {}, Clock(None), "m.py")
+
+
+def test_a_survivor_is_attributed_from_the_tests_that_reach_its_function(team_mutants: list[Mutant]):
+    deletion = shortcut_deletion(team_mutants)
+    audit = "tests/test_audits.py::test_audit_equals_declaration[team_net]"
+    golden = "tests/test_golden.py::test_outputs_match_golden_file[team_net]"
+    coverage = {deletion.mangled_function: [audit, golden, "tests/test_x.py::test_builds[team_net]"]}
+    found = attribute(deletion, CONTRACTS, coverage, selected=[audit, golden])
+    assert [c["contract"] for c in found["should_have_caught"]] == ["skip_wiring", "golden outputs"]
+    assert found["should_have_caught"][0]["tests"] == [audit]
+    assert found["verdict"].startswith("skip_wiring should have caught it: 1 of its tests reach "
+                                       "Net._residual")
+    assert {"contract": "equivalence to the reference", "why": CONTRACTS[2].why} in found["missing_contracts"]
+    assert found["reached_by"]["count"] == 3
+    # a module registered no more: the contracts that claim it, and none of their tests reach __init__
+    unregistered = next(m for m in team_mutants if m.function == "Block.__init__"
+                        and m.operator == "unregister_module")
+    found = attribute(unregistered, CONTRACTS, {unregistered.mangled_function: [golden]}, selected=[golden])
+    assert found["claimed_by"] == ["registration / state_dict round trip", "train/eval modes"]
+    assert found["verdict"].startswith("no test of registration / state_dict round trip, train/eval modes "
+                                       "reaches Block.__init__")
+    # no test reaches it; no coverage measured; module-level code is reached by every selected test
+    assert attribute(deletion, CONTRACTS, {"other": [golden]}, [golden])["verdict"].startswith(
+        "no selected test reaches Net._residual")
+    assert attribute(deletion, CONTRACTS, {}, [golden])["verdict"].startswith("unknown which tests reach")
+    slope = next(m for m in team_mutants if m.function == MODULE_LEVEL)
+    assert attribute(slope, CONTRACTS, {}, [golden])["should_have_caught"][0]["contract"] == "golden outputs"
+
+
+def test_the_report_is_valid_json_at_every_write_and_says_why_a_mutant_did_not_run(team_mutants, tmp_path):
+    chosen, left = sample_evenly(team_mutants, 6)
+    run = MutationRun(path="net.py", selection=["tests"], max_mutants=6, contracts=CONTRACTS)
+    started = [m for m in chosen if m.function != MODULE_LEVEL][:3]
+    results = {started[0].id: ("killed", 1.0), started[1].id: ("survived", 9.0)}
+    never = {**{m.id: "not in the sample" for m in left},
+             **{m.id: "the time budget (5 s) was spent before it ran" for m in chosen if m.id not in results}}
+    writer = ReportWriter(tmp_path / "r.json")
+    section = file_section(run, team_mutants, results, {}, tests=["t::a"], tool_version="3.8.1",
+                           duration_s=5.0, not_run=never, coverage={started[1].mangled_function: ["t::a"]},
+                           status="partial")
+    writer.write(section)
+    on_disk = json.loads((tmp_path / "r.json").read_text())
+    jsonschema.validate(on_disk, MUTATION_REPORT_SCHEMA)
+    assert on_disk["status"] == on_disk["files"][0]["status"] == "partial"
+    by_id = {m["id"]: m for m in on_disk["files"][0]["mutants"]}
+    module_level = [m for m in chosen if m.function == MODULE_LEVEL]
+    assert module_level and all(by_id[m.id]["status"] == "not_run" and "time budget" in by_id[m.id]["why"]
+                                for m in module_level)  # never started: reported, not dropped
+    assert len(by_id) == len(team_mutants)
+    summary = on_disk["files"][0]["summary"]
+    assert (summary["killed"], summary["survived"], summary["judged"], summary["score"]) == (1, 1, 2, 50.0)
+    (survivor,) = on_disk["files"][0]["survivors"]
+    assert survivor["id"] == started[1].id and survivor["verdict"]
+    writer.finish_file({**section, "status": "complete"})
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "partial"
+    assert writer.write(status="complete")["status"] == "complete"
+    assert "[PARTIAL]" in render_summary(build_report([section], "partial"))
+
+
+def test_cli_refuses_a_syntax_error_and_an_output_over_its_input_in_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    bad = tmp_path / "bad.py"
+    bad.write_text("import torch\n\ndef f(:\n    pass\n")
+    assert main(["mutate", str(bad), "--output", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}:3: not valid Python (") and err.count("\n") == 1
+    good = tmp_path / "good.py"
+    good.write_text(TEAM_MODEL)
+    assert main(["mutate", str(good), "--output", str(good)]) == 2
+    assert capsys.readouterr().err == (f"error: {good}: is {good}, which the run reads; give another "
+                                       "--output\n")
+    assert good.read_text() == TEAM_MODEL and not (tmp_path / "r.json").exists()

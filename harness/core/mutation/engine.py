@@ -115,9 +115,12 @@ def check_clean(run: MutationRun, workspace: Path, env: Mapping[str, str], clock
                 rows.append(json.loads(line))
             except ValueError:
                 continue
-    failing = list(dict.fromkeys(r["test"] for r in rows if r.get("outcome") == "failed"))
+    failures = {r["test"]: r.get("message", "") for r in rows if r.get("outcome") == "failed"}
+    failing = list(failures)
     if failing:
-        shown_tests = ", ".join(failing[:8]) + (f" and {len(failing) - 8} more" if len(failing) > 8 else "")
+        first = f"{failing[0]} ({failures[failing[0]]})" if failures[failing[0]] else failing[0]
+        shown_tests = ", ".join([first, *failing[1:8]]) + (
+            f" and {len(failing) - 8} more" if len(failing) > 8 else "")
         raise HarnessError(f"{len(failing)} selected test(s) fail on the unmutated {shown}, so no mutant can "
                            f"be judged: {shown_tests}; fix them or choose the tests with --tests")
     if done.returncode == 5:
