@@ -7,19 +7,27 @@ the machine and the spec allow. Forms per variant come from the registry.
 from __future__ import annotations
 
 import functools
+import io
+import json
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
+import torch.nn as nn
 
 from harness import build
 from harness.__main__ import main
 from harness.core.errors import HarnessError
-from harness.core.onnx import onnx_missing
+from harness.core.onnx import OnnxRuntimeSession, onnx_missing
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, assert_close
+from harness.rawnet2.audio import SAMPLE_RATE, load_clip
 from harness.rawnet2.deploy import deployment_model
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.registry import SUBJECTS
+from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED
 from harness.rawnet2.scoring import score_files
 
 AUDIO = Path(__file__).parent / "data" / "audio"
@@ -71,3 +79,110 @@ def test_score_names_the_form_that_ran_on_stderr(capsys):
 def test_a_form_that_cannot_run_is_a_usage_error(capsys):
     assert main(["score", FILES[0], "--variant", "tuple_blocks", "--form", "optimized"]) == 2
     assert capsys.readouterr().err.strip().endswith("tuple_blocks does not list folded among its forms")
+
+
+# --- a form is verified on what it scores -----------------------------------------------------------
+
+
+class PeakNormalised(nn.Module):
+    """Audio louder than full scale is scaled to peak 1 first: a data-dependent branch, which a traced
+    graph (ONNX) freezes the way its example input took it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 9)
+        self.fc = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        peak = x.abs().amax()
+        if peak > 1:
+            x = x / peak
+        return torch.sigmoid(self.fc(torch.relu(self.conv(x)).mean(dim=-1)))
+
+
+BRANCHY = ["--variant", f"{__name__}:PeakNormalised", "--score", "probability", "--input-shape", "1,4000"]
+
+
+def frozen_quiet_graph(monkeypatch: pytest.MonkeyPatch) -> OnnxRuntimeSession:
+    """``PeakNormalised`` (score's seeded weights) traced on quiet input, so the graph never divides;
+    and made the form ``deployment_model`` gives score, whatever --form asks."""
+    with torch.random.fork_rng():
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        model = PeakNormalised().eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TracerWarning about the branch is the point
+        torch.onnx.export(model, (torch.full((2, 1, 4000), 0.1),), buffer, dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch", 2: "time"}})
+    session = OnnxRuntimeSession(buffer.getvalue())
+    def deployment_model(*args: object, **kwargs: object) -> tuple[OnnxRuntimeSession, str]:
+        return session, "onnxruntime (frozen) on cpu"
+
+    monkeypatch.setattr("harness.rawnet2.deploy.deployment_model", deployment_model)
+    return session
+
+
+@pytest.fixture
+def loud_and_quiet(tmp_path: Path) -> list[str]:
+    loud, quiet = tmp_path / "loud.wav", tmp_path / "quiet.wav"
+    t = np.arange(4000, dtype=np.float32)
+    sf.write(loud, 1.75 * np.sin(t / 7), SAMPLE_RATE, subtype="FLOAT")
+    sf.write(quiet, 0.3 * np.sin(t / 5), SAMPLE_RATE, subtype="FLOAT")
+    return [str(loud), str(quiet)]
+
+
+def scores_printed(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, list[float], str]:
+    code = main(["score", *argv, "--format", "json"])
+    captured = capsys.readouterr()
+    scores = [r["score"] for r in json.loads(captured.out)["results"]] if code == 0 else []
+    return code, scores, captured.err
+
+
+@pytest.mark.skipif(onnx_missing() is not None, reason=f"ONNX form unavailable: {onnx_missing()}")
+def test_a_frozen_graph_never_scores_auto_falls_back_and_a_named_form_is_refused(
+    loud_and_quiet: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    code, eager, _ = scores_printed([*loud_and_quiet, *BRANCHY, "--form", "eager"], capsys)
+    assert code == 0
+    session = frozen_quiet_graph(monkeypatch)
+    clip = torch.from_numpy(load_clip(loud_and_quiet[0], 4000))[None, None]
+    frozen = float(session(clip).flatten()[0])
+    assert abs(frozen - eager[0]) > 1e-3, "the frozen graph scores loud audio like eager: no test"
+    # auto: the difference on the first batch is said, and eager scores every file
+    code, scores, err = scores_printed([*loud_and_quiet, *BRANCHY, "--form", "auto"], capsys)
+    assert code == 0 and scores == eager
+    assert "score: --form auto: onnxruntime (frozen) on cpu differs from eager on the first batch: max abs " \
+           "difference" in err and "scoring with eager instead" in err
+    # a named form: refused in one line naming the difference; nothing scored
+    code, scores, err = scores_printed([*loud_and_quiet, *BRANCHY, "--form", "onnxruntime"], capsys)
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("error: --form onnxruntime: onnxruntime (frozen) on cpu differs "
+                                           "from eager on the first batch: max abs difference")
+
+
+@pytest.mark.skipif(onnx_missing() is not None, reason=f"ONNX form unavailable: {onnx_missing()}")
+def test_quiet_audio_first_still_shows_a_branch_frozen_on_quiet_input(
+    loud_and_quiet: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    # the first batch is quiet, where the frozen graph is right: its copy made loud shows the branch
+    frozen_quiet_graph(monkeypatch)
+    code, _, err = scores_printed([loud_and_quiet[1], *BRANCHY, "--form", "onnxruntime"], capsys)
+    assert code == 2
+    last = err.splitlines()[-1]
+    assert "differs from eager on the first batch scaled to peak 4: max abs difference" in last
+
+
+def test_the_branchy_model_scores_like_eager_in_every_form_that_runs(
+    loud_and_quiet: list[str], capsys: pytest.CaptureFixture
+):
+    # whatever the real forms do with the branch (export refuses it, or the graph keeps it),
+    # score gives eager's numbers or refuses: never another graph's
+    code, eager, _ = scores_printed([*loud_and_quiet, *BRANCHY, "--form", "eager"], capsys)
+    assert code == 0
+    for form in ("auto", "optimized", "onnxruntime"):
+        code, scores, err = scores_printed([*loud_and_quiet, *BRANCHY, "--form", form], capsys)
+        if code == 2:
+            assert form != "auto" and err.count("error:") == 1 and "Traceback" not in err, err
+            continue
+        assert code == 0, err
+        assert_close(torch.tensor(scores), torch.tensor(eager), DEPLOYMENT_TOLERANCES["onnxruntime"], form)
