@@ -1,15 +1,19 @@
-"""The audio front end: decode, downmix, resample, fit to 64,600 samples, refuse bad files.
+"""The audio front end: decode, downmix, resample, fit to 64,600 samples, refuse bad files; and the
+generic scoring contract every variant whose output turns into a score meets on real audio.
 
-No model runs here. Properties are checked on short synthetic clips written to memory
-with soundfile; facts about the fixtures (tests/data/audio, made by make_fixtures.sh)
-were read with ``soxi``, independently of this code.
+Front-end properties are checked on short synthetic clips written to memory with soundfile;
+facts about the fixtures (tests/data/audio, made by make_fixtures.sh) were read with
+``soxi``, independently of this code. The scoring contract runs over the registry
+(``scored_name``) and over a team's registry (``tests/team_models/correct.toml``).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +23,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.core.tolerances import RESAMPLING_PATHS, assert_close
+from harness.__main__ import main
+from harness.core.tolerances import EXACT, RESAMPLING_PATHS, assert_close
 from harness.rawnet2.audio import (
     MAX_DURATION_S,
     NUM_SAMPLES,
@@ -33,6 +38,10 @@ from harness.rawnet2.audio import (
     load_clip_checked,
     resample,
 )
+from harness.rawnet2.checkpoints import get_audio_model
+from harness.rawnet2.registry import SUBJECTS, load_registry_file, unregister
+from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED, scoring_contract
+from harness.rawnet2.scoring import score_waveforms
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 # file -> (sample rate, channels, frames), as soxi reports them
@@ -329,3 +338,58 @@ def test_integer_pcm_cannot_exceed_full_scale_so_never_warns():
     decoded = decode(written(full_scale, SAMPLE_RATE, "WAV", "PCM_16"))
     assert decoded.peak == 1.0
     assert load_clip_checked(written(full_scale, SAMPLE_RATE, "WAV", "PCM_16"))[1] is None
+
+
+# --- every scored variant on real audio: its contract in, its transform out ------------------------
+
+TEAM_REGISTRY = Path(__file__).parent / "team_models" / "correct.toml"
+
+
+@pytest.fixture(scope="module")
+def team_scored() -> Iterator[list[str]]:
+    """The team registry's variants whose output turns into a score, registered for the module."""
+    already = set(SUBJECTS)
+    specs = load_registry_file(TEAM_REGISTRY)
+    yield [spec.name for spec in specs if spec.runs and spec.score_transform is not None]
+    for spec in specs:
+        if spec.name not in already:
+            unregister(spec.name)
+
+
+def scores_real_audio(name: str, capsys: pytest.CaptureFixture) -> None:
+    """``score`` of a real recording with ``name`` (seeded random weights, eager): the JSON says which
+    transform and what a high score means, each score is in that transform's range, and the
+    numbers are the library's for the clip at the variant's own contract, bit for bit."""
+    spec = SUBJECTS[name]
+    transform = spec.score_transform
+    hello = str(AUDIO / "hello.wav")
+    assert main(["score", hello, "--variant", name, "--form", "eager", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert (document["score"], document["score_means"]) == (str(transform), transform.means)
+    (row,) = document["results"]
+    assert row["file"] == hello and transform.score_problem(row["score"]) is None, row
+    contract = scoring_contract(spec)
+    with torch.random.fork_rng():
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        model = get_audio_model(name)
+    clip = torch.from_numpy(load_clip(hello, contract.length))[None]
+    expected = score_waveforms(model, clip, contract=contract, transform=transform)
+    assert_close(torch.tensor([row["score"]]), expected, EXACT, f"{name}: CLI score vs score_waveforms")
+    assert captured.err.startswith(f"warning: no --checkpoint: {name} has random weights")
+
+
+def test_every_scored_variant_scores_real_audio_through_its_transform(
+    scored_name: str, capsys: pytest.CaptureFixture
+):
+    scores_real_audio(scored_name, capsys)
+
+
+def test_a_team_model_scores_real_audio_at_its_own_contract(team_scored: list[str],
+                                                            capsys: pytest.CaptureFixture):
+    # [B, T] input, log_softmax [B, 2]: a log-probability of bona fide, never a [B, 1] probability
+    assert team_scored == ["asv", "asv_refactor", "asv_renamed"]
+    for name in team_scored:
+        assert scoring_contract(SUBJECTS[name]).batch_shape(2) == (2, 8000)
+        scores_real_audio(name, capsys)
+
