@@ -99,7 +99,8 @@ class _Tracer(TorchFunctionMode):
         derived = op == "input" or any(self.nodes[p].derived for p in parents)
         held = [self.nodes[p] for p in dict.fromkeys(parents) if self.nodes[p].op == "held"]
         weights = t.numel() if op == "held" else sum(h.weights for h in held)
-        self.nodes.append(_Node(index, op, parents, tuple(self._stack), derived, bool(held), weights, **extra))
+        self.nodes.append(_Node(index, op, parents, tuple(self._stack), derived, bool(held), weights,
+                                **extra))
         for p in dict.fromkeys(parents):
             self.nodes[p].consumers.append(index)
         self._node_of[id(t)] = (index, t._version)
