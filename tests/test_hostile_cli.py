@@ -9,8 +9,8 @@ that is a dict, a NamedTuple or None, a forward of two inputs, float64 and half 
 non-finite timeout factor; an unexpected exception in any verb (exit 2, one ``internal
 error`` line; ``--debug`` re-raises it) and Ctrl-C (exit 130).
 
-The fast gate runs them in-process; the slow twin runs each as a real ``python -m harness``
-subprocess (``-m slow``), plus one real subprocess in the fast gate for the top-level guard.
+The fast gate runs them in-process, and two of them and the top-level guard as real
+processes; the slow twin runs each case as a real ``python -m harness`` process (``-m slow``).
 """
 
 from __future__ import annotations
@@ -176,8 +176,13 @@ def test_refused_in_one_line_changing_nothing(case: str, workdir: Path, capfd: p
     assert snapshot(workdir) == before
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
+# Two cases run as real processes in the fast gate too (one refused by argparse, one by the exporter);
+# every case does under -m slow (each process costs ~1.5 s of CPU importing torch).
+FAST_AS_PROCESS = ("export-namedtuple", "mutate-nan-timeout")
+
+
+@pytest.mark.parametrize("case", [c if c in FAST_AS_PROCESS else pytest.param(c, marks=pytest.mark.slow)
+                                  for c in CASES])
 def test_refused_in_one_line_changing_nothing_as_a_real_process(case: str, workdir: Path):
     argv, expected_code, expected = CASES[case]
     before = snapshot(workdir)
