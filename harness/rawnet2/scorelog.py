@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import stat
-import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,13 +67,17 @@ def _versions() -> dict[str, str]:
     import soxr
     import torch
 
-    try:
-        harness = metadata.version("rawnet2-harness")
-    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        harness = "unknown"
-    return {"harness": harness, "torch": torch.__version__, "numpy": numpy.__version__,
+    def version(distribution: str) -> str | None:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:  # a checkout never installed; onnxruntime not installed
+            return None
+
+    # what computes a score: the model (torch, or ONNX Runtime for that form), the decoder, the resampler
+    return {"harness": version("rawnet2-harness"), "torch": torch.__version__,
+            "onnxruntime": version("onnxruntime"), "numpy": numpy.__version__,
             "soundfile": soundfile.__version__, "libsndfile": soundfile.__libsndfile_version__,
-            "soxr": soxr.__version__, "python": sys.version.split()[0]}
+            "soxr": soxr.__version__}
 
 
 def fingerprint(*, variant: str, factory: str, kwargs: Mapping[str, object], checkpoint: str | None,
