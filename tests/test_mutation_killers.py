@@ -24,7 +24,7 @@ from harness.rawnet2.golden import reference_forward
 from harness.rawnet2.registry import SUBJECTS
 
 SEED = 1234
-INPUT_SHAPE = (3, 1, 256)
+BATCH = 3
 MODES = ("train", "eval")
 # The variants the guide's functional reference vouches for (their spec names the function).
 VOUCHED = [name for name, spec in SUBJECTS.items() if spec.runs and spec.architecture is not None]
@@ -33,8 +33,9 @@ HELD = [(name, spec.reference, mode) for name, spec in SUBJECTS.items()
         if spec.runs and spec.reference is not None for mode in spec.reference_modes]
 
 
-def waveforms() -> torch.Tensor:
-    return torch.randn(INPUT_SHAPE, generator=torch.Generator().manual_seed(SEED))
+def waveforms(name: str) -> torch.Tensor:
+    """A seeded batch of the variant's own input contract (its declared shape and length)."""
+    return SUBJECTS[name].example(BATCH, seed=SEED)
 
 
 def output_and_input_gradient(function, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +52,7 @@ def output_and_input_gradient(function, x: torch.Tensor) -> tuple[torch.Tensor, 
 def test_input_gradient_is_the_gradient_of_the_guides_function(name: str, mode: str):
     spec = SUBJECTS[name]
     model = seed_weights(spec.build(), SEED).train(mode == "train")
-    x = waveforms()
+    x = waveforms(name)
     # the reference first: a train-mode forward of the model moves its running statistics
     want_out, want_grad = output_and_input_gradient(
         lambda h: reference_forward(model, h, spec.architecture, train=mode == "train"), x)
@@ -63,7 +64,7 @@ def test_input_gradient_is_the_gradient_of_the_guides_function(name: str, mode: 
 
 @pytest.mark.parametrize("name, reference, mode", HELD, ids=[f"{n}-vs-{r}-{m}" for n, r, m in HELD])
 def test_input_gradient_is_the_reference_variants(name: str, reference: str, mode: str):
-    x = waveforms()
+    x = waveforms(reference)
     ref = seed_weights(SUBJECTS[reference].build(), SEED)
     model = SUBJECTS[name].build()
     copy_weights(ref, model, x, modes=(mode,))
