@@ -387,9 +387,9 @@ def test_every_scored_variant_scores_real_audio_through_its_transform(
 
 def test_a_team_model_scores_real_audio_at_its_own_contract(team_scored: list[str],
                                                             capsys: pytest.CaptureFixture):
-    # [B, T] input, log_softmax [B, 2]: a log-probability of bona fide, never a [B, 1] probability
+    # [B, T] input, log_softmax [B, 2]: a log-probability of bona fide, never a [B, 1] probability. The
+    # production model is scored (its refactors compute its function: test_equivalence proves that).
     assert team_scored == ["asv", "asv_refactor", "asv_renamed"]
-    for name in team_scored:
-        assert scoring_contract(SUBJECTS[name]).batch_shape(2) == (2, 8000)
-        scores_real_audio(name, capsys)
+    assert {scoring_contract(SUBJECTS[name]).batch_shape(2) for name in team_scored} == {(2, 8000)}
+    scores_real_audio("asv", capsys)
 
