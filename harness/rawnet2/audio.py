@@ -259,6 +259,19 @@ def out_of_range(peak: float) -> str | None:
     return f"peak {peak:.4g} is outside [-1, 1] (float samples beyond full scale); scored as it is"
 
 
+# Scoring lived here before harness.rawnet2.scoring: its names still resolve from here (scripts import them).
+_MOVED_TO_SCORING = ("FileScore", "ForwardFailed", "Progress", "iter_scores", "score_files",
+                     "score_waveforms")
+
+
+def __getattr__(name: str) -> object:
+    if name in _MOVED_TO_SCORING:
+        from harness.rawnet2 import scoring
+
+        return getattr(scoring, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def cli_score(args: argparse.Namespace) -> int:
     """``python -m harness score`` (``harness.rawnet2.score_command.cli_score``; named here for
     ``harness.__main__``'s handler table)."""
