@@ -6,7 +6,8 @@ library module that owns it. Every command that takes a model takes a registered
 ``./pyproject.toml``'s ``[tool.rawnet2-harness.variants.*]`` tables). A ``HarnessError``
 becomes one line on stderr and its exit code; any other exception is a bug of ours and
 becomes one ``error: internal error in VERB: ...`` line and exit 2, never 1 (which means
-findings); ``--debug`` re-raises it for the traceback. Ctrl-C is exit 130.
+findings); ``--debug`` re-raises it for the traceback. Ctrl-C is exit 130; stdout closed by
+its reader (``| head``) is exit 141, silently.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
+import select
 import sys
 
 from harness.core.errors import HarnessError, error_line
@@ -31,6 +34,8 @@ _HANDLERS = {
 # Exit codes besides a HarnessError's own: a bug (never 1, which means findings), Ctrl-C (128 + SIGINT).
 INTERNAL_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130
+# stdout's reader went away (``| head``): what a tool killed by SIGPIPE reports (128 + 13); not a bug.
+STDOUT_CLOSED_EXIT = 141
 _MODEL = "a registered variant name or MODULE:ATTR (a class or function building the model)"
 _KWARGS = "constructor arguments as a JSON object, or @FILE holding one"
 
@@ -240,10 +245,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: interrupted (Ctrl-C) during {args.command}", file=sys.stderr)
         return INTERRUPTED_EXIT
     except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            return STDOUT_CLOSED_EXIT
         if args.debug:
             raise
         print(f"error: internal error in {args.command}: {error_line(exc)}", file=sys.stderr)
         return INTERNAL_ERROR_EXIT
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout's reader went away (``| head``): then stdout is pointed at /dev/null, so that
+    the interpreter's own flush at exit does not fail a second time, and True. A broken pipe
+    elsewhere (a worker's) is not this: stdout's own descriptor must report the error."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or stdout is no file (captured)
+        return False
+    if gone:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    return gone
 
 
 if __name__ == "__main__":

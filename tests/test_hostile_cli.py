@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.__main__ import INTERNAL_ERROR_EXIT, INTERRUPTED_EXIT, main
+from harness.__main__ import INTERNAL_ERROR_EXIT, INTERRUPTED_EXIT, STDOUT_CLOSED_EXIT, main
 from harness.core.contract import MAX_INPUT_VALUES
 
 HERE = Path(__file__).parent
@@ -228,14 +228,23 @@ def test_ctrl_c_in_any_verb_is_exit_130(workdir: Path, capfd: pytest.CaptureFixt
 
 
 def test_the_guard_holds_in_a_real_process(workdir: Path):
-    """The process's own exit status and stderr, as a script calling the CLI sees them."""
-    script = ("import sys, harness.rawnet2.deploy as deploy\n"
+    """The process's own exit status and stderr, as a script calling the CLI sees them: a bug is one
+    line and exit 2; then stdout's reader gone (``| head``) is exit 141 with nothing more on stderr
+    (not "internal error", not the interpreter's "Exception ignored" at exit). One process for both."""
+    script = ("import sys, harness.rawnet2.deploy as deploy, harness.rawnet2.audits as audits\n"
               "def broken(args):\n    raise KeyError('out')\n"
-              "deploy.cli_export = broken\n"
+              "def chatty(args):\n    print('finding\\n' * 100_000)\n    return 0\n"
+              "deploy.cli_export, audits.cli_audit = broken, chatty\n"
               "from harness.__main__ import main\n"
-              "sys.exit(main(['export', 'skip_modules', 'out.onnx']))\n")
+              "print(f'export: {main([\"export\", \"skip_modules\", \"out.onnx\"])}', file=sys.stderr)\n"
+              "sys.exit(main(['audit', 'skip_modules']))\n")
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == INTERNAL_ERROR_EXIT
-    assert result.stderr == "error: internal error in export: KeyError: 'out'\n"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert result.stderr == "error: internal error in export: KeyError: 'out'\nexport: 2\n"
+    assert result.returncode == STDOUT_CLOSED_EXIT
