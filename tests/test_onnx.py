@@ -42,8 +42,6 @@ from harness.rawnet2.registry import SUBJECTS, read_registry_tables, unregister
 pytestmark = pytest.mark.skipif(onnx_missing() is not None, reason=f"ONNX form unavailable: {onnx_missing()}")
 
 EXPORTABLE = [name for name, spec in SUBJECTS.items() if spec.runs and "onnxruntime" in spec.forms]
-
-
 TEAM_REGISTRY = Path(__file__).parent / "team_models" / "correct.toml"
 
 
