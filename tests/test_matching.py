@@ -1,8 +1,9 @@
 """Structural weight matching: differently named, nested and ordered models paired by dataflow and proven.
 
 The fixed RawNet2 forms compute one function under different names (skip_modules, basic_blocks) or
-hold their blocks in unregistered tuples (tuple_blocks). Their weights are paired here without any
-name table, and the pairing is proven by bit-identical outputs.
+hold their blocks in unregistered tuples (tuple_blocks); the team's detector (tests/team_models)
+has copies with other class names and nesting. Their weights are paired here without any name
+table, module or class, and the pairing is proven by bit-identical outputs.
 """
 
 from __future__ import annotations
@@ -24,15 +25,25 @@ from fixed.tuple_blocks import RawNet2 as TupleBlocks
 from harness.core.errors import HarnessError
 from harness.core.introspect import held_tensors
 from harness.core.matching import (
+    USER_FAMILY,
     Comparison,
     MatchError,
     ModulePair,
     compare_models,
     match_weights,
     pair_weights,
+    type_family,
 )
 from harness.core.tolerances import EXACT, Tolerance, assert_close
 from harness.core.weights import seed_weights
+from tests.team_models.asv_detector import (
+    MIN_SAMPLES,
+    AsvDetector,
+    RefactoredDetector,
+    RenamedClassDetector,
+    SincConv,
+    SincFilterbank,
+)
 
 X = torch.randn(2, 1, 800, generator=torch.Generator().manual_seed(0))
 MODES = ("train", "eval")
@@ -417,3 +428,128 @@ def test_a_different_number_of_outputs_is_a_result_not_an_error() -> None:
     assert not result.equivalent and result.modes[0].max_abs_diff == float("inf")
     assert result.as_json()["modes"][0]["max_abs_diff"] is None
     assert isinstance(result, Comparison)
+
+
+# --- 8. class names do not matter, what a module computes with does ------------------------------
+
+# The team detector's [B, T] input at its minimum length: every block and the GRU run.
+TEAM_X = torch.randn(2, MIN_SAMPLES, generator=torch.Generator().manual_seed(12))
+
+
+def assert_proven(src: nn.Module, dst: nn.Module, x: torch.Tensor) -> None:
+    for mode in MODES:
+        assert_close(output(dst, x, mode), output(src, x, mode), EXACT, msg=mode)
+
+
+def test_a_renamed_class_holding_the_same_buffer_pairs_by_dataflow() -> None:
+    src, dst = randomized(AsvDetector, 13), RenamedClassDetector()
+    assert type(src.sinc) is SincConv and type(dst.sinc) is SincFilterbank  # no shared base class
+    match = match_weights(src, dst, TEAM_X)
+    assert ModulePair("sinc", "sinc", "dataflow") in match.modules
+    assert {pair.how for pair in match.modules} == {"dataflow"}
+    assert_mapped_values(src, dst, match.mapping)
+    assert_proven(src, dst, TEAM_X)
+
+
+class RefactoredWithFilterbank(RefactoredDetector):
+    """The re-nested refactor, its front end's class renamed too: names, nesting and class all differ."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        old = self.front.filterbank
+        self.front.filterbank = SincFilterbank(old.filters.shape[0], old.filters.shape[-1], 16000)
+
+
+def test_an_equivalent_class_pairs_across_other_names_and_nesting() -> None:
+    src, dst = randomized(AsvDetector, 14), RefactoredWithFilterbank()
+    match = match_weights(src, dst, TEAM_X)
+    assert ModulePair("sinc", "front.filterbank", "dataflow") in match.modules
+    assert match.mapping["sinc.filters"] == "front.filterbank.filters"
+    assert match.mapping["blocks.block2.downsample.weight"] == "stages.2.proj.weight"
+    assert_proven(src, dst, TEAM_X)
+
+
+def own_filterbank_init(self: nn.Module, out_channels: int, kernel_size: int, sample_rate: int) -> None:
+    nn.Module.__init__(self)
+    self.register_buffer("filters", SincConv(out_channels, kernel_size, sample_rate).filters)
+
+
+class_names = st.from_regex(r"[A-Z][A-Za-z0-9_]{0,20}", fullmatch=True)
+
+
+@few
+@given(name=class_names, subclass=st.booleans(), seed=seeds)
+def test_any_class_name_pairs_a_renamed_subclass_or_an_equivalent_class(name: str, subclass: bool,
+                                                                        seed: int) -> None:
+    """``subclass``: ``SincConv`` and a BatchNorm1d renamed by subclassing (forwards inherited); else
+    a class of its own with ``SincConv``'s forward and buffer, sharing no base class."""
+    if subclass:
+        front, norm = type(name, (SincConv,), {}), type(f"{name}Norm", (nn.BatchNorm1d,), {})
+    else:
+        front = type(name, (nn.Module,), {"__init__": own_filterbank_init, "forward": SincConv.forward})
+        norm = nn.BatchNorm1d
+    dst = AsvDetector()
+    dst.sinc, dst.first_bn = front(8, 129, 16000), norm(8)
+    src = randomized(AsvDetector, seed)
+    match = match_weights(src, dst, TEAM_X)
+    assert {ModulePair("sinc", "sinc", "dataflow"), ModulePair("first_bn", "first_bn", "dataflow")} <= set(
+        match.modules)
+    assert_proven(src, dst, TEAM_X)
+
+
+def test_type_family_is_the_torch_class_or_what_a_user_class_holds() -> None:
+    assert type_family(nn.Conv1d(1, 2, 3)) == "Conv1d"
+    assert type_family(type("Renamed", (nn.Conv1d,), {})(1, 2, 3)) == "Conv1d"  # a renamed built-in
+    assert type_family(SincConv(8, 129, 16000)) == type_family(SincFilterbank(8, 129, 16000)) == USER_FAMILY
+    assert type_family(type("Stack", (nn.Sequential,), {})()) == USER_FAMILY  # containers compute nothing
+
+
+class ShiftedFilterbank(SincFilterbank):
+    """The same buffer, another function: the filters run shifted by one tap (they are symmetric, so
+    reversing them would change nothing)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.filters.roll(1, dims=-1))
+
+
+def test_the_same_tensors_computing_another_function_are_refused_naming_the_pair() -> None:
+    dst = AsvDetector()
+    dst.sinc = ShiftedFilterbank(8, 129, 16000)
+    before = tensors(dst)
+    expected = r"^pairing not proven in train mode: .*first at src sinc vs dst sinc: max abs diff"
+    with pytest.raises(MatchError, match=expected) as info:
+        match_weights(randomized(AsvDetector, 15), dst, TEAM_X)
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
+    for path, value in tensors(dst).items():
+        assert_close(value, before[path], EXACT, msg=path)
+
+
+class KernelFilterbank(nn.Module):
+    """SincConv's function with its buffer under another name: what it holds differs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("kernel", SincConv(8, 129, 16000).filters)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.kernel)
+
+
+def test_a_user_class_holding_other_tensor_names_is_refused() -> None:
+    dst = AsvDetector()
+    dst.sinc = KernelFilterbank()
+    with pytest.raises(MatchError) as info:
+        match_weights(AsvDetector(), dst, TEAM_X)
+    assert str(info.value) == (
+        "no pairing fits: src has 1 module with no counterpart (sinc SincConv[8,1,129]); "
+        "dst has 1 module with no counterpart (sinc KernelFilterbank[8,1,129])")
+
+
+def test_a_built_in_class_is_itself_even_holding_the_same_tensors() -> None:
+    """InstanceNorm1d(affine, tracked) holds exactly BatchNorm1d's tensors; it is not a BatchNorm."""
+    dst = SkipModules()
+    dst.conv1[1] = nn.InstanceNorm1d(32, affine=True, track_running_stats=True)
+    expected = (r"^no pairing fits: src has 1 module with no counterpart \(conv1\.1 BatchNorm1d\[32\]\); "
+                r"dst has 1 module .*\(conv1\.1 InstanceNorm1d")
+    with pytest.raises(MatchError, match=expected):
+        match_weights(SkipModules(), dst, X)

@@ -1,4 +1,5 @@
-"""``python -m harness migrate``: what it prints, what it refuses, and save -> migrate -> load sequences.
+"""``python -m harness migrate``: what it prints, what it refuses, and save -> migrate -> load sequences;
+a team's production checkpoint (``{"model", "epoch", "optimizer"}``) migrated to its refactor.
 
 Two cases run the real command in a subprocess (start-up costs seconds); the rest call
 ``harness.__main__.main(argv)`` in-process, which is the same code path after argv.
@@ -7,6 +8,7 @@ Two cases run the real command in a subprocess (start-up costs seconds); the res
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import io
 import os
@@ -26,8 +28,12 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multi
 
 from harness import build
 from harness.__main__ import main
+from harness.core.tolerances import EXACT, assert_close
 from harness.rawnet2.checkpoints import POLICIES, detect_layout, load_checkpoint, save_checkpoint
+from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.layouts import state_dict_layout
+from harness.rawnet2.registry import SUBJECTS, spec, unregister
+from tests.team_models.asv_detector import MIN_SAMPLES, AsvDetector, RefactoredDetector
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODULES = ("conv1", *(f"res_block{i}" for i in range(1, 7)), "fc1", "fc2")
@@ -356,3 +362,138 @@ SaveMigrateLoad.TestCase.settings = settings(
     settings.default, max_examples=max(3, settings.default.max_examples // 3), stateful_step_count=6
 )
 TestSaveMigrateLoad = SaveMigrateLoad.TestCase
+
+
+# --- any registered variant: a team's production checkpoint ------------------------------------
+
+TEAM_MODELS = REPO / "tests" / "team_models"
+
+
+def run_main(*argv: str | Path) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def registered():
+    """Whatever a test's ``--registry`` registers is unregistered after it, and sys.path restored."""
+    before, path = set(SUBJECTS), list(sys.path)
+    yield
+    for name in set(SUBJECTS) - before:
+        unregister(name)
+    sys.path[:] = path
+
+
+def production_checkpoint(path: Path, seed: int) -> dict[str, torch.Tensor]:
+    """A training loop's file: ``{"model", "epoch", "optimizer"}``, the model seeded; returns its state."""
+    state = {k: v.clone() for k, v in seed_weights(AsvDetector(), seed).state_dict().items()}
+    optimizer = {"state": {}, "param_groups": [{"lr": 1e-3, "params": list(range(len(state)))}]}
+    torch.save({"model": state, "epoch": 3, "optimizer": optimizer}, path)
+    return state
+
+
+def outputs(model: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
+    copied = copy.deepcopy(model).train(mode == "train")  # running statistics stay put
+    with torch.no_grad():
+        return copied(x)
+
+
+@pytest.mark.parametrize("spelled", ["detected", "--from asv"])
+def test_a_production_checkpoint_migrates_to_the_refactor_with_the_same_function(tmp_path: Path, registered,
+                                                                                 spelled: str):
+    src, dst = tmp_path / "prod.pt", tmp_path / "out.pt"
+    state = production_checkpoint(src, seed=21)
+    source = ["--from", "asv"] if spelled != "detected" else []
+    code, out, err = run_main("--registry", TEAM_MODELS / "correct.toml", "migrate", src, dst,
+                              "--to", "asv_refactor", *source)
+    assert code == 0, err
+    # asv_renamed has asv's keys too, but it is held to asv (its reference): read as asv.
+    detected = f"{src}: its keys are asv's own state_dict (detected; --from asv says so)\n"
+    assert err == ("" if source else detected)
+    assert out.splitlines() == [
+        f"{src}: unwrapped 'model' (ignored: epoch, optimizer)",
+        f"asv -> asv_refactor: every tensor matched by structure ({len(state)} keys), outputs proven "
+        "bit-identical in train and eval mode",
+        f"wrote {dst} ({len(state)} keys)",
+    ]
+    production = AsvDetector()
+    production.load_state_dict(state)
+    refactor = RefactoredDetector()
+    refactor.load_state_dict(load_checkpoint(dst), strict=True)
+    x = spec("asv_refactor").example(2, seed=21)
+    for mode in ("train", "eval"):
+        assert_close(outputs(refactor, x, mode), outputs(production, x, mode), EXACT, msg=mode)
+
+
+def test_keys_that_fit_unrelated_variants_need_from(tmp_path: Path, registered):
+    registry = tmp_path / "twins.toml"
+    registry.write_text("".join(
+        f'[tool.rawnet2-harness.variants.{name}]\nfactory = "tests.team_models.asv_detector:AsvDetector"\n'
+        f'input_shape = [8000]\nmin_length = {MIN_SAMPLES}\noutput = "logits"\n\n'
+        for name in ("twin_a", "twin_b")))
+    src, dst = tmp_path / "prod.pt", tmp_path / "out.pt"
+    production_checkpoint(src, seed=22)
+    code, out, err = run_main("--registry", registry, "migrate", src, dst, "--to",
+                              "tests.team_models.asv_detector:RefactoredDetector")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, f"error: {src}: its keys fit the state_dicts of 2 registered variants "
+                               "(twin_a, twin_b): name the one it came from with --from")
+    assert not dst.exists()
+    code, _, err = run_main("--registry", registry, "migrate", src, dst, "--to",
+                            "tests.team_models.asv_detector:RefactoredDetector", "--from", "twin_b")
+    assert code == 0 and err == "" and len(load_checkpoint(dst)) == 114
+
+
+@pytest.fixture
+def team_copy(tmp_path: Path) -> dict[str, Path]:
+    """The team's model file and registry copied under a module name of this test's own (a module
+    imported once stays cached, so every test gets a file that nothing else imported), weights and a
+    --kwargs file beside them: every file a migration reads, safe to point DST at."""
+    module = f"team_{tmp_path.name}".replace("-", "_")
+    contract = f'input_shape = [8000]\nmin_length = {MIN_SAMPLES}\noutput = "logits"\n'
+    source = tmp_path / f"{module}.py"
+    shutil.copyfile(TEAM_MODELS / "asv_detector.py", source)
+    weights = tmp_path / "refactor.pt"
+    torch.save(RefactoredDetector().state_dict(), weights)
+    registry = tmp_path / "team.toml"
+    registry.write_text(
+        f'[tool.rawnet2-harness.variants.prod]\nfactory = "{module}:AsvDetector"\n{contract}\n'
+        f'[tool.rawnet2-harness.variants.refactor]\nfactory = "{module}:RefactoredDetector"\n{contract}'
+        'weights = "refactor.pt"\nreference = "prod"\n')
+    kwargs = tmp_path / "kwargs.json"
+    kwargs.write_text("{}")
+    checkpoint = tmp_path / "prod.pt"
+    production_checkpoint(checkpoint, seed=23)
+    return {"registry": registry, "factory source": source, "weights": weights, "kwargs": kwargs,
+            "checkpoint": checkpoint}
+
+
+@pytest.mark.parametrize("spelling", ["path", "dotted", "hardlink"])
+@pytest.mark.parametrize("read", ["registry", "factory source", "weights", "kwargs"])
+@pytest.mark.parametrize("force", [False, True], ids=["", "force"])
+def test_dst_that_is_any_file_the_run_reads_is_refused(team_copy: dict[str, Path], registered, read: str,
+                                                       spelling: str, force: bool):
+    victim = team_copy[read]
+    dst = {
+        "path": lambda: victim,
+        "dotted": lambda: victim.parent / "." / victim.name,
+        "hardlink": lambda: os.link(victim, victim.parent / "hard.pt") or victim.parent / "hard.pt",
+    }[spelling]()
+    before = {p: file_state(p) for p in victim.parent.iterdir() if p.is_file()}
+    code, out, err = run_main("--registry", team_copy["registry"], "migrate", team_copy["checkpoint"], dst,
+                              "--to", "refactor", "--kwargs", f"@{team_copy['kwargs']}",
+                              *(["--force"] if force else []))
+    assert code == 2 and out == ""
+    assert_one_line_error(err, f"error: {dst}: is ", str(victim.name), "write the migration to a new file")
+    assert {p: file_state(p) for p in victim.parent.iterdir() if p.is_file()} == before  # nothing written
+
+
+def test_the_same_run_without_the_clash_writes(team_copy: dict[str, Path], registered):
+    """The refusal above is about DST alone: the same command to a new path succeeds."""
+    dst = team_copy["checkpoint"].parent / "out.pt"
+    code, out, err = run_main("--registry", team_copy["registry"], "migrate", team_copy["checkpoint"], dst,
+                              "--to", "refactor", "--kwargs", f"@{team_copy['kwargs']}")
+    assert code == 0, err
+    assert "prod -> refactor: every tensor matched by structure" in out and len(load_checkpoint(dst)) == 114
