@@ -64,6 +64,14 @@ def onnx_missing() -> str | None:
     return None
 
 
+def opset_range() -> tuple[int, int]:
+    """The lowest and highest opset the TorchScript exporter writes (torch's own bounds)."""
+    from torch.onnx import _constants
+
+    return (getattr(_constants, "ONNX_MIN_OPSET", 7),
+            getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", OPSET))
+
+
 def unreachable_by_eval(model: nn.Module) -> list[str]:
     """Paths of modules the model holds outside ``nn.Module`` registration whose training
     behaviour ``eval()`` cannot switch off (BatchNorm, dropout, instance norm)."""
@@ -145,6 +153,11 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor,
     """
     if missing := onnx_missing():
         raise HarnessError(f"cannot export to ONNX: {missing}")
+    low, high = opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        # Checked here: the exporter's own refusal comes after it has dumped its whole graph to stderr.
+        raise HarnessError(f"cannot export: opset {opset!r} is not one the exporter writes ({low} to {high}; "
+                           f"default {OPSET})")
     if hidden := unreachable_by_eval(model):
         shown = ", ".join(hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
         raise HarnessError(
