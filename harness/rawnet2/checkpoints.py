@@ -1,11 +1,14 @@
-"""RawNet2 checkpoints: layout detection, conversion between layouts, loading a variant.
+"""RawNet2 checkpoints: conversion between layouts, loading a variant from any variant's checkpoint.
 
 * Files are read only through ``harness.core.checkpoints`` (``weights_only=True``,
   wrappers removed, one-line errors) and written atomically through it.
-* ``detect_layout`` / ``convert_state_dict`` map keys through the canonical module names
-  of ``harness.rawnet2.layouts`` (the one description of where each variant keeps what) and report
-  every key kept, renamed, added and dropped.
-* ``get_audio_model`` builds a variant and loads any convertible checkpoint strictly.
+* ``convert_state_dict`` maps keys through the canonical module names of
+  ``harness.rawnet2.layouts`` (the one description of where each variant keeps what, and of
+  which layout or registered variant a state_dict is: ``detect_layout``, ``variant_of_state``)
+  and reports every key kept, renamed, added and dropped.
+* ``get_audio_model`` / ``load_into`` build a variant and load any convertible checkpoint
+  strictly: a declared layout's by conversion, any registered variant's own state_dict by
+  proven structural matching.
 * ``save_checkpoint`` writes atomically; ``cli_migrate`` is ``python -m harness migrate``.
 """
 
@@ -37,7 +40,10 @@ from harness.rawnet2.equivalence import copy_weights
 from harness.rawnet2.layouts import (
     CANONICAL_LAYOUT,
     canonical_modules,
+    check_fits,
     declared_layouts,
+    detect_layout,
+    num_classes_of,
     own_shapes,
     state_dict_layout,
     variant_of_state,
@@ -49,76 +55,6 @@ DEFAULT_POLICY = "preserve-function"
 # Fresh shortcut weights come from a skip_modules model built under this seed, so the
 # same migration always writes the same bytes.
 FRESH_INIT_SEED = 0
-_MAX_LISTED = 6
-
-# --- layouts -------------------------------------------------------------------------------
-
-
-def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """``legacy``, ``skip_modules`` or ``tuple_blocks``: the smallest layout with a place for every key.
-
-    Smallest, because the layouts nest by key prefix: a legacy state_dict saved after a
-    forward (no ``skip.*``) also fits skip_modules' prefixes but lacks its skipN, and
-    tuple_blocks' three modules fit both others.
-    """
-    if not state_dict:
-        raise HarnessError("holds an empty state_dict")
-    heads = {key.partition(".")[0] for key in state_dict}
-    fitting = [name for name in declared_layouts() if heads <= set(state_dict_layout(name).prefixes.values())]
-    if fitting:
-        return min(fitting, key=lambda name: len(state_dict_layout(name).prefixes))
-    known = set().union(*(state_dict_layout(name).prefixes.values() for name in declared_layouts()))
-    foreign = heads - known
-    if foreign:
-        example = next(k for k in state_dict if k.partition(".")[0] in foreign)
-        raise HarnessError(
-            f"not a RawNet2 checkpoint: no variant layout ({', '.join(declared_layouts())}) has a key "
-            f"like {example!r}"
-        )
-    raise HarnessError(
-        f"mixes layouts: keys under {', '.join(sorted(heads))} fit none of {', '.join(declared_layouts())} "
-        "(e.g. legacy's shared 'skip.*' beside skip_modules' 'skipN.*')"
-    )
-
-
-def num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """The classifier width a state_dict was trained with (1 when it cannot tell)."""
-    weight = state_dict.get("fc2.weight")
-    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 1
-
-
-@functools.lru_cache(maxsize=16)
-def _reference_shapes(layout: str, num_classes: int) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in build(layout, num_classes=num_classes).state_dict().items()}
-
-
-def check_fits(state_dict: Mapping[str, torch.Tensor], layout: str) -> None:
-    """Raise ``HarnessError`` naming the missing, unexpected and mis-shaped keys, if any.
-
-    Modules the layout's forward clears (legacy ``skip``) may be absent as a whole.
-    """
-    spec = state_dict_layout(layout)
-    expected = _reference_shapes(layout, num_classes_of(state_dict))
-    for canonical in spec.cleared:
-        keys = [k for k in expected if spec.canonical_key(k).partition(".")[0] == canonical]
-        if not any(k in state_dict for k in keys):
-            expected = {k: v for k, v in expected.items() if k not in keys}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    misshaped = [
-        f"{k} {list(state_dict[k].shape)} (expected {list(expected[k])})"
-        for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]
-    ]
-    problems = [f"{what} {_listing(keys)}" for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
-    if problems:
-        raise HarnessError(f"does not fit the {layout} layout: {'; '.join(problems)}")
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
-
 
 # --- conversion ----------------------------------------------------------------------------
 

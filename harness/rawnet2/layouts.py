@@ -1,9 +1,10 @@
 """Where each variant keeps its residual blocks: main path and shortcut per block.
 
-One description serves skip-wiring checks, checkpoint key maps and weight copies.
-The canonical naming is ``skip_modules``' (the only layout that registers every
-module its forward uses): ``conv1``, ``res_block1..6``, ``skip2/4/6``, ``fc1``,
-``fc2``.
+One description serves skip-wiring checks, checkpoint key maps and weight copies, and
+says what a state_dict is: which declared layout (``detect_layout``, ``check_fits``) or
+which registered variant's own (``variant_of_state``). The canonical naming is
+``skip_modules``' (the only layout that registers every module its forward uses):
+``conv1``, ``res_block1..6``, ``skip2/4/6``, ``fc1``, ``fc2``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ HEAD_MODULES = ("conv1", "fc1", "fc2")
 # other layouts, and matching a model outside them, go through it.
 CANONICAL_LAYOUT = "skip_modules"
 
+_MAX_LISTED = 6  # keys named in a misfit message before "(+N more)"
 _BLOCK_ATTR = re.compile(r"^res_block(\d+)$")
 # A block that adds its own shortcut keeps it under one of these names (None: identity):
 # torchvision's BasicBlock / Bottleneck say downsample, many other code bases shortcut.
@@ -207,6 +209,77 @@ def state_dict_layout(name: str) -> StateDictLayout:
         unsaved=tuple(c for c, p in found.items() if p is None),
         cleared=_CLEARED_BY_FORWARD.get(name, ()),
     )
+
+
+# --- which layout a state_dict is in ------------------------------------------------------
+
+
+def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``legacy``, ``skip_modules`` or ``tuple_blocks``: the smallest layout with a place for every key.
+
+    Smallest, because the layouts nest by key prefix: a legacy state_dict saved after a
+    forward (no ``skip.*``) also fits skip_modules' prefixes but lacks its skipN, and
+    tuple_blocks' three modules fit both others.
+    """
+    if not state_dict:
+        raise HarnessError("holds an empty state_dict")
+    heads = {key.partition(".")[0] for key in state_dict}
+    fitting = [name for name in declared_layouts() if heads <= set(state_dict_layout(name).prefixes.values())]
+    if fitting:
+        return min(fitting, key=lambda name: len(state_dict_layout(name).prefixes))
+    known = set().union(*(state_dict_layout(name).prefixes.values() for name in declared_layouts()))
+    foreign = heads - known
+    if foreign:
+        example = next(k for k in state_dict if k.partition(".")[0] in foreign)
+        raise HarnessError(
+            f"not a RawNet2 checkpoint: no variant layout ({', '.join(declared_layouts())}) has a key "
+            f"like {example!r}"
+        )
+    raise HarnessError(
+        f"mixes layouts: keys under {', '.join(sorted(heads))} fit none of {', '.join(declared_layouts())} "
+        "(e.g. legacy's shared 'skip.*' beside skip_modules' 'skipN.*')"
+    )
+
+
+def num_classes_of(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """The classifier width a state_dict was trained with (1 when it cannot tell)."""
+    weight = state_dict.get("fc2.weight")
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else 1
+
+
+@functools.lru_cache(maxsize=16)
+def _reference_shapes(layout: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    from harness.rawnet2.registry import build
+
+    return {k: tuple(v.shape) for k, v in build(layout, num_classes=num_classes).state_dict().items()}
+
+
+def check_fits(state_dict: Mapping[str, torch.Tensor], layout: str) -> None:
+    """Raise ``HarnessError`` naming the missing, unexpected and mis-shaped keys, if any.
+
+    Modules the layout's forward clears (legacy ``skip``) may be absent as a whole.
+    """
+    spec = state_dict_layout(layout)
+    expected = _reference_shapes(layout, num_classes_of(state_dict))
+    for canonical in spec.cleared:
+        keys = [k for k in expected if spec.canonical_key(k).partition(".")[0] == canonical]
+        if not any(k in state_dict for k in keys):
+            expected = {k: v for k, v in expected.items() if k not in keys}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    misshaped = [
+        f"{k} {list(state_dict[k].shape)} (expected {list(expected[k])})"
+        for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]
+    ]
+    problems = [f"{what} {_listing(keys)}" for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+    if problems:
+        raise HarnessError(f"does not fit the {layout} layout: {'; '.join(problems)}")
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
 
 
 # --- a registered variant's own state_dict --------------------------------------------------
