@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import HarnessError
-from harness.core.fileio import write_atomically, write_text_atomically
+from harness.core.fileio import check_not_read, write_atomically, write_text_atomically
 
 
 @given(old=st.binary(max_size=64), new=st.binary(max_size=64))
@@ -141,3 +142,31 @@ def test_an_owner_we_may_not_give_is_skipped_not_fatal(tmp_path: Path, monkeypat
     os.chmod(target, 0o640)
     write_text_atomically(target, "new")
     assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+# --- what a run reads is never its output ----------------------------------------------------------
+
+
+SPELLINGS = ["ckpt.pt", "./ckpt.pt", "sub/../ckpt.pt", "hard.pt", "link_dir/ckpt.pt"]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_an_output_that_is_a_file_the_run_reads_is_refused_in_any_spelling(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt.pt").write_bytes(b"weights")
+    (tmp_path / "sub").mkdir()
+    os.link("ckpt.pt", "hard.pt")
+    os.symlink(".", "link_dir")
+    expected = rf"^{re.escape(spelling)}: is the checkpoint 'ckpt.pt', which this run reads"
+    with pytest.raises(HarnessError, match=expected):
+        check_not_read(spelling, [("the registry", "reg.toml"), ("the checkpoint", "ckpt.pt")])
+
+
+def test_another_file_a_missing_one_and_a_link_at_the_output_pass(tmp_path: Path):
+    (tmp_path / "ckpt.pt").write_bytes(b"weights")
+    (tmp_path / "link.pt").symlink_to("ckpt.pt")
+    reads = [("the checkpoint", tmp_path / "ckpt.pt"), ("the registry", tmp_path / "missing.toml")]
+    check_not_read(tmp_path / "new.pt", reads)
+    # A link: check_output_path refuses it without --force; with it the link is replaced, never ckpt.pt.
+    check_not_read(tmp_path / "link.pt", reads)

@@ -255,3 +255,78 @@ def test_the_guard_holds_in_a_real_process(workdir: Path):
         os.close(write_end)
     assert result.stderr == "error: internal error in export: KeyError: 'out'\nexport: 2\n"
     assert result.returncode == STDOUT_CLOSED_EXIT
+
+
+# --- what a run reads is never its output ----------------------------------------------------------
+
+TINY_MODULE = "hostile_cli_tiny_model"
+TINY_SOURCE = '''import torch
+import torch.nn as nn
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(1, 1)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x.mean(dim=-1)))
+'''
+TINY_REGISTRY = f'''[tool.rawnet2-harness.variants.tiny]
+factory = "{TINY_MODULE}:Tiny"
+input_shape = [1, 100]
+'''
+
+
+@pytest.fixture
+def files_a_run_reads(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """In the scratch directory: weights, a hard link to them, a --kwargs file, a registry and the
+    factory's source it names (imported from there, no bytecode written); what it registers goes."""
+    from harness import build
+    from harness.rawnet2.registry import SUBJECTS, unregister
+
+    torch.save(build("skip_modules").state_dict(), workdir / "w.pt")
+    os.link(workdir / "w.pt", workdir / "hard.pt")
+    (workdir / "k.json").write_text("{}")
+    (workdir / "reg.toml").write_text(TINY_REGISTRY)
+    (workdir / f"{TINY_MODULE}.py").write_text(TINY_SOURCE)
+    (workdir / "sub").mkdir()
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.delitem(sys.modules, TINY_MODULE, raising=False)
+    before = set(SUBJECTS)
+    yield workdir
+    if "tiny" not in before:
+        unregister("tiny")
+    sys.modules.pop(TINY_MODULE, None)
+
+
+NEVER_ITS_INPUT = {
+    "out-is-the-weights": (["export", "skip_modules", "w.pt", "--weights", "w.pt", "--force"],
+                           "w.pt: is a file skip_modules is built from"),
+    "out-is-the-weights-spelled-otherwise": (
+        ["export", "skip_modules", "sub/../w.pt", "--weights", "./w.pt", "--force"],
+        "sub/../w.pt: is a file skip_modules is built from"),
+    "out-is-a-hard-link-to-the-weights": (
+        ["export", "skip_modules", "hard.pt", "--weights", "w.pt", "--force"],
+        "hard.pt: is a file skip_modules is built from"),
+    "out-is-the-kwargs-file": (["export", "skip_modules", "k.json", "--kwargs", "@k.json", "--force"],
+                               "k.json: is the --kwargs file 'k.json', which this run reads"),
+    "out-is-the-registry": (["--registry", "reg.toml", "export", "tiny", "reg.toml", "--force"],
+                            "reg.toml: is a file tiny is built from"),
+    "out-is-the-factory-source": (
+        ["--registry", "reg.toml", "export", "tiny", f"{TINY_MODULE}.py", "--force"],
+        f"{TINY_MODULE}.py: is a file tiny is built from"),
+}
+
+
+@pytest.mark.parametrize("case", list(NEVER_ITS_INPUT))
+def test_export_never_writes_over_a_file_it_reads(case: str, files_a_run_reads: Path,
+                                                   capfd: pytest.CaptureFixture):
+    """--force or not (before: w.pt replaced by the ONNX bytes of the model built from it)."""
+    argv, expected = NEVER_ITS_INPUT[case]
+    before = snapshot(files_a_run_reads)
+    code, err = run_in_process(argv, capfd)
+    assert code == 2, err
+    assert_one_error_line(err, expected)
+    assert snapshot(files_a_run_reads) == before

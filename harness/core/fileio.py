@@ -16,6 +16,10 @@ Output (checkpoints, reports, golden files) goes only to a regular file or a new
   ``chmod 600`` checkpoint stays private) and, where the process may, its owner and group;
   a new file gets the umask's default.
 
+``check_not_read(output, reads)`` refuses, with or without ``--force``, an output that is a
+file the run reads (the checkpoint, the registry, the factory's source...): by path in any
+spelling, or by inode (a hard link).
+
 Input: ``check_regular_input(path)`` is the stat that refuses what is not a readable
 regular file (a symlink loop, a broken link, a directory, a FIFO or device) in one line;
 ``describe_unreadable(path, exc)`` is the line for an ``OSError`` met while reading.
@@ -27,7 +31,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -130,6 +134,30 @@ def check_output_path(path: PathLike, *, force: bool = False, overwrite: bool = 
         raise HarnessError(f"{target}: cannot check the output path: {exc.strerror or exc}") from None
     _check_existing(target, info, force=force, overwrite=overwrite)
     return target
+
+
+def check_not_read(output: PathLike, reads: Iterable[tuple[str, PathLike]]) -> None:
+    """Refuse ``output`` (``force`` or not) when it is a file the run reads, one ``HarnessError`` line
+    naming both.
+
+    ``reads`` holds ``(what, path)`` pairs (``("the checkpoint", "w.pt")``). The same file is the
+    same path in any spelling (``./``, ``..``, through symbolic links) or the same inode (a hard
+    link). A symbolic link at ``output`` itself is left to ``check_output_path``: ``--force``
+    replaces the link, never what it points to.
+    """
+    if os.path.islink(output):
+        return
+    real = os.path.realpath(output)
+    for what, path in reads:
+        same = os.path.realpath(path) == real
+        if not same:
+            try:
+                same = os.path.samefile(path, output)
+            except OSError:  # either is missing or unreadable: not the same existing file
+                same = False
+        if same:
+            raise HarnessError(f"{output}: is {what} {os.fspath(path)!r}, which this run reads; give another "
+                               "output file")
 
 
 def _check_directory(target: Path) -> None:

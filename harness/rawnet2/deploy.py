@@ -15,7 +15,7 @@ import torch
 
 from harness.core.contract import InputContract
 from harness.core.errors import HarnessError
-from harness.core.fileio import check_output_path
+from harness.core.fileio import check_not_read, check_output_path
 from harness.core.loading import parse_kwargs
 from harness.core.onnx import OPSET, ExportedModel, VerifyInput, export_onnx, verification_inputs
 from harness.rawnet2.inputs import NUM_SAMPLES
@@ -52,6 +52,11 @@ def cli_export(args: argparse.Namespace) -> int:
     """``python -m harness export MODEL OUT.onnx``: 0 written and verified, 2 refused (nothing written)."""
     target = resolve(args.model, kwargs=parse_kwargs(args.kwargs) if args.kwargs else None,
                      weights=args.weights)
+    # OUT is never what the export reads: the weights, the registry, the factory's source, --kwargs @FILE.
+    reads = [(f"a file {target.name} is built from", path) for path in target.files_read()]
+    reads += [("the --registry file", args.registry)] if getattr(args, "registry", None) else []
+    reads += [("the --kwargs file", args.kwargs[1:])] if (args.kwargs or "").startswith("@") else []
+    check_not_read(args.out, reads)
     exported = export_variant(target, args.out, force=args.force, opset=args.opset)
     for check in exported.checks:
         print(f"  input {list(check.input_shape)} ({check.label}): ONNX Runtime vs eager max abs diff "
