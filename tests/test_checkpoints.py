@@ -1,4 +1,4 @@
-"""Checkpoint layouts, conversion between them, and get_audio_model.
+"""Checkpoint layouts, conversion between them, and get_audio_model (any variant's own checkpoint too).
 
 Facts about the layouts are read off the variants' source (which module each
 ``__init__`` registers under which name); conversion properties are checked over
@@ -7,6 +7,7 @@ random weights; function preservation is checked by running both models.
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -22,12 +23,14 @@ from harness.rawnet2.checkpoints import (
     POLICIES,
     check_fits,
     detect_layout,
+    detect_source,
     legacy_effective_state_dict,
     load_checkpoint,
     save_checkpoint,
 )
 from harness.rawnet2.equivalence import seed_weights
-from harness.rawnet2.layouts import declared_layouts, state_dict_layout
+from harness.rawnet2.layouts import declared_layouts, state_dict_layout, variant_of_state
+from harness.rawnet2.registry import register, spec, unregister
 
 BLOCKS = tuple(f"res_block{i}" for i in range(1, 7))
 # Where each variant's __init__ registers each canonical module (read off the source).
@@ -414,3 +417,66 @@ def test_added_tensors_take_the_checkpoint_float_dtype_and_are_fresh_copies():
     out["skip2.0.weight"].add_(1)  # a caller training the result must not change the next conversion
     again, _ = convert_state_dict(half, "skip_modules")
     assert not torch.equal(again["skip2.0.weight"], out["skip2.0.weight"])
+
+
+# --- any registered variant's own checkpoint -------------------------------------------------
+
+
+def test_a_variants_own_checkpoint_loads_back_computing_its_function(runnable_name: str):
+    """The generic round trip, at the variant's own input contract: seeded weights saved as its own
+    state_dict load back (get_audio_model) into a model computing exactly the same; a layout that
+    cannot hold its weights (tuple_blocks) is refused naming why."""
+    variant = spec(runnable_name)
+    model = seed_weights(build(runnable_name), 9).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    if variant.layout is not None and state_dict_layout(variant.layout).unsaved:
+        with pytest.raises(HarnessError, match=f"cannot convert (from|to) {variant.layout}"):
+            get_audio_model(runnable_name, state)
+        return
+    loaded = get_audio_model(runnable_name, state)
+    x = variant.example(2, seed=9)
+    with torch.no_grad():
+        why = "does its forward use a tensor its state_dict misses?"
+        assert_close(loaded(x), model(x), EXACT, f"{runnable_name} from its own checkpoint ({why})")
+
+
+def test_a_checkpoint_of_a_variant_without_a_layout_loads_into_a_declared_layout():
+    """basic_blocks declares no layout: its keys are detected as its own, matched into the canonical
+    layout and converted from there, the function proven."""
+    source = seed_weights(build("basic_blocks"), 10)
+    state = source.state_dict()
+    assert detect_source(state) is spec("basic_blocks")
+    model = get_audio_model("skip_modules", state)
+    x = spec("skip_modules").example(2, seed=10)
+    for mode in ("train", "eval"):
+        with torch.no_grad():
+            expected = copy.deepcopy(source).train(mode == "train")(x)
+            actual = copy.deepcopy(model).train(mode == "train")(x)
+        assert_close(actual, expected, EXACT, mode)
+
+
+@pytest.fixture
+def renamed_skip_modules():
+    """skip_modules' class renamed, registered held to skip_modules, and an unrelated twin."""
+    renamed = type("RenamedSkipModules", (type(build("skip_modules")),), {})
+    register("renamed_skip", renamed, reference="skip_modules", input_shape=(1, 1000))
+    yield renamed
+    unregister("renamed_skip")
+    unregister("twin_skip")
+
+
+def test_keys_of_several_variants_are_read_as_the_one_the_others_are_held_to(renamed_skip_modules):
+    state = build("skip_modules").state_dict()
+    assert variant_of_state(state) is spec("skip_modules")  # renamed_skip has the keys, held to it
+    register("twin_skip", renamed_skip_modules, input_shape=(1, 1000))  # no reference: unrelated
+    expected = (r"^its keys fit the state_dicts of 2 registered variants \(skip_modules, twin_skip\): "
+                r"name the one it came from with --from$")
+    with pytest.raises(HarnessError, match=expected):
+        variant_of_state(state)
+    assert variant_of_state(nn.Linear(3, 4).state_dict()) is None
+
+
+def test_a_checkpoint_no_layout_or_variant_fits_says_both():
+    with pytest.raises(HarnessError, match=r"^not a RawNet2 checkpoint: .*'weight'; nor do its keys fit any "
+                                           r"registered variant's state_dict \(--from VARIANT"):
+        detect_source(nn.Linear(3, 4).state_dict())
