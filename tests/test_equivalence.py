@@ -12,7 +12,9 @@ Statements (issue #5), each a property over random weights (``seed_weights``) an
 from __future__ import annotations
 
 import copy
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness import HarnessError, build, copy_weights, legacy_effective, optimize_for_inference
+from harness.__main__ import main
 from harness.core.forms import (
     DEPLOYMENT_FORMS,
     compare_form,
@@ -32,10 +35,10 @@ from harness.core.introspect import batchnorms
 from harness.core.onnx import onnx_missing
 from harness.core.tolerances import BATCHING, DEPLOYMENT_TOLERANCES, EXACT, REFERENCE_FORWARD, assert_close
 from harness.rawnet2.checkpoints import convert_state_dict, get_audio_model
-from harness.rawnet2.equivalence import COMPARE_BATCH, compare_variants, seed_weights
+from harness.rawnet2.equivalence import COMPARE_BATCH, compare_input, compare_variants, seed_weights
 from harness.rawnet2.golden import first_divergence
 from harness.rawnet2.layouts import canonical_modules
-from harness.rawnet2.registry import SUBJECTS, spec
+from harness.rawnet2.registry import SUBJECTS, spec, unregister
 from tests.conftest import variants
 
 SEEDS = st.integers(0, 2**32 - 1)
@@ -501,3 +504,39 @@ def test_compare_forms_runs_what_this_machine_can_and_refuses_the_rest(monkeypat
         compare_form(model, x, "cuda")
     with pytest.raises(HarnessError, match="unknown deployment form 'tensorrt'"):
         compare_form(model, x, "tensorrt")
+
+
+# --- `python -m harness compare`: at the reference's own input contract ----------------------
+
+TEAM_REGISTRY = Path(__file__).parent / "team_models" / "correct.toml"
+
+
+@pytest.fixture
+def registered():
+    """Whatever a test's ``--registry`` registers is unregistered after it, and sys.path restored."""
+    before, path = set(SUBJECTS), list(sys.path)
+    yield
+    for name in set(SUBJECTS) - before:
+        unregister(name)
+    sys.path[:] = path
+
+
+def test_compare_takes_its_input_from_the_references_contract():
+    for name in variants("runnable_name"):
+        variant = spec(name)
+        expected = variant.input_contract().batch_shape(COMPARE_BATCH)
+        assert tuple(compare_input(variant, None).shape) == expected, name
+        given = (1, *expected[1:])
+        assert tuple(compare_input(variant, ",".join(map(str, given))).shape) == given, name
+
+
+def test_compare_a_team_model_with_its_class_renamed_copy_at_its_own_contract(capsys, registered):
+    """[B, T] input at the declared 8000 samples; the front end's renamed class pairs by what it holds."""
+    assert main(["--registry", str(TEAM_REGISTRY), "compare", "asv", "asv_renamed", "--mode", "eval"]) == 0
+    out = capsys.readouterr().out
+    assert f"input [{COMPARE_BATCH}, 8000]," in out and out.endswith("\nequivalent\n")
+    argv = ["--registry", str(TEAM_REGISTRY), "compare", "asv", "asv_renamed", "--input-shape", "2,1,4000"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "error: --input-shape 2,1,4000 does not fit asv: shape [2, 1, 4000] is not [B, T] (the model's "
+        "input_shape [8000])\n")
