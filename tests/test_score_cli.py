@@ -292,7 +292,8 @@ def test_cli_json_reports_each_bad_file_and_scores_the_rest(
     truncated, empty, text, missing = bad_files(tmp_path)
     files = [truncated, empty, HELLO, text, missing]
     assert len(files) >= PROGRESS_MIN_FILES
-    argv = ["score", *files, "--checkpoint", str(legacy_checkpoint), "--format", "json"]
+    # eager: what is checked here is each file's outcome (forms: test_score_forms.py)
+    argv = ["score", *files, "--checkpoint", str(legacy_checkpoint), "--format", "json", "--form", "eager"]
     assert main(argv) == 1
     captured = capsys.readouterr()
     document = json.loads(captured.out)  # stdout is the JSON and nothing else
@@ -314,7 +315,7 @@ def test_cli_json_reports_each_bad_file_and_scores_the_rest(
 
 def test_cli_table_without_checkpoint_scores_with_seeded_random_weights(capsys: pytest.CaptureFixture):
     missing = str(AUDIO / "missing.wav")
-    assert main(["score", HELLO, missing]) == 1
+    assert main(["score", HELLO, missing, "--form", "eager"]) == 1
     captured = capsys.readouterr()
     header, hello_row, missing_row = captured.out.splitlines()
     assert header.split()[:2] == ["file", "score"]
@@ -504,7 +505,7 @@ def test_output_resumed_with_the_real_model_scores_like_the_uninterrupted_run(
 ):
     out = tmp_path / "s.jsonl"
     argv = ["score", *FIXTURES, "--checkpoint", str(legacy_checkpoint), "--batch-size", "2",
-            "--output", str(out)]
+            "--form", "eager", "--output", str(out)]
     assert main(argv) == 0
     first = records(out)
     assert [r["file"] for r in first] == FIXTURES
