@@ -9,9 +9,12 @@ Eval mode has no minimum, except for a variant whose eval() misses BatchNorms
 that rule; the tests below check it against the model itself and pin the exact boundary
 for every batch size and mode.
 
-Every property runs on every runnable variant in the registry (``runnable_name``, one test
-id each, a team's included); hypothesis draws inputs and weights per variant, with the
-profile's examples shared out among the variants so the suite's cost stays flat.
+The family's facts (the BatchNorm length boundary, ``[B, num_classes]`` probabilities,
+``num_classes=``) run on every family variant (``family_name``); the generic properties (declared
+audit results, the zero-main-path proof of the wiring) on every runnable variant
+(``runnable_name``, a team's included), each fed its own input contract (``spec.example``).
+Hypothesis draws inputs and weights per variant, with the profile's examples shared out among
+the variants so the suite's cost stays flat.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from hypothesis import strategies as st
 from harness import SUBJECTS
 from harness.core.audits import FAIL
 from harness.core.introspect import batchnorms
+from harness.core.residuals import Block, find_blocks
 from harness.core.tolerances import EXACT, assert_close
 from harness.rawnet2.architecture import NONE, PROJECTION, ReferenceSpec
 from harness.rawnet2.audits import audit, declared_results
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.inputs import last_norm_values, min_train_length
-from harness.rawnet2.layouts import PROJECTION_BLOCKS, residual_blocks
-from harness.rawnet2.wiring import observe_blocks
+from harness.rawnet2.layouts import PROJECTION_BLOCKS
 from tests.conftest import variants
 
 BATCHNORM_ERROR = "Expected more than 1 value per channel when training"
@@ -42,19 +45,27 @@ BATCHNORM_ERROR = "Expected more than 1 value per channel when training"
 seeds = st.integers(0, 2**16)
 
 
-def per_variant(examples: int) -> settings:
-    """``examples`` shared out among the runnable variants (at least one each)."""
-    return settings(max_examples=max(1, examples // len(variants("runnable_name"))))
+def per_variant(examples: int, fixture: str = "runnable_name") -> settings:
+    """``examples`` shared out among the variants ``fixture`` runs over (at least one each)."""
+    return settings(max_examples=max(1, examples // max(1, len(variants(fixture)))))
 
 
 # A single example here costs whole forwards; scale with the profile but spend less.
 few = per_variant(max(3, settings.default.max_examples // 2))
-some = per_variant(settings.default.max_examples)
+some_of_the_family = per_variant(settings.default.max_examples, "family_name")
 
 
-def randomized(name: str, seed: int, num_classes: int = 1) -> nn.Module:
-    """A fresh instance with weights and BatchNorm state drawn under ``seed`` (the library's seeding)."""
-    return seed_weights(SUBJECTS[name].build(num_classes=num_classes), seed)
+def randomized(name: str, seed: int, **kwargs: object) -> nn.Module:
+    """A fresh instance with weights and BatchNorm state drawn under ``seed`` (the library's seeding);
+    ``kwargs`` go to the factory (``num_classes`` for the family)."""
+    return seed_weights(SUBJECTS[name].build(**kwargs), seed)
+
+
+def example(name: str, seed: int, batch: int, extra: int, *, above: str = "length") -> torch.Tensor:
+    """The variant's own input contract: ``extra`` samples above its declared length (``above="length"``)
+    or its minimum length (``above="min_length"``)."""
+    contract = SUBJECTS[name].input_contract()
+    return contract.example(batch, getattr(contract, above) + extra, seed=seed)
 
 
 @functools.cache
@@ -83,28 +94,28 @@ def function_of(name: str) -> ReferenceSpec | None:
     return function_of(spec.reference) if spec.reference is not None else None
 
 
-def wiring_applies(name: str) -> bool:
-    """Whether ``name`` can be held to a block-by-block wiring: its spec (or reference) names the
-    function it computes, and it does not declare the skip_wiring check n/a (no known block layout)."""
-    return function_of(name) is not None and "skip_wiring" not in SUBJECTS[name].declared_not_applicable
+@functools.cache
+def blocks_of(name: str) -> tuple[Block, ...]:
+    """The blocks dataflow finds in a fresh eval-mode instance on the variant's own example."""
+    spec = SUBJECTS[name]
+    return tuple(find_blocks(spec.build().eval(), spec.example(2)))
 
 
-# Left out by its spec, never by name: a variant whose blocks the harness cannot find, or whose
-# function is unknown, has no block-by-block wiring to check.
-WIRED = [name for name in variants("runnable_name") if wiring_applies(name)]
+# Found by dataflow, never by name: every runnable variant with residual blocks, a team's included.
+WIRED = [name for name in variants("runnable_name") if blocks_of(name)]
 
 
 # --- shapes ---------------------------------------------------------------------------------------
 
 
-@some
+@some_of_the_family
 @given(batch=st.integers(1, 8), length=st.integers(1, 2000), num_classes=st.integers(1, 4),
        train=st.booleans(), seed=seeds)
-def test_output_is_batch_by_classes_probabilities(runnable_name: str, batch: int, length: int,
+def test_output_is_batch_by_classes_probabilities(family_name: str, batch: int, length: int,
                                                   num_classes: int, train: bool, seed: int):
-    name = runnable_name
+    name = family_name
     length = runnable_length(name, train, batch, length)
-    model = randomized(name, seed, num_classes).train(train)
+    model = randomized(name, seed, num_classes=num_classes).train(train)
     with torch.no_grad():
         out = model(waveform(seed, batch, length))
     assert out.shape == (batch, num_classes)
@@ -116,11 +127,11 @@ def test_output_is_batch_by_classes_probabilities(runnable_name: str, batch: int
 # --- the train-mode minimum length ------------------------------------------------------------------
 
 
-@some
+@some_of_the_family
 @given(batch=st.integers(1, 8), length=st.integers(1, 40), train=st.booleans())
-def test_forward_raises_exactly_below_the_batchnorm_boundary(runnable_name: str, batch: int, length: int,
+def test_forward_raises_exactly_below_the_batchnorm_boundary(family_name: str, batch: int, length: int,
                                                              train: bool):
-    name = runnable_name
+    name = family_name
     model = randomized(name, 0).train(train)
     x = torch.randn(batch, 1, length)
     # The rule written out from the strides, independently of harness.rawnet2.inputs:
@@ -134,8 +145,8 @@ def test_forward_raises_exactly_below_the_batchnorm_boundary(runnable_name: str,
             assert model(x).shape == (batch, 1)
 
 
-def test_batch_of_one_boundary_is_nine_samples_in_train_mode(runnable_name: str):
-    name = runnable_name
+def test_batch_of_one_boundary_is_nine_samples_in_train_mode(family_name: str):
+    name = family_name
     model = randomized(name, 0).train()
     with torch.no_grad():
         too_short = rf"{BATCHNORM_ERROR}, got input size torch.Size\(\[1, 256, 1\]\)"
@@ -151,10 +162,10 @@ def test_batch_of_one_boundary_is_nine_samples_in_train_mode(runnable_name: str)
             assert model(torch.randn(1, 1, 1)).shape == (1, 1)
 
 
-@some
+@some_of_the_family
 @given(batch=st.integers(1, 8), length=st.integers(1, 2000))
-def test_last_batchnorm_sees_batch_times_ceil_length_over_8(runnable_name: str, batch: int, length: int):
-    name = runnable_name
+def test_last_batchnorm_sees_batch_times_ceil_length_over_8(family_name: str, batch: int, length: int):
+    name = family_name
     model = randomized(name, 0).eval()
     seen: list[int] = []
     def record(module: nn.Module, args: tuple) -> None:
@@ -180,20 +191,25 @@ PROPERTY_CHECKS = ("batch_independence", "gradient_coverage", "determinism", "sk
 
 
 @few
-@given(seed=seeds, batch=st.integers(2, 6), length=st.integers(16, 1024))
+# At the declared length and above: at its minimum a model may hold states that the input cannot reach
+# (a GRU run for one step gives its hidden-to-hidden weights no gradient).
+@given(seed=seeds, batch=st.integers(2, 6), extra=st.integers(0, 255))
 def test_declared_results_hold_for_random_inputs_and_weights(runnable_name: str, seed: int, batch: int,
-                                                             length: int):
+                                                             extra: int):
     name = runnable_name
-    report = audit(lambda: randomized(name, seed), waveform(seed + 1, batch, length), checks=PROPERTY_CHECKS)
+    report = audit(lambda: randomized(name, seed), example(name, seed + 1, batch, extra),
+                   checks=PROPERTY_CHECKS, output=SUBJECTS[name].output)
     assert report.results == declared_results(SUBJECTS[name].expected_defects, PROPERTY_CHECKS)
     if name == "tuple_blocks":
         grads = [f for f in report.findings if f.check == "gradient_coverage"]
         assert [f.message.split(":")[0] for f in grads] == [f"res_block{i}" for i in range(1, 7)]
         # 8 parameters per main path, 4 per projection shortcut
         assert sum(len(f.paths) for f in grads) == 6 * 8 + len(PROJECTION_BLOCKS) * 4
-    if name == "legacy_effective":
-        wiring = [f.paths for f in report.findings if f.check == "skip_wiring"]
-        assert wiring == [(f"res_block{i}",) for i in PROJECTION_BLOCKS]
+    if (function := function_of(name)) is not None:
+        # The blocks whose function adds no shortcut, and only those, fail the wiring (in order).
+        bare = sum(kind == NONE for kind in function.shortcuts.values())
+        wiring = [f for f in report.findings if f.check == "skip_wiring"]
+        assert len(wiring) == bare and all("adds no shortcut" in f.message for f in wiring)
 
 
 @few
@@ -209,41 +225,44 @@ def test_legacy_forward_raises_for_every_input(seed: int, batch: int, length: in
 # --- zero-main-path: a second, independent proof of the wiring ----------------------------------------
 
 
+def last_normalisation_onwards(block: Block) -> list[nn.Module]:
+    """The main path's last BatchNorm and every module after it on the main path (leaf modules, in
+    call order): zeroing their parameters makes the main path's output exactly zero."""
+    called = block.main_modules if block.adds_shortcut else tuple(block.main_modules[0].modules())
+    leaves = [m for m in called if not list(m.children())]
+    last = max(i for i, m in enumerate(leaves) if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    return leaves[last:]
+
+
 @few
 @pytest.mark.parametrize("name", WIRED)
-@given(seed=seeds, batch=st.integers(1, 4), length=st.integers(1, 1024), train=st.booleans())
-def test_zeroing_each_last_batchnorm_leaves_a_pure_shortcut(name: str, seed: int, batch: int, length: int,
+@given(seed=seeds, batch=st.integers(2, 4), extra=st.integers(0, 1023), train=st.booleans())
+def test_zeroing_each_last_batchnorm_leaves_a_pure_shortcut(name: str, seed: int, batch: int, extra: int,
                                                            train: bool):
     model = randomized(name, seed).train(train)
+    x = example(name, seed, batch, extra, above="min_length")
     with torch.no_grad():
-        for block in residual_blocks(model):
-            # The main path's last BatchNorm; a block that adds its shortcut itself (torchvision's
-            # BasicBlock) holds the shortcut inside it, so its modules are left out.
-            shortcut = set() if block.shortcut is None else set(block.shortcut.modules())
-            last = [m for m in block.main.modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in shortcut][-1]
-            last.weight.zero_()
-            last.bias.zero_()
-    x = waveform(seed, batch, runnable_length(name, train, batch, length))
-    observations = observe_blocks(model, x)
-    assert [o.block.index for o in observations] == list(range(1, 7))
-    bare = []
-    for o in observations:
-        assert o.output is not None and not o.main_output.any(), f"block {o.block.index}: main path not zero"
-        if o.block.shortcut is not None:
+        for block in find_blocks(model, x):
+            for module in last_normalisation_onwards(block):
+                for p in module.parameters(recurse=False):
+                    p.zero_()
+    blocks = find_blocks(model, x)
+    assert [b.path for b in blocks] == [b.path for b in blocks_of(name)]
+    for b in blocks:
+        assert b.main is not None and not b.main.any(), f"{name} {b.path}: main path not zero"
+        if b.shortcut == "projection":
             with torch.no_grad():
-                expected = o.block.shortcut(o.input)
-        elif o.input.shape == o.output.shape:
-            expected = o.input
-        else:
-            expected, _ = torch.zeros_like(o.output), bare.append(o.block.index)
-        assert_close(o.output, expected, EXACT, f"{name} block {o.block.index}: not a pure shortcut")
-    # Blocks whose function has no shortcut (legacy_effective's projection blocks) add nothing
-    # at all: they become exactly zero. The rest add the projection their function names.
-    shortcuts = function_of(name).shortcuts
-    assert bare == [i for i, kind in shortcuts.items() if kind == NONE]
-    projections = [o.block.index for o in observations if o.block.shortcut is not None]
-    assert projections == [i for i, kind in shortcuts.items() if kind == PROJECTION]
+                expected = b.projection(b.input)
+        elif b.shortcut == "identity":
+            expected = b.input
+        else:  # nothing added (legacy_effective's projection blocks): the block's output is exactly zero
+            assert b.shortcut == "none", f"{name} {b.path}: {b.shortcut} {b.detail}"
+            expected = torch.zeros_like(b.output)
+        assert_close(b.output, expected, EXACT, f"{name} {b.path}: not a pure shortcut")
+    if (function := function_of(name)) is not None:
+        # The family's function names each block's shortcut (identity, projection, none): the blocks
+        # found carry exactly those.
+        assert [b.shortcut for b in blocks] == list(function.shortcuts.values())
 
 
 def test_the_guide_functions_wire_projections_exactly_on_the_projection_blocks():
