@@ -38,6 +38,10 @@ _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
 _MAX_FREE_STEPS = 16
 
 
+class UnrepeatableForward(Exception):
+    """The forward ran other ops the second time on the same input: its blocks cannot be observed."""
+
+
 @dataclass(frozen=True)
 class Const:
     """A non-tensor summand (``x + 0``)."""
@@ -406,7 +410,7 @@ def find_blocks(model: nn.Module, x: torch.Tensor) -> list[Block]:
 
     Runs ``model(x)`` twice without gradients, in whatever mode the model is in: once to find
     the blocks, once to keep the values they need. The forward's exceptions propagate; a
-    forward that does not repeat its ops raises ``RuntimeError``.
+    forward that does not repeat its ops raises ``UnrepeatableForward``.
     """
     first = _trace(model, x)
     graph = _Graph(first.nodes, first.calls)
@@ -432,8 +436,9 @@ def find_blocks(model: nn.Module, x: torch.Tensor) -> list[Block]:
     keep |= {n for o in others for n in (o.source, o.output)}
     second = _trace(model, x, frozenset(keep))
     if [n.op for n in second.nodes] != [n.op for n in first.nodes]:
-        raise RuntimeError("the forward runs other ops the second time on the same input: "
-                           "its blocks cannot be observed")
+        raise UnrepeatableForward(f"the forward runs other ops the second time on the same input "
+                                  f"({len(first.nodes)} tensors, then {len(second.nodes)}): its blocks "
+                                  "cannot be observed")
     found = [(r.sum, _block(graph, r, second.values, namer)) for r in residuals]
     found += [(o.output, o.block(second.values)) for o in others]
     return [b for _, b in sorted(found, key=lambda item: item[0])]

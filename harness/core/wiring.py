@@ -17,7 +17,7 @@ import torch
 
 from harness.core.errors import error_line
 from harness.core.loading import UserCodeExit, call_user_code
-from harness.core.residuals import Block, find_blocks
+from harness.core.residuals import Block, UnrepeatableForward, find_blocks
 from harness.core.tolerances import EXACT, all_close, max_abs_diff
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ def check_skip_wiring(ctx: AuditContext) -> list[Finding]:
         blocks = call_user_code(find_blocks, model, ctx.example, what="the forward")
     except UserCodeExit:
         raise
+    except UnrepeatableForward as exc:
+        raise ModelFailure(str(exc)) from exc
     except Exception as exc:
         raise ModelFailure(f"forward raises {error_line(exc)} (eval mode)") from exc
     if not blocks:
