@@ -9,7 +9,7 @@ opset it does not write); ``audit``/``compare`` with an input shape too large to
 ``mutate`` with a non-finite timeout factor; an unexpected exception in any verb (exit 2, one
 ``internal error`` line; ``--debug`` re-raises it) and Ctrl-C (exit 130).
 
-The fast gate runs them in-process, and two of them and the top-level guard as real
+The fast gate runs them in-process, and one of them and the top-level guard as real
 processes; the slow twin runs each case as a real ``python -m harness`` process (``-m slow``).
 """
 
@@ -183,9 +183,9 @@ def test_refused_in_one_line_changing_nothing(case: str, workdir: Path, capfd: p
     assert snapshot(workdir) == before
 
 
-# Two cases run as real processes in the fast gate too (one refused by argparse, one by the exporter);
-# every case does under -m slow (each process costs ~1.5 s of CPU importing torch).
-FAST_AS_PROCESS = ("export-namedtuple", "mutate-nan-timeout")
+# One case runs as a real process in the fast gate too (argparse's refusal, before any handler); every
+# case does under -m slow (a process costs 1.5-2.5 s of CPU importing torch and onnx: the gate's budget).
+FAST_AS_PROCESS = ("mutate-nan-timeout",)
 
 
 @pytest.mark.parametrize("case", [c if c in FAST_AS_PROCESS else pytest.param(c, marks=pytest.mark.slow)
