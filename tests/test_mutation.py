@@ -27,6 +27,7 @@ from hypothesis import strategies as st  # noqa: E402
 from harness.__main__ import main  # noqa: E402
 from harness.core.errors import HarnessError  # noqa: E402
 from harness.core.mutation import (  # noqa: E402
+    BUDGET_SPENT,
     MARKER,
     MODULE_LEVEL,
     MUTATION_REPORT_SCHEMA,
@@ -731,3 +732,93 @@ def test_cli_refuses_a_syntax_error_and_an_output_over_its_input_in_one_line(cap
     assert capsys.readouterr().err == (f"error: {good}: is {good}, which the run reads; give another "
                                        "--output\n")
     assert good.read_text() == TEAM_MODEL and not (tmp_path / "r.json").exists()
+
+
+TEAM_TESTS = """\
+import pytest
+import torch
+
+from harness.rawnet2.registry import SUBJECTS
+
+TEAM = [name for name, spec in SUBJECTS.items() if spec.origin.endswith(".toml")]
+
+
+@pytest.mark.parametrize("name", TEAM)
+def test_output_is_the_formula(name):
+    torch.manual_seed(0)
+    model = SUBJECTS[name].build()
+    x = torch.randn(3, 2)
+    expected = torch.nn.functional.leaky_relu(x @ model.lin.weight.T + model.lin.bias, 0.5) + x
+    assert torch.equal(model(x), expected)
+"""
+
+
+TINY_TEAM_REGISTRY = """\
+[tool.rawnet2-harness.variants.tiny_team]
+factory = "tiny_model:Tiny"
+output = "any"
+input_shape = [2]
+"""
+
+
+@pytest.fixture
+def tiny_team(tmp_path: Path):
+    """A project whose tests judge whatever a --registry file registers, and outside it a team's
+    directory: the tiny model and its registry."""
+    project = tmp_path / "project"
+    project.mkdir()
+    tiny_project(project, TEAM_TESTS)
+    team = tmp_path / "teamrepo"
+    team.mkdir()
+    (team / "tiny_model.py").write_text(TINY_MODEL)
+    (team / "registry.toml").write_text(TINY_TEAM_REGISTRY)
+    load_registry_file(team / "registry.toml")
+    yield project, team
+    unregister("tiny_team")
+
+
+@pytest.mark.slow  # ~1-2 min: mutmut and the module-level runs on a staged copy
+def test_a_team_model_outside_the_project_end_to_end(tiny_team):
+    project, team = tiny_team
+    before = {p: p.read_bytes() for p in team.iterdir() if p.is_file()}
+    run = plan_run(str(team / "tiny_model.py"), root=project, tests=None,
+                   registry=str(team / "registry.toml"), workers=2, timeout_factor=5.0, equivalences=[])
+    run.progress = lambda line: None
+    writes: list[dict] = []
+    run.on_update = writes.append
+    section = run_mutation(run)
+    jsonschema.validate(build_report([section]), MUTATION_REPORT_SCHEMA)
+    assert section["path"] == str(team / "tiny_model.py") and section["status"] == "complete"
+    assert "--registry=registry.toml" in section["tests"]["selection"]
+    by_id = {m["id"]: m for m in section["mutants"]}
+    drop = next(m for m in section["mutants"] if m["operator"] == "drop_addend")
+    assert drop["status"] == "killed"
+    assert drop["killed_by"]["test"] == "tests/test_tiny.py::test_output_is_the_formula[tiny_team]"
+    assert by_id["tiny_model.<module>__mutmut_2"]["status"] == "killed"  # SLOPE = 1.5, run by the harness
+    assert writes and all(w["status"] == "partial" for w in writes)
+    # the survivors (lin unregistered, a detach) are attributed from measured coverage
+    assert section["survivors"] and all(s["reached_by"]["how"].startswith("measured") or
+                                        s["function"] == MODULE_LEVEL for s in section["survivors"])
+    unregistered = next(s for s in section["survivors"] if s["operator"] == "unregister_module")
+    assert unregistered["missing_contracts"] and unregistered["verdict"].startswith("no test of registration")
+    assert {p: p.read_bytes() for p in team.iterdir() if p.is_file()} == before  # only read
+
+
+@pytest.mark.slow  # ~30-60 s: runs until its budget is spent
+def test_a_time_budget_stops_the_run_and_reports_what_never_ran(tmp_path: Path):
+    tiny_project(tmp_path, TINY_TESTS.replace("def test_output_is_the_formula():\n",
+                                              "def test_output_is_the_formula():\n    import time\n"
+                                              "    time.sleep(3)\n"))
+    report_path = tmp_path / "r.json"
+    writer = ReportWriter(report_path)
+    run = MutationRun(path="tinypkg/model.py", selection=["tests"], root=tmp_path, workers=2, max_mutants=6,
+                      time_budget_s=25.0, progress=lambda line: None, on_update=writer.write)
+    section = run_mutation(run)
+    assert section["status"] == "partial"
+    why = {m["why"] for m in section["mutants"] if m["status"] == "not_run"}
+    assert BUDGET_SPENT.format(budget=25.0) in why and any(w.startswith("not in the sample") for w in why)
+    assert section["summary"]["total"] == len(enumerate_mutants("tinypkg/model.py", root=tmp_path))
+    on_disk = json.loads(report_path.read_text())  # the last partial write is valid JSON
+    jsonschema.validate(on_disk, MUTATION_REPORT_SCHEMA)
+    assert on_disk["status"] == "partial"
+    assert (tmp_path / "tinypkg" / "model.py").read_text() == TINY_MODEL

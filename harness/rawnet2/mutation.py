@@ -242,7 +242,8 @@ def plan_run(path: str, *, root: Path, tests: str | None, registry: str | None, 
            if (root / e.path).resolve() == full or Path(e.path).resolve() == full]
     return MutationRun(path=staged.path, selection=selection, root=staged.root,
                        pytest_args=[f"--registry={staged.registry}"] if staged.registry else [],
-                       linked=staged.linked, shown_path=str(full), equivalences=[*equivalences, *own],
+                       copied=staged.copied, linked=staged.linked, shown_path=str(full),
+                       equivalences=[*equivalences, *own],
                        **common)
 
 

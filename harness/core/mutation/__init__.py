@@ -9,8 +9,8 @@ The engine is mutmut (3.8); the harness extends it where it lacks, one module pe
 - ``workspace``: ``mutants/``, made only by the harness, and the staging of a model file
   that lies outside the project (a team's own repository);
 - ``config``: ``MutationRun``, a run's settings, each number checked when it is made;
-- ``engine``: the clean run (the selection must pass unmutated), mutmut for function
-  mutants, the harness for module-level code, a time budget;
+- ``engine``: the clean run (the selection must pass unmutated), then the mutants (function
+  ones through ``mutmut_driver``, module-level ones by the harness), within a time budget;
 - ``plugin``: the pytest plugin of every run (fastest tests first, the first killer, the
   clean run's tests and durations);
 - ``attribution``: which contract should have caught each survivor, from the tests that

@@ -45,6 +45,7 @@ class MutationRun:
     pytest_args: Sequence[str] = ()  # given to every pytest run (e.g. --registry=FILE)
     max_mutants: int | None = None  # a sample spread evenly across functions (sampling.sample_evenly)
     time_budget_s: float | None = None  # stop after this long; what never ran is reported as not run
+    copied: Sequence[str] = ()  # entries of root every copy needs besides the project's (a team's modules)
     linked: Sequence[str] = ()  # entries of root the copies link rather than copy (weights, data)
     shown_path: str | None = None  # how the report names the file (a staged one: where the team keeps it)
     contracts: Sequence[Contract] = ()  # what the survivors are attributed to (attribution.attribute)

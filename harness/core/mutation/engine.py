@@ -283,6 +283,7 @@ def run_mutation(run: MutationRun) -> dict:
     link_entries(run.root, run.linked, workspace)
     env = _environment(workspace)
     entries = project_entries(run.root, [*run.selection, *run.pytest_args])
+    entries += [e for e in run.copied if e not in entries and e != run.path]  # mutmut copies the model itself
     function_level = [m for m in chosen if m.engine == TOOL]
     module_level = [m for m in chosen if m.engine != TOOL]
     last_update = [0.0]
