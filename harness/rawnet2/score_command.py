@@ -160,9 +160,7 @@ def build_score_model(args: argparse.Namespace, target: VariantSpec) -> nn.Modul
         raise
     except Exception as exc:  # noqa: BLE001 - the user's factory: a model that cannot be built is refused
         raise HarnessError(f"cannot build {target.name}: {error_line(exc)}") from None
-    if args.checkpoint is not None:
-        return model
-    if target.weights is None:
+    if args.checkpoint is None and target.weights is None:
         print(f"warning: no --checkpoint: {target.name} has random weights (seed {RANDOM_WEIGHTS_SEED}); the "
               "scores mean nothing", file=sys.stderr)
     return model
@@ -184,7 +182,7 @@ def check_scorable(model: nn.Module, target: VariantSpec, contract: InputContrac
 # --- the deployment form, verified on the first batch ---------------------------------------------
 
 
-def form_tolerance(built: object, ran: str, device: str) -> tuple[str, Tolerance] | None:
+def form_tolerance(built: object, ran: str) -> tuple[str, Tolerance] | None:
     """The tolerance the form that ran is held to against eager (None: it is eager)."""
     if ran.startswith("onnxruntime"):
         return "onnxruntime", DEPLOYMENT_TOLERANCES["onnxruntime"]
@@ -262,7 +260,7 @@ def scoring_model(eager: nn.Module, target: VariantSpec, form: str, device: str,
             raise HarnessError(f"--form {form}: cannot build it: {error_line(exc)}") from None
         eager = eager.to(device).eval()
         return eager, f"eager on {device} (auto; building a faster form failed: {error_line(exc)})"
-    tolerance = form_tolerance(built, ran, device)
+    tolerance = form_tolerance(built, ran)
     if tolerance is None:
         return built, ran
     return VerifiedForm(built, eager, name=ran, tolerance=tolerance, fallback=form == "auto", say=say), ran
