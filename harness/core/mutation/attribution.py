@@ -101,9 +101,10 @@ def attribute(mutant: Mutant, contracts: Sequence[Contract], coverage: Mapping[s
         out["verdict"] = f"no selected test reaches {where}: no test can catch any change there"
     elif out["should_have_caught"]:
         caught = out["should_have_caught"][0]
+        more = ", ..." if caught["count"] > 1 else ""
         out["verdict"] = (f"{caught['contract']} should have caught it: {caught['count']} of its tests reach "
-                          f"{where} and passed ({caught['tests'][0]}"
-                          + (", ..." if caught["count"] > 1 else "") + ")")
+                          f"{where} and passed ({caught['tests'][0]}{more}): a gap in that contract, unless "
+                          "the mutant is equivalent (then declare it)")
     elif claiming:
         names = ", ".join(c.name for c in claiming)
         out["verdict"] = (f"no test of {names} reaches {where} ({len(reached)} other tests do, in "
