@@ -68,8 +68,9 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", choices=("probability", "logits", "any"),
                    help="what the forward returns (default: the spec's, else any)")
     p.add_argument("--input-shape", default=None,
-                   help="example input shape, batch first (default: 2 examples of the model's input contract: "
-                        "its declared input_shape, else the first of [B, 1, 16000] and [B, 16000] it takes)")
+                   help="example input shape, batch first (default: 2 examples of the model's input "
+                        "contract: its declared input_shape, else the first of [B, 1, 16000] and [B, 16000] "
+                        "it takes)")
     p.add_argument("--checks", help="comma-separated check names (default: all that apply)")
     p.add_argument("--format", choices=("text", "json"), default="text")
 

@@ -94,7 +94,9 @@ def paths_of(report: AuditReport, check: str) -> set[str]:
 
 
 def only_dead_branch(report: AuditReport) -> None:
-    assert report.results == {c: FAIL if c == "gradient_coverage" else PASS for c in GENERIC_CHECKS}
+    # No residual addition anywhere: skip_wiring does not apply.
+    expected = {"gradient_coverage": FAIL, "skip_wiring": NOT_APPLICABLE}
+    assert report.results == {c: expected.get(c, PASS) for c in GENERIC_CHECKS}
     (finding,) = report.findings
     assert finding.check == "gradient_coverage"
     assert finding.paths == DEAD_BRANCH
@@ -127,7 +129,7 @@ def test_without_the_dead_branch_every_check_passes():
 
     report = audit(factory(cls=Trained), WAVES, output="logits")
     assert report.ok and report.findings == []
-    assert set(report.results.values()) == {PASS}
+    assert report.results == {c: NOT_APPLICABLE if c == "skip_wiring" else PASS for c in GENERIC_CHECKS}
 
 
 def test_hidden_reaching_an_output_counts_even_without_the_logits():
@@ -145,8 +147,8 @@ def test_logits_fail_a_probability_contract_naming_the_leaf():
     logits = AntiSpoofNet(CONFIG).eval()(WAVES)[1]
     assert logits.min() < 0 or logits.max() > 1
     report = audit(factory(), WAVES, output="probability")
-    assert report.results == {c: FAIL if c in ("gradient_coverage", "output_contract") else PASS
-                              for c in GENERIC_CHECKS}
+    expected = {"gradient_coverage": FAIL, "output_contract": FAIL, "skip_wiring": NOT_APPLICABLE}
+    assert report.results == {c: expected.get(c, PASS) for c in GENERIC_CHECKS}
     (message,) = report.messages("output_contract")
     assert message.startswith("output [1] outside [0, 1]: min -")
     assert message.endswith("(logits or log-probabilities, not probabilities)")

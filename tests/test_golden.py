@@ -180,7 +180,8 @@ def test_golden_outputs_are_input_dependent_and_unsaturated():
         transform = spec(name).score_transform
         for mode, out in read_golden(golden_path(name)).outputs.items():
             scores = transform(out) if transform is not None else out
-            probability = scores.exp() if transform is not None and transform.kind == "log_softmax" else scores
+            log_probabilities = transform is not None and transform.kind == "log_softmax"
+            probability = scores.exp() if log_probabilities else scores
             assert bool(((probability > 0.05) & (probability < 0.95)).all()), f"{name} {mode} saturated"
             assert out.max() - out.min() > 1e-3, f"{name} {mode} ignores its input"
 

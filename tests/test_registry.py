@@ -348,9 +348,9 @@ def test_a_team_registry_runs_the_whole_suite_on_its_model(tmp_path):
 def test_score_takes_a_module_attr_with_kwargs(team, capsys):
     wav = str(ROOT / "tests" / "data" / "audio" / "hello.wav")
     argv = ["score", wav, "--variant", "team_prod:ProdDetector", "--kwargs", '{"num_classes": 1}',
-            "--format", "json"]
+            "--score", "probability", "--format", "json"]
     assert main(argv) == 0
-    [row] = json.loads(capsys.readouterr().out)
+    [row] = json.loads(capsys.readouterr().out)["results"]
     assert row["file"] == wav and 0.0 < row["score"] < 1.0
     assert main(["score", wav, "--variant", "team_prod:ProdDetector", "--kwargs", '{"num_classes": "x"']) == 2
     assert "invalid JSON" in capsys.readouterr().err

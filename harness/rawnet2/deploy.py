@@ -85,7 +85,7 @@ def _onnxruntime_form(model: torch.nn.Module, target: VariantSpec, device: str) 
         raise _Unavailable(f"{target.name} does not list onnxruntime among its forms")
     if device != "cpu":
         raise _Unavailable("ONNX Runtime runs on the CPU here (the wheel has no GPU provider)")
-    example, verify = _inputs()
+    example, verify = _inputs(target)
     try:
         exported = export_onnx(model, example, verify[-1:])  # verified on a full-length clip
     except HarnessError as exc:
