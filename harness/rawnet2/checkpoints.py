@@ -432,7 +432,8 @@ def cli_migrate(args: argparse.Namespace) -> int:
     target = None if to_layout else resolve(args.to, kwargs=kwargs)
     named = None if args.source == "auto" else resolve(args.source)
     reads = [("the source checkpoint", src), *_files_read(target), *_files_read(named)]
-    reads += [("the registry", Path(args.registry))] if getattr(args, "registry", None) else []
+    registry = getattr(args, "registry", None) or Path.cwd() / "pyproject.toml"  # load_project_registry's
+    reads += [("the registry", Path(registry))]
     reads += [("the --kwargs file", Path(args.kwargs[1:]))] if args.kwargs and args.kwargs[:1] == "@" else []
     _refuse_overwriting(dst, reads)
     # Before reading anything: DST must be a new path or a regular file (--force), never a
