@@ -15,10 +15,16 @@ variant's name, so ``pytest -k prod`` runs every contract on a variant called pr
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from harness.rawnet2.registry import SUBJECTS, VariantSpec, in_family
+from harness.rawnet2.registry import SUBJECTS, VariantSpec, in_family, load_registry_file
+
+# A production-style model unlike the family ([B, T], GRU, log-softmax [B, 2]) and two correct
+# refactors of it: under every generic contract in the default run, so a claim about "any model"
+# is tested on one. A team's own run (pytest --registry FILE) gates its models alone.
+TEAM_MODELS = Path(__file__).parent / "team_models" / "correct.toml"
 
 # fixture name -> which specs it is parametrized over
 VARIANT_FIXTURES: dict[str, Callable[[VariantSpec], bool]] = {
@@ -38,6 +44,11 @@ VARIANT_FIXTURES: dict[str, Callable[[VariantSpec], bool]] = {
 def variants(fixture: str) -> list[str]:
     """The registered names a registry fixture runs over (for hypothesis strategies and loops)."""
     return [name for name, spec in SUBJECTS.items() if VARIANT_FIXTURES[fixture](spec)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--registry") is None:
+        load_registry_file(TEAM_MODELS)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -34,7 +34,8 @@ from harness.__main__ import main
 from harness.core.introspect import batchnorms
 from harness.core.tolerances import BATCHING, EXACT, assert_close
 from harness.rawnet2.audio import SAMPLE_RATE, load_clip
-from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED
+from harness.rawnet2.registry import in_family
+from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED, score_transform, scoring_contract
 from harness.rawnet2.scorelog import header_line, parse_score_log
 from harness.rawnet2.scoring import (
     PROGRESS_MIN_FILES,
@@ -123,9 +124,10 @@ class FixtureScores(dict):
 
     @staticmethod
     def forms() -> list[str]:
-        """Every runnable variant that can hold the checkpoint: the reference, built by hand, and
-        every other one through the converter (preserve-function)."""
-        return [name for name in SUBJECTS if SUBJECTS[name].runs and holds_a_checkpoint(name)]
+        """Every runnable variant of the family that can hold the (legacy) checkpoint: the reference,
+        built by hand, and every other one through the converter (preserve-function)."""
+        return [name for name in SUBJECTS
+                if SUBJECTS[name].runs and in_family(SUBJECTS[name]) and holds_a_checkpoint(name)]
 
     @classmethod
     def converted_forms(cls) -> list[str]:
@@ -172,6 +174,12 @@ def test_the_checkpoint_forms_are_every_runnable_variant_but_tuple_blocks():
     assert [name for name in runnable if name not in FixtureScores.forms()] == ["tuple_blocks"]
 
 
+def scoring_of(name: str) -> dict:
+    """What ``score`` feeds the variant and how it reads its output (its spec's contract and transform)."""
+    spec = SUBJECTS[name]
+    return {"contract": scoring_contract(spec), "transform": score_transform(spec)}
+
+
 def test_a_files_score_does_not_depend_on_its_batch_mates(runnable_name: str, fixture_scores: FixtureScores):
     variant = runnable_name
     if variant in FixtureScores.forms():  # trained-like weights, hello's score among all four fixtures
@@ -179,8 +187,8 @@ def test_a_files_score_does_not_depend_on_its_batch_mates(runnable_name: str, fi
         in_batch = scores[:1]
     else:
         model = random_model(variant)
-        in_batch = scores_of(score_files(model, [HELLO, NUMBERS], batch_size=2))[:1]
-    alone = scores_of(score_files(model, [HELLO], batch_size=1))
+        in_batch = scores_of(score_files(model, [HELLO, NUMBERS], batch_size=2, **scoring_of(variant)))[:1]
+    alone = scores_of(score_files(model, [HELLO], batch_size=1, **scoring_of(variant)))
     if (why := batch_dependence(variant)) is not None:  # the declared defect, shown: same file, other score
         assert not torch.isclose(in_batch, alone, rtol=BATCHING.rtol, atol=BATCHING.atol).any(), (
             f"{variant} no longer depends on its batch ({why}): update its spec's expected_defects"

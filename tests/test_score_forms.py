@@ -27,7 +27,7 @@ from harness.rawnet2.audio import SAMPLE_RATE, load_clip
 from harness.rawnet2.deploy import deployment_model
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.registry import SUBJECTS
-from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED
+from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED, score_transform, scoring_contract
 from harness.rawnet2.scoring import score_files
 from tests.test_audio import team_scored  # noqa: F401 - the fixture: the team registry, loaded for a test
 
@@ -39,10 +39,17 @@ TOLERANCE = {"optimized": DEPLOYMENT_TOLERANCES["folded"],
 REQUIRES = {"optimized": "folded", "onnxruntime": "onnxruntime"}
 
 
+def scores(model: object, name: str) -> torch.Tensor:
+    """The fixtures' scores, each variant fed its own contract and read through its own transform."""
+    spec = SUBJECTS[name]
+    results = score_files(model, FILES, batch_size=3, contract=scoring_contract(spec),
+                          transform=score_transform(spec))
+    return torch.tensor([r.score for r in results])
+
+
 @functools.cache
 def eager_scores(name: str) -> torch.Tensor:
-    model = seed_weights(build(name), 3).eval()
-    return torch.tensor([r.score for r in score_files(model, FILES, batch_size=3)])
+    return scores(seed_weights(build(name), 3).eval(), name)
 
 
 @pytest.mark.parametrize("form", ["optimized", "onnxruntime"])
@@ -58,8 +65,8 @@ def test_every_form_scores_real_audio_like_eager(runnable_name: str, form: str):
         return
     built, ran = deployment_model(model, spec, form)
     assert ran.startswith(form)
-    scores = torch.tensor([r.score for r in score_files(built, FILES, batch_size=3)])
-    assert_close(scores, eager_scores(runnable_name), TOLERANCE[form], f"{runnable_name} {form} vs eager")
+    assert_close(scores(built, runnable_name), eager_scores(runnable_name), TOLERANCE[form],
+                 f"{runnable_name} {form} vs eager")
 
 
 def test_auto_takes_the_fastest_form_the_spec_allows_and_says_why_it_passed_others_over():

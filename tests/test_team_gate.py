@@ -19,7 +19,7 @@ import pytest
 
 from harness.rawnet2.audits import audit_spec
 from harness.rawnet2.equivalence import compare_specs
-from harness.rawnet2.registry import SUBJECTS, load_registry_file, unregister
+from harness.rawnet2.registry import SUBJECTS, load_registry_file, register, unregister
 
 ROOT = Path(__file__).resolve().parents[1]
 TEAM = ROOT / "tests" / "team_models"
@@ -27,12 +27,17 @@ TEAM = ROOT / "tests" / "team_models"
 
 @pytest.fixture(scope="module")
 def broken():
-    """The broken refactors registered beside the production model (removed afterwards)."""
-    before = set(SUBJECTS)
+    """The broken refactors registered beside the production model (broken.toml declares its own
+    ``asv``, as a team's file would); the registry is restored afterwards."""
+    before = dict(SUBJECTS)
+    for name in ("asv", "asv_slope", "asv_unregistered"):
+        unregister(name)
     load_registry_file(TEAM / "broken.toml")
     yield SUBJECTS
-    for name in set(SUBJECTS) - before:
+    for name in set(SUBJECTS) - set(before):
         unregister(name)
+    for name, spec in before.items():
+        register(spec, replace=True)
 
 
 def test_a_lost_slope_computes_another_function_named_at_its_stage(broken):
