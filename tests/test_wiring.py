@@ -316,7 +316,18 @@ class GateOnly(nn.Module):
         return self.gate(self.left(h) + self.right(h)).mean(dim=(1, 2)).unsqueeze(1)
 
 
-@pytest.mark.parametrize("factory", [PlainMlp, GruOnly, GateOnly], ids=["mlp", "gru", "gates"])
+class LongSum(PlainMlp):
+    """A sum over a hundred terms is no block (and pairing its terms would cost their square)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers[0](x)
+        for i in range(100):
+            out = out + x[:, i % 8: i % 8 + 8] * 0.5
+        return self.layers[2](out)
+
+
+@pytest.mark.parametrize("factory", [PlainMlp, GruOnly, GateOnly, LongSum],
+                         ids=["mlp", "gru", "gates", "long_sum"])
 def test_no_residual_addition_is_not_applicable_with_its_reason(factory):
     report = skip_wiring(factory, FEATURES)
     assert report.results == {"skip_wiring": NOT_APPLICABLE}

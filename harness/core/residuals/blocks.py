@@ -30,6 +30,9 @@ from harness.core.residuals.dataflow import Call, Const, Graph, trace
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
 # How far back a parameter-free shortcut (pooling, padding, slicing of X) is followed.
 _MAX_FREE_STEPS = 16
+# A residual sum has a handful of terms (main paths and shortcuts); a longer one (a sum over a
+# sequence) is no block, and pairing its terms would cost their square.
+_MAX_SUMMANDS = 16
 
 
 class UnrepeatableForward(Exception):
@@ -85,7 +88,7 @@ class _Residual:
 def _source(graph: Graph, s: int, m: int, depth: int) -> tuple[int, str, Call | None] | None:
     """``(X, kind, projection call)``: summand ``s`` is a shortcut of ``X``, ``m`` a main path from it."""
     def feeds(x: int) -> bool:
-        return x in graph.ancestors(m) and graph.depth(x, m) > 0
+        return graph.depth(x, m) > 0
 
     if feeds(s):
         return s, "identity", None
@@ -109,6 +112,8 @@ def _residual(graph: Graph, n: int) -> _Residual | None:
     summands = graph.summands(n)
     tensors = [s for s in dict.fromkeys(s for s in summands if isinstance(s, int))
                if graph.nodes[s].derived]
+    if len(tensors) > _MAX_SUMMANDS:
+        return None
     depth = len(graph.nodes[n].calls)
     found = []
     for s in tensors:
@@ -122,7 +127,7 @@ def _residual(graph: Graph, n: int) -> _Residual | None:
         return None
     x = max(src[0] for _, src in found)  # the nearest source: this block's own input
     shortcuts = {s: src for s, src in found if src[0] == x}
-    mains = [m for m in tensors if m not in shortcuts and (x in graph.ancestors(m))]
+    mains = [m for m in tensors if m not in shortcuts and graph.is_ancestor(x, m)]
     if not mains:
         return None
     main_nodes = set().union(*(graph.between(x, m) for m in mains))
@@ -262,16 +267,25 @@ def _block(graph: Graph, r: _Residual, values: dict[int, torch.Tensor], namer: _
         else:
             recomputed[s] = values[s]
 
-    def replay(n: int | Const) -> torch.Tensor | object:
+    def replay(root: int) -> torch.Tensor:
         """The sum in the order the forward made it, each shortcut recomputed from the block's input."""
-        if isinstance(n, Const):
-            return n.value
-        if n in shortcuts:
-            return recomputed[n]
-        if n != r.sum and not graph.flattened(n):
-            return values[n]
-        a, b = graph.nodes[n].addends or ()
-        return replay(a) + replay(b)
+        done: list[object] = []
+        stack: list[tuple[int | Const, bool]] = [(root, False)]
+        while stack:
+            term, add = stack.pop()
+            if add:
+                right, left = done.pop(), done.pop()
+                done.append(left + right)
+            elif isinstance(term, Const):
+                done.append(term.value)
+            elif term in shortcuts:
+                done.append(recomputed[term])
+            elif term != root and not graph.flattened(term):
+                done.append(values[term])
+            else:
+                left_term, right_term = graph.nodes[term].addends or ()
+                stack += [(term, True), (right_term, False), (left_term, False)]
+        return done[0]  # type: ignore[return-value]
 
     main = sum((values[m] for m in r.mains[1:]), values[r.mains[0]])
     projection = call.module if kind == "projection" and call is not None else None
@@ -325,7 +339,7 @@ def _sibling_runs(graph: Graph, namer: _Namer, residuals: list[_Residual],
             detail = "; ".join(_describe(graph, s, x, sources) for s in others)
             runs.append(_SiblingRun(module, namer.path(module), x, out, sum_of[out], "foreign", detail,
                                     tuple(compared)))
-        elif any(s == x or s in graph.ancestors(x) for s in sources):
+        elif any(s == x or graph.is_ancestor(s, x) for s in sources):
             runs.append(_SiblingRun(module, namer.path(module), x, out, out, "none", "", tuple(compared)))
     return runs
 
@@ -336,7 +350,7 @@ def _describe(graph: Graph, s: int | Const, x: int, sources: dict[int, str]) -> 
         return f"the constant {s.value!r}"
     if not graph.nodes[s].derived:
         return "a tensor not computed from this forward's input (a held or stale tensor)"
-    if x == s or x in graph.ancestors(s):
+    if x == s or graph.is_ancestor(x, s):
         return "a function of its input through other parameters than a projection's"
     current = s
     for _ in range(_MAX_FREE_STEPS + 1):

@@ -6,7 +6,8 @@ in. Every tensor becomes a ``Node`` (an in-place op makes a new node of the same
 each node is one value); parameters and buffers the model holds are ``held`` nodes, and a
 node is ``parametrized`` when its op took one. Sums (``+``, ``+=``, ``torch.add``) keep their
 operands (``addends``). ``Graph`` answers the questions ``harness.core.residuals`` asks:
-ancestors, the nodes between two, how many parameter values a branch takes, a sum's summands.
+which node leads to which, the nodes between two, how many parameter values a branch takes, a
+sum's summands.
 """
 
 from __future__ import annotations
@@ -169,31 +170,38 @@ class Graph:
     def __init__(self, nodes: list[Node], calls: list[Call]) -> None:
         self.nodes = nodes
         self.calls = calls
-        self._anc: dict[int, frozenset[int]] = {}
+        self._between: dict[tuple[int, int], frozenset[int]] = {}
 
-    def ancestors(self, n: int) -> frozenset[int]:
-        if n not in self._anc:
-            seen: set[int] = set()
-            stack = list(self.nodes[n].parents)
-            while stack:
-                p = stack.pop()
-                if p not in seen:
-                    seen.add(p)
-                    stack.extend(self.nodes[p].parents)
-            self._anc[n] = frozenset(seen)
-        return self._anc[n]
+    # Node indices follow the forward's order, so a path from x to m never leaves [x, m]: every
+    # search below stays in that window (a residual's is a block long, whatever the model's size).
 
-    def between(self, x: int, m: int) -> set[int]:
-        """The nodes on the paths from ``x`` to ``m`` (``m`` included, ``x`` not)."""
-        within = self.ancestors(m) | {m}
-        seen: set[int] = set()
-        stack = [c for c in self.nodes[x].consumers if c in within]
+    def _upstream(self, x: int, m: int) -> set[int]:
+        """``m`` and its ancestors with an index of at least ``x``."""
+        seen = {m}
+        stack = [m]
         while stack:
-            n = stack.pop()
-            if n not in seen:
-                seen.add(n)
-                stack.extend(c for c in self.nodes[n].consumers if c in within)
+            for p in self.nodes[stack.pop()].parents:
+                if p >= x and p not in seen:
+                    seen.add(p)
+                    stack.append(p)
         return seen
+
+    def is_ancestor(self, x: int, m: int) -> bool:
+        return x != m and x in self._upstream(x, m)
+
+    def between(self, x: int, m: int) -> frozenset[int]:
+        """The nodes on the paths from ``x`` to ``m`` (``m`` included, ``x`` not; empty when none)."""
+        if (x, m) not in self._between:
+            within = self._upstream(x, m) if x < m else set()
+            seen: set[int] = set()
+            stack = [c for c in self.nodes[x].consumers if c in within]
+            while stack:
+                n = stack.pop()
+                if n not in seen:
+                    seen.add(n)
+                    stack.extend(c for c in self.nodes[n].consumers if c in within)
+            self._between[(x, m)] = frozenset(seen)
+        return self._between[(x, m)]
 
     def depth(self, x: int, m: int) -> int:
         """Parametrized ops between ``x`` and ``m``: 0 for ``m`` a parameter-free function of ``x``."""
@@ -210,7 +218,14 @@ class Graph:
                 and n in (self.nodes[consumers[0]].addends or ()))
 
     def summands(self, n: int) -> list[int | Const]:
+        """The terms of sum ``n`` in order, sums flattened into it expanded (iteratively: a chain
+        of ten thousand ``+`` is no recursion)."""
         out: list[int | Const] = []
-        for a in self.nodes[n].addends or ():
-            out.extend(self.summands(a) if isinstance(a, int) and self.flattened(a) else [a])
+        stack: list[int | Const] = list(reversed(self.nodes[n].addends or ()))
+        while stack:
+            term = stack.pop()
+            if isinstance(term, int) and self.flattened(term):
+                stack.extend(reversed(self.nodes[term].addends or ()))
+            else:
+                out.append(term)
         return out
