@@ -24,7 +24,7 @@ from harness.core.residuals import find_blocks
 from harness.core.wiring import NO_RESIDUALS
 from harness.rawnet2.architecture import ReferenceSpec
 from harness.rawnet2.audits import audit_spec
-from harness.rawnet2.registry import load_registry_file, unregister
+from harness.rawnet2.registry import register, unregister
 from tests.team_models import asv_detector as team
 from tests.team_models.asv_detector import MIN_SAMPLES
 
@@ -339,11 +339,16 @@ def test_no_residual_addition_is_not_applicable_with_its_reason(factory):
 
 @pytest.fixture
 def correct_registry():
+    """The team's registry file; what the CLI registers from it that was not registered before
+    (the default run registers it already, a --registry run may not) is unregistered afterwards."""
     path = "tests/team_models/correct.toml"
-    names = [spec.name for spec in load_registry_file(path)]
+    before = dict(SUBJECTS)
     yield path
-    for name in names:
+    for name in set(SUBJECTS) - set(before):
         unregister(name)
+    for name, spec in before.items():
+        if SUBJECTS.get(name) is not spec:
+            register(spec, replace=True)
 
 
 def test_cli_audit_of_the_team_model_passes_skip_wiring(correct_registry, capsys: pytest.CaptureFixture[str]):
