@@ -32,7 +32,6 @@ from harness.rawnet2.checkpoints import (
     CANONICAL_LAYOUT,
     POLICIES,
     get_audio_model,
-    in_declared_layout,
     load_into,
 )
 from harness.rawnet2.equivalence import compare_specs, compare_variants, seed_weights
@@ -330,7 +329,7 @@ def _checkpoints_section(subjects: list[str], plan: Plan, progress: Progress) ->
                 row = {"source": source, "target": target, "policy": policy, "loads": False,
                        "max_abs_diff": None, "function_preserved": None}
                 try:
-                    loaded, lines = load_into(spec(target), in_declared_layout(source, state), policy=policy)
+                    loaded, lines = load_into(spec(target), state, policy=policy, source=spec(source))
                 except HarnessError as exc:
                     row["detail"] = str(exc)
                 else:
