@@ -735,12 +735,17 @@ def test_cli_refuses_a_syntax_error_and_an_output_over_its_input_in_one_line(cap
 
 
 TEAM_TESTS = """\
+import sys
+
 import pytest
 import torch
 
 from harness.rawnet2.registry import SUBJECTS
 
 TEAM = [name for name, spec in SUBJECTS.items() if spec.origin.endswith(".toml")]
+for name in TEAM:  # checked on import: a module-level mutant that breaks it fails the collection
+    if sys.modules[SUBJECTS[name].resolve_factory().__module__].SLOPE is None:
+        raise RuntimeError(f"{name}: SLOPE is None")
 
 
 @pytest.mark.parametrize("name", TEAM)
@@ -795,6 +800,9 @@ def test_a_team_model_outside_the_project_end_to_end(tiny_team):
     assert drop["status"] == "killed"
     assert drop["killed_by"]["test"] == "tests/test_tiny.py::test_output_is_the_formula[tiny_team]"
     assert by_id["tiny_model.<module>__mutmut_2"]["status"] == "killed"  # SLOPE = 1.5, run by the harness
+    # SLOPE = None breaks the test module's import: pytest cannot collect the tests it was given (exit 4)
+    assert by_id["tiny_model.<module>__mutmut_1"]["status"] == "killed"
+    assert by_id["tiny_model.<module>__mutmut_1"]["killed_by"]["test"] == "tests/test_tiny.py"
     assert writes and all(w["status"] == "partial" for w in writes)
     # the survivors (lin unregistered, a detach) are attributed from measured coverage
     assert section["survivors"] and all(s["reached_by"]["how"].startswith("measured") or

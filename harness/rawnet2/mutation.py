@@ -125,7 +125,7 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract("skip_wiring", "each residual block's output is main(input) + shortcut(input), the shortcut "
              "computed from this block's own input and added once (the audit, and the wiring tests)",
              keywords=("skip_wiring", "audit", "shortcut", "residual", "wiring"), operators=("drop_addend",),
-             text=("identity", "shortcut", "skip", "downsample", "residual")),
+             text=("identity", "shortcut", "skip", "downsample", "residual"), module_level=False),
     Contract("golden outputs", "the outputs on the recorded inputs equal the golden file's, train and eval",
              keywords=("golden",), **_OUTPUT_CHANGES),
     Contract("equivalence to the reference", "a variant held to a reference computes exactly its function "

@@ -33,7 +33,9 @@ class Contract:
     contract (``skip_wiring`` in ``test_audit_equals_declaration[asv-skip_wiring]``).
     ``operators``: the mutation operators whose changes it claims (``*``: any but ``not_operators``).
     ``functions``: ``fnmatch`` patterns on the mutated function's own name (``__init__``),
-    claiming any change there; ``text``: substrings of the changed lines that it claims.
+    claiming any change there; ``text``: substrings of the changed lines that it claims;
+    ``module_level``: False for a contract about what functions do (a module constant's
+    ``a + b`` is no residual connection).
     """
 
     name: str
@@ -43,9 +45,12 @@ class Contract:
     functions: tuple[str, ...] = ()
     text: tuple[str, ...] = ()
     not_operators: tuple[str, ...] = ()
+    module_level: bool = True  # whether it claims changes to module-level code too
 
     def claims(self, mutant: Mutant) -> bool:
         if mutant.operator in self.not_operators:
+            return False
+        if mutant.function == MODULE_LEVEL and not self.module_level:
             return False
         if ANY in self.operators or mutant.operator in self.operators:
             return True
@@ -69,7 +74,7 @@ def reaching_tests(mutant: Mutant, coverage: Mapping[str, Sequence[str]] | None,
                    selected: Sequence[str]) -> tuple[list[str] | None, str]:
     """(the tests that reach the mutated code, how that is known); None when nothing is known."""
     if mutant.function == MODULE_LEVEL:
-        return list(selected), "module level: every selected test imports the module"
+        return list(selected), "module level: taken as reached by every selected test (imports run it once)"
     if not coverage:
         return None, "no coverage data (the function mutants did not run)"
     return list(coverage.get(mutant.mangled_function, ())), "measured: the tests that call the function"

@@ -176,6 +176,10 @@ def _run_module_level(run: MutationRun, mutants: list[Mutant], workspace: Path, 
         except subprocess.TimeoutExpired:
             return None if clock.spent() else ("timeout", time.monotonic() - start)
         status = {0: "survived", 1: "killed", 2: "killed", 3: "killed", 5: "no_tests"}.get(done.returncode)
+        if done.returncode == 4 and mutant is not None:
+            # The clean copy ran these very arguments: a usage error now means the mutant broke a test
+            # module's import ("found no collectors for ..."), which the plugin records as its killer.
+            status = "killed"
         if status is None:
             what = mutant.id if mutant else "the clean copy"
             raise HarnessError(f"pytest could not run the tests for {what} (exit {done.returncode}): "
@@ -320,7 +324,7 @@ def run_mutation(run: MutationRun) -> dict:
                 check_against_mutmut(mutants, run.root, run.path, meta["exit_code_by_key"])
         if module_level and not clock.spent():
             _run_module_level(run, module_level, workspace, entries, env, clean, clock, found)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, a failed run: the report on disk keeps every result so far
         if run.on_update is not None:
             run.on_update(section("partial"))
         raise
