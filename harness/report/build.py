@@ -22,7 +22,7 @@ import torch
 
 from harness.core import bench
 from harness.core.audits import FAIL, PASS
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, error_line
 from harness.core.forms import DEPLOYMENT_FORMS, compare_form, max_differences
 from harness.core.introspect import Structure, describe
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, EXACT, Tolerance
@@ -284,12 +284,18 @@ def _equivalence_section(subjects: list[str], plan: Plan, device: str, reference
             continue
         for form in (f for f in forms if f in variant.forms):
             progress(f"comparing {name} eager with its {form} form")
+            tolerance = _tolerance(f"DEPLOYMENT_TOLERANCES[{form!r}]", DEPLOYMENT_TOLERANCES[form])
             try:
                 diff = compare_form(model, x, form)
             except HarnessError as exc:
                 skipped.append(f"{name} {form}: {exc}")
                 continue
-            tolerance = _tolerance(f"DEPLOYMENT_TOLERANCES[{form!r}]", DEPLOYMENT_TOLERANCES[form])
+            except Exception as exc:  # noqa: BLE001 - the model's own failure in that form is a finding
+                rows.append({"a": name, "b": f"{name} ({form})", "mode": "eval", "max_abs_diff": None,
+                             "equivalent": False, "form": form, "ran": form, "weights": "same model",
+                             "tolerance": tolerance, "required": True,
+                             "detail": f"the {form} form raises {error_line(exc)}"})
+                continue
             # Label by what really ran: a compile that fell back to eager must not read "compiled".
             rows.append({"a": name, "b": f"{name} ({diff.ran or form})", "mode": "eval",
                          "max_abs_diff": _finite(diff.max_abs), "equivalent": diff.within,
@@ -358,7 +364,13 @@ def _timing_section(subjects: list[str], plan: Plan, device: str,
         flops = {subject: bench.flops(build(subject), x.shape) for subject, x in inputs.items()}
         progress(f"timing batch {batch} x {length} on {device} ({i}/{len(configs)}): "
                  f"{', '.join(form.name for form in timed)}, interleaved")
-        models = {f.name: rawnet2_bench.build_timed(f, device, compile=plan.compile) for f in timed}
+        models = {}
+        for form in list(timed):
+            try:
+                models[form.name] = rawnet2_bench.build_timed(form, device, compile=plan.compile)
+            except HarnessError as exc:  # a form this model cannot take: its equivalence row says why
+                progress(f"  not timed: {form.name}: {exc}")
+                timed.remove(form)
         timings = bench.time_calls({f.name: bench.inference_call(models[f.name], inputs[f.subject])
                                     for f in timed},
                                    warmup=plan.warmup, min_repeats=plan.min_repeats,
