@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness.core.introspect import held_modules
+from harness.core.introspect import Held, held
 from harness.core.residuals.dataflow import Call, Const, Graph, trace
 
 # Containers whose members are one family of blocks.
@@ -160,10 +160,10 @@ def _common_prefix(paths: list[str]) -> str:
 class _Namer:
     """Module paths of the model (registered or not) and which residual each block module is."""
 
-    def __init__(self, model: nn.Module, graph: Graph) -> None:
+    def __init__(self, model: nn.Module, graph: Graph, inventory: list[Held]) -> None:
         self.model = model
         self.graph = graph
-        self.modules = {"": model} | {h.path: h.obj for h in held_modules(model)}
+        self.modules = {"": model} | {h.path: h.obj for h in inventory if isinstance(h.obj, nn.Module)}
         self.path_of = {id(m): p for p, m in reversed(self.modules.items())}
 
     def path(self, module: nn.Module) -> str:
@@ -217,13 +217,15 @@ def _siblings(namer: _Namer, blocks: list[nn.Module], projections: list[nn.Modul
 def find_blocks(model: nn.Module, x: torch.Tensor) -> list[Block]:
     """Every residual block of ``model`` and every module built like one, in the order the forward ran them.
 
-    Runs ``model(x)`` twice without gradients, in whatever mode the model is in: once to find
-    the blocks, once to keep the values they need. The forward's exceptions propagate; a
-    forward that does not repeat its ops raises ``UnrepeatableForward``.
+    Runs ``model(x)`` without gradients, in whatever mode the model is in, to find the blocks;
+    a second time, keeping each value the blocks need as it is made, where the forward changed
+    one in place later. The forward's exceptions propagate; a forward that does not repeat its
+    ops then raises ``UnrepeatableForward``.
     """
-    first = trace(model, x)
+    inventory = held(model)
+    first = trace(model, x, inventory)
     graph = Graph(first.nodes, first.calls)
-    namer = _Namer(model, graph)
+    namer = _Namer(model, graph, inventory)
     residuals = [r for n in range(len(graph.nodes)) if graph.nodes[n].addends is not None
                  and not graph.flattened(n) and (r := _residual(graph, n)) is not None]
     for r in residuals:
@@ -243,13 +245,16 @@ def find_blocks(model: nn.Module, x: torch.Tensor) -> list[Block]:
     keep = {r.source for r in residuals} | {r.sum for r in residuals}
     keep |= {n for r in residuals for n in graph.summands(r.sum) if isinstance(n, int)}
     keep |= {n for o in others for n in (o.source, o.main, o.output)}
-    second = trace(model, x, frozenset(keep))
-    if [n.op for n in second.nodes] != [n.op for n in first.nodes]:
-        raise UnrepeatableForward(f"the forward runs other ops the second time on the same input "
-                                  f"({len(first.nodes)} tensors, then {len(second.nodes)}): its blocks "
-                                  "cannot be observed")
-    found = [(r.sum, _block(graph, r, second.values, namer)) for r in residuals]
-    found += [(o.output, o.block(second.values)) for o in others]
+    values = first.intact(keep)
+    if values is None:  # some value was changed in place after it was made (torchvision's relu_ after +=)
+        second = trace(model, x, inventory, frozenset(keep))
+        if [n.op for n in second.nodes] != [n.op for n in first.nodes]:
+            raise UnrepeatableForward(f"the forward runs other ops the second time on the same input "
+                                      f"({len(first.nodes)} tensors, then {len(second.nodes)}): its blocks "
+                                      "cannot be observed")
+        values = second.values
+    found = [(r.sum, _block(graph, r, values, namer)) for r in residuals]
+    found += [(o.output, o.block(values)) for o in others]
     return [b for _, b in sorted(found, key=lambda item: item[0])]
 
 
@@ -263,7 +268,7 @@ def _block(graph: Graph, r: _Residual, values: dict[int, torch.Tensor], namer: _
             recomputed[s] = source
         elif k == "projection" and c is not None and len(c.inputs) == 1:
             with torch.no_grad():
-                recomputed[s] = c.module(source)
+                recomputed[s] = c.module(source.clone())  # a projection may change its input in place
         else:
             recomputed[s] = values[s]
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 
-from harness.core.introspect import held_tensors
+from harness.core.introspect import Held
 
 # Function names a sum is made of: ``a + b``, ``a += b`` and ``torch.add`` all arrive as one of these.
 _ADDS = frozenset({"add", "add_", "__add__", "__radd__", "__iadd__"})
@@ -51,6 +51,7 @@ class Node:
     parametrized: bool  # the op took a parameter or buffer
     weights: int  # how many parameter and buffer values the op took (a held tensor: its own)
     addends: tuple[int | Const, ...] | None = None  # for a sum: its operands in order
+    version: int = 0  # the tensor's version counter when this node was made
     made_by: list[Call] = field(default_factory=list)  # calls returning it, innermost first
     consumers: list[int] = field(default_factory=list)
 
@@ -88,7 +89,7 @@ class Tracer(TorchFunctionMode):
         held = [self.nodes[p] for p in dict.fromkeys(parents) if self.nodes[p].op == "held"]
         weights = t.numel() if op == "held" else sum(h.weights for h in held)
         self.nodes.append(Node(index, op, parents, tuple(self._stack), derived, bool(held), weights,
-                                **extra))
+                               version=t._version, **extra))
         for p in dict.fromkeys(parents):
             self.nodes[p].consumers.append(index)
         self._node_of[id(t)] = (index, t._version)
@@ -96,6 +97,13 @@ class Tracer(TorchFunctionMode):
         if index in self.keep:
             self.values[index] = t.detach().clone()
         return index
+
+    def intact(self, wanted: set[int]) -> dict[int, torch.Tensor] | None:
+        """The ``wanted`` nodes' values, or None when the forward changed one in place later
+        (then only a second forward, keeping them as they are made, can give them)."""
+        if any(self._alive[n]._version != self.nodes[n].version for n in wanted):
+            return None
+        return {n: self._alive[n].detach() for n in wanted}  # the forward is over: nothing changes them
 
     def node(self, t: torch.Tensor) -> int:
         known = self._node_of.get(id(t))
@@ -151,8 +159,8 @@ class Tracer(TorchFunctionMode):
             self.paused = False
 
 
-def trace(model: nn.Module, x: torch.Tensor, keep: frozenset[int] = frozenset()) -> Tracer:
-    tracer = Tracer({id(h.obj) for h in held_tensors(model)}, keep)
+def trace(model: nn.Module, x: torch.Tensor, held: list[Held], keep: frozenset[int] = frozenset()) -> Tracer:
+    tracer = Tracer({id(h.obj) for h in held if isinstance(h.obj, torch.Tensor)}, keep)
     tracer._new(x, "input", ())
     handles = [register_module_forward_pre_hook(tracer.before), register_module_forward_hook(tracer.after)]
     try:
