@@ -216,6 +216,41 @@ class SharedProjectionNet(nn.Module):
         return h.mean(dim=(1, 2)).unsqueeze(1)
 
 
+class CountingProjection(nn.Conv1d):
+    """A projection whose output depends on how often it ran: state changed inside forward."""
+
+    def __init__(self) -> None:
+        super().__init__(4, 8, 1, stride=2)
+        self.register_buffer("runs", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.runs += 1
+        return super().forward(x) + self.runs
+
+
+class CountingShortcutNet(PaddingShortcutNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = CountingProjection()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = h + self.blocks["narrow"](h)
+        h = self.proj(h) + self.blocks["wide"](h)
+        return self.head(h.mean(dim=-1))
+
+
+class BroadcastShortcutNet(nn.Module):
+    """One channel in, eight out, and the one-channel input added to all eight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv1d(1, 8, 3, padding=1), nn.BatchNorm1d(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.block(x) + x).mean(dim=(1, 2)).unsqueeze(1)
+
+
 # (factory, example, the block's path, the finding's whole message)
 BROKEN = {
     "stale_shortcut": (
@@ -234,6 +269,12 @@ BROKEN = {
         CachedShortcutNet, SHORT, "blocks.narrow",
         "blocks.narrow: adds a tensor not computed from this forward's input (a held or stale tensor) where "
         "blocks.wide add a shortcut of their input: nothing computed from its own input is added"),
+    "stateful_projection": (
+        CountingShortcutNet, SHORT, "blocks.wide",
+        "blocks.wide: output != main(input) + proj(input) recomputed from its input: max abs diff 1"),
+    "broadcast_shortcut": (
+        BroadcastShortcutNet, SHORT, "block",
+        "block: its shortcut has shape (2, 1, 32), broadcast to the output's (2, 8, 32)"),
     "shared_projection": (
         SharedProjectionNet, SHORT, "block2",
         "block2: its projection skip is block1's too: one module shared by two blocks, so at most one of "

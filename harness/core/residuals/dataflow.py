@@ -220,10 +220,12 @@ class Graph:
         return sum(self.nodes[n].weights for n in self.between(x, m)) if m != x else 0
 
     def flattened(self, n: int) -> bool:
-        """A sum whose only use is as a summand of another sum (``a + b + c``): part of that one."""
+        """A sum whose only use is as a summand of another sum made in the same module call
+        (``a + b + c``): part of that one. A module's returned sum stays the module's."""
         consumers = self.nodes[n].consumers
         return (self.nodes[n].addends is not None and len(consumers) == 1
-                and n in (self.nodes[consumers[0]].addends or ()))
+                and n in (self.nodes[consumers[0]].addends or ())
+                and self.nodes[consumers[0]].calls == self.nodes[n].calls)
 
     def summands(self, n: int) -> list[int | Const]:
         """The terms of sum ``n`` in order, sums flattened into it expanded (iteratively: a chain
