@@ -128,6 +128,20 @@ class PaddingShortcutNet(nn.Module):
         return self.head(h.mean(dim=-1))
 
 
+class TransformerNet(nn.Module):
+    """Two pre-norm transformer layers, each adding twice in its own forward (attention, then the MLP):
+    both residuals are the layer's, named by its path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.out = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.encoder(x.reshape(x.shape[0], -1, 16)).mean(1))
+
+
 def team_shortcuts(projection: str) -> list[str]:
     """The team models' six blocks: only the third changes channels (8 -> 16), through ``projection``."""
     return ["identity", "identity", projection, "identity", "identity", "identity"]
@@ -148,6 +162,8 @@ CORRECT = {
                                 ["identity", "identity", "layer2.0.downsample", "identity"]),
     "padding_shortcut_moduledict": (PaddingShortcutNet, SHORT, ["blocks.narrow", "blocks.wide"],
                                     ["identity", "parameter-free shortcut"]),
+    "pre_norm_transformer": (TransformerNet, torch.randn(2, 64, generator=torch.Generator().manual_seed(9)),
+                             ["encoder.layers.0"] * 2 + ["encoder.layers.1"] * 2, ["identity"] * 4),
 }
 
 

@@ -186,10 +186,8 @@ class _Namer:
             within = self.path(context[-1].module) if context else ""
             if prefix and prefix in self.modules and prefix != within:
                 r.block = self.modules[prefix]
-            else:
-                last = next((c for c in reversed(nodes[r.mains[-1]].made_by) if c.depth == depth), None)
-                r.block = last.module if last is not None else (context[-1].module if context else self.model)
-                r.foreign = "its input"
+            else:  # the main path's modules are the summing module's own (a transformer layer's halves)
+                r.block = context[-1].module if context else self.model
         r.path = self.path(r.block)
 
 
