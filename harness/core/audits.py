@@ -19,8 +19,8 @@ tries to end the process (``sys.exit``, ``KeyboardInterrupt``) stops the audit w
 
 Every check here is structure-agnostic and builds on ``harness.core.introspect``: what
 the model holds and registers (``held``), and which held tensors its forward really uses
-(``used_tensors``). A model family adds checks that know its layout in a table of its own
-(``harness.rawnet2.audits.CHECKS`` adds ``skip_wiring``).
+(``used_tensors``); ``skip_wiring`` finds residual blocks by dataflow
+(``harness.core.residuals``), so it too applies to any model.
 """
 
 from __future__ import annotations

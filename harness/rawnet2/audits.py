@@ -1,4 +1,5 @@
-"""The audits as they apply to the RawNet2 family: the generic checks plus ``skip_wiring``.
+"""The audits on a registered variant: ``CHECKS`` is ``GENERIC_CHECKS``, run with the spec's own
+output kind, score transform and input rules (``audit_spec``).
 
 ``audit`` is ``harness.core.audits.audit`` over ``CHECKS``; ``cli_audit`` is
 ``python -m harness audit``.
