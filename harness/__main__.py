@@ -179,6 +179,11 @@ def _mutate_parser(sub: argparse._SubParsersAction) -> None:
                    help="JSON list of declared equivalent mutants: {path, first, anchor, reason, ...}")
     p.add_argument("--fail-under", type=_percent, metavar="SCORE",
                    help="exit 1 when a file's score (percent of non-equivalent mutants detected) is lower")
+    p.add_argument("--max-mutants", type=_positive_int, metavar="N",
+                   help="run a deterministic sample of N mutants spread evenly across functions; the rest "
+                        "are reported as not run")
+    p.add_argument("--time-budget", type=_positive_finite, metavar="SECONDS",
+                   help="stop when spent; the report stays partial and names what never ran")
 
 
 def _finite(text: str) -> float:

@@ -36,7 +36,7 @@ def broken():
     yield SUBJECTS
     for name in set(SUBJECTS) - set(before):
         unregister(name)
-    for name, spec in before.items():
+    for spec in before.values():
         register(spec, replace=True)
 
 
