@@ -156,7 +156,9 @@ def check_not_read(output: PathLike, reads: Iterable[tuple[str, PathLike]]) -> N
             except OSError:  # either is missing or unreadable: not the same existing file
                 same = False
         if same:
-            raise HarnessError(f"{output}: is {what} {os.fspath(path)!r}, which this run reads; give another "
+            name = os.fspath(output)
+            shown = name if name.isprintable() else repr(name)  # a name never forges a line of its own
+            raise HarnessError(f"{shown}: is {what} {os.fspath(path)!r}, which this run reads; give another "
                                "output file")
 
 

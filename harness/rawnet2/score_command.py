@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError, error_line
-from harness.core.fileio import check_regular_input
+from harness.core.fileio import check_not_read, check_regular_input
 from harness.core.loading import parse_kwargs
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, Tolerance, all_close, max_abs_diff
 from harness.rawnet2.audio import NUM_SAMPLES, SAMPLE_RATE
@@ -126,23 +126,6 @@ def files_read(args: argparse.Namespace, target: VariantSpec) -> list[tuple[str,
                 "the registry file" if str(path) == target.origin else "the factory's source")
         reads.append((f"{what} of {target.name}", os.fspath(path)))
     return reads
-
-
-def check_not_read(output: str, reads: Sequence[tuple[str, str]]) -> None:
-    """Refuse ``output`` (with or without ``--force``) when it is a file the run reads: by path, or by
-    inode (a hard link). A symbolic link output is judged by ``check_output_path`` (``--force``
-    replaces the link itself, never what it points to)."""
-    if os.path.islink(output):
-        return
-    real = os.path.realpath(output)
-    for what, path in reads:
-        same = os.path.realpath(path) == real
-        if not same:
-            with contextlib.suppress(OSError):
-                same = os.path.samefile(path, output)
-        if same:
-            raise HarnessError(f"{shown_name(output)}: is {what} {path!r}, which this run reads; give "
-                               "another output file")
 
 
 # --- the model -----------------------------------------------------------------------------------------
