@@ -14,17 +14,12 @@ variant's name, so ``pytest -k prod`` runs every contract on a variant called pr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from harness.rawnet2.registry import SUBJECTS, VariantSpec, in_family, load_registry_file
-
-# A production-style model unlike the family ([B, T], GRU, log-softmax [B, 2]) and two correct
-# refactors of it: under every generic contract in the default run, so a claim about "any model"
-# is tested on one. A team's own run (pytest --registry FILE) gates its models alone.
-TEAM_MODELS = Path(__file__).parent / "team_models" / "correct.toml"
+from tests.helpers import TEAM_REGISTRY, restored_registry
 
 # fixture name -> which specs it is parametrized over
 VARIANT_FIXTURES: dict[str, Callable[[VariantSpec], bool]] = {
@@ -47,8 +42,18 @@ def variants(fixture: str) -> list[str]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A production-style model unlike the family ([B, T], GRU, log-softmax [B, 2]) and two correct
+    # refactors of it: under every generic contract in the default run, so a claim about "any model"
+    # is tested on one. A team's own run (pytest --registry FILE) gates its models alone.
     if config.getoption("--registry") is None:
-        load_registry_file(TEAM_MODELS)
+        load_registry_file(TEAM_REGISTRY)
+
+
+@pytest.fixture
+def registered() -> Iterator[None]:
+    """Whatever a test registers (``--registry``, ``load_registry_file``) is undone after it."""
+    with restored_registry():
+        yield
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

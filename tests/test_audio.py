@@ -42,6 +42,7 @@ from harness.rawnet2.checkpoints import get_audio_model
 from harness.rawnet2.registry import SUBJECTS, load_registry_file, unregister
 from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED, scoring_contract
 from harness.rawnet2.scoring import score_waveforms
+from tests.helpers import TEAM_REGISTRY
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 # file -> (sample rate, channels, frames), as soxi reports them
@@ -342,7 +343,6 @@ def test_integer_pcm_cannot_exceed_full_scale_so_never_warns():
 
 # --- every scored variant on real audio: its contract in, its transform out ------------------------
 
-TEAM_REGISTRY = Path(__file__).parent / "team_models" / "correct.toml"
 
 
 @pytest.fixture(scope="module")

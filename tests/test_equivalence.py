@@ -12,9 +12,7 @@ Statements (issue #5), each a property over random weights (``seed_weights``) an
 from __future__ import annotations
 
 import copy
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -38,8 +36,9 @@ from harness.rawnet2.checkpoints import convert_state_dict, get_audio_model
 from harness.rawnet2.equivalence import COMPARE_BATCH, compare_input, compare_variants, seed_weights
 from harness.rawnet2.golden import first_divergence
 from harness.rawnet2.layouts import canonical_modules
-from harness.rawnet2.registry import SUBJECTS, spec, unregister
+from harness.rawnet2.registry import SUBJECTS, spec
 from tests.conftest import variants
+from tests.helpers import TEAM_REGISTRY
 
 SEEDS = st.integers(0, 2**32 - 1)
 BLOCK_MODULES = [f"res_block{i}" for i in range(1, 7)] + ["skip2", "skip4", "skip6"]
@@ -508,17 +507,6 @@ def test_compare_forms_runs_what_this_machine_can_and_refuses_the_rest(monkeypat
 
 # --- `python -m harness compare`: at the reference's own input contract ----------------------
 
-TEAM_REGISTRY = Path(__file__).parent / "team_models" / "correct.toml"
-
-
-@pytest.fixture
-def registered():
-    """Whatever a test's ``--registry`` registers is unregistered after it, and sys.path restored."""
-    before, path = set(SUBJECTS), list(sys.path)
-    yield
-    for name in set(SUBJECTS) - before:
-        unregister(name)
-    sys.path[:] = path
 
 
 def test_compare_takes_its_input_from_the_references_contract():

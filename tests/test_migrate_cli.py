@@ -32,7 +32,7 @@ from harness.core.tolerances import EXACT, assert_close
 from harness.rawnet2.checkpoints import POLICIES, detect_layout, load_checkpoint, save_checkpoint
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.layouts import state_dict_layout
-from harness.rawnet2.registry import SUBJECTS, spec, unregister
+from harness.rawnet2.registry import spec
 from tests.team_models.asv_detector import MIN_SAMPLES, AsvDetector, RefactoredDetector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -374,16 +374,6 @@ def run_main(*argv: str | Path) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(a) for a in argv])
     return code, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture
-def registered():
-    """Whatever a test's ``--registry`` registers is unregistered after it, and sys.path restored."""
-    before, path = set(SUBJECTS), list(sys.path)
-    yield
-    for name in set(SUBJECTS) - before:
-        unregister(name)
-    sys.path[:] = path
 
 
 def production_checkpoint(path: Path, seed: int) -> dict[str, torch.Tensor]:

@@ -14,12 +14,10 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,12 +35,12 @@ from harness.core.onnx import (
 )
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, assert_close
 from harness.rawnet2.equivalence import seed_weights
-from harness.rawnet2.registry import SUBJECTS, read_registry_tables, unregister
+from harness.rawnet2.registry import SUBJECTS
+from tests.helpers import TEAM_REGISTRY, PeakNormalised
 
 pytestmark = pytest.mark.skipif(onnx_missing() is not None, reason=f"ONNX form unavailable: {onnx_missing()}")
 
 EXPORTABLE = [name for name, spec in SUBJECTS.items() if spec.runs and "onnxruntime" in spec.forms]
-TEAM_REGISTRY = Path(__file__).parent / "team_models" / "correct.toml"
 
 
 @functools.cache
@@ -146,30 +144,15 @@ def test_verification_inputs_cover_quiet_and_loud_batches_and_lengths(contract: 
     assert all(torch.equal(a.tensor, b.tensor) for a, b in zip(verify, again, strict=True))
 
 
-class LoudnessNormalised(nn.Module):
-    """Divides a loud input (peak > 1) by its peak: a Python branch on the input's values."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(1, 4, 9)
-        self.fc = nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        peak = x.abs().amax()
-        if peak > 1:
-            x = x / peak
-        return torch.sigmoid(self.fc(self.conv(x).mean(dim=-1)))
-
-
 def test_export_refuses_a_branch_the_tracer_froze(tmp_path: Path, capsys: pytest.CaptureFixture):
     """Eager and the traced graph agree on the trace's own input and differ on the other branch's:
     the tracer's warning refuses it (before today: exit 0, "verified")."""
     out = tmp_path / "m.onnx"
-    assert main(["export", f"{__name__}:{LoudnessNormalised.__name__}", str(out)]) == 2
+    assert main(["export", f"tests.helpers:{PeakNormalised.__name__}", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("error: cannot export: the trace is not the model's function")
-    assert "Converting a tensor to a Python boolean" in err and "test_onnx.py:" in err
+    assert "Converting a tensor to a Python boolean" in err and "helpers.py:" in err
     assert os.listdir(tmp_path) == []
 
 
@@ -187,30 +170,20 @@ def test_verification_refuses_a_frozen_branch_even_with_tracer_warnings_silenced
     quiet = (rf"on input \[1, 1, 9\] \(quiet \(x {QUIET_SCALE:g}\), batch 1, minimum length\) "
              "ONNX Runtime differs")
     with pytest.raises(HarnessError, match=quiet):
-        export_onnx(LoudnessNormalised(), example, verify, path=out)
+        export_onnx(PeakNormalised(), example, verify, path=out)
     assert os.listdir(tmp_path) == []
 
 
-@pytest.fixture
-def team_registry() -> Iterator[Path]:
-    """The team registry's path; what a test registers from it is unregistered afterwards."""
-    before = set(SUBJECTS)
-    yield TEAM_REGISTRY
-    for name in read_registry_tables(TEAM_REGISTRY):
-        if name not in before:
-            unregister(name)
-
-
-def test_the_team_model_exports_at_its_own_contract(team_registry: Path, tmp_path: Path,
+def test_the_team_model_exports_at_its_own_contract(registered: None, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture):
     """[B, T] input, sinc buffer, GRU, log_softmax [B, 2], >= 2315 samples: exported and verified."""
     out, weights = tmp_path / "asv.onnx", tmp_path / "w.pt"
     from harness.rawnet2.registry import load_registry_file
 
-    spec = next(s for s in load_registry_file(team_registry) if s.name == "asv")
+    spec = next(s for s in load_registry_file(TEAM_REGISTRY) if s.name == "asv")
     model = seed_weights(spec.build(), 2).eval()
     torch.save(model.state_dict(), weights)
-    assert main(["--registry", str(team_registry), "export", "asv", str(out), "--weights", str(weights)]) == 0
+    assert main(["--registry", str(TEAM_REGISTRY), "export", "asv", str(out), "--weights", str(weights)]) == 0
     printed = capsys.readouterr().out
     for shown in ("[1, 2315] (quiet", "[3, 2315] (loud", "[3, 8000] (quiet", "[1, 64600] (loud"):
         assert shown in printed

@@ -16,7 +16,8 @@ import pytest
 
 from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError
-from harness.rawnet2.registry import MAX_REGISTRY_BYTES, SUBJECTS, load_registry_file, unregister
+from harness.rawnet2.registry import MAX_REGISTRY_BYTES, SUBJECTS, load_registry_file
+from tests.helpers import restored_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = "[tool.rawnet2-harness.variants.x]\nfactory = 'fixed.skip_modules:RawNet2'\n"
@@ -26,15 +27,13 @@ TABLE = "[tool.rawnet2-harness.variants.x]\nfactory = 'fixed.skip_modules:RawNet
 def registry(tmp_path: Path):
     """Write a registry file; every variant it registered is removed afterwards."""
     path = tmp_path / "reg.toml"
-    before = set(SUBJECTS)
 
     def write(text: str) -> Path:
         path.write_text(text, encoding="utf-8")
         return path
 
-    yield write
-    for name in set(SUBJECTS) - before:
-        unregister(name)
+    with restored_registry():
+        yield write
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torch.nn as nn
 
 from harness import build
 from harness.__main__ import main
@@ -29,6 +28,7 @@ from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.registry import SUBJECTS
 from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED, score_transform, scoring_contract
 from harness.rawnet2.scoring import score_files
+from tests.helpers import PeakNormalised
 from tests.test_audio import team_scored  # noqa: F401 - the fixture: the team registry, loaded for a test
 
 AUDIO = Path(__file__).parent / "data" / "audio"
@@ -92,23 +92,7 @@ def test_a_form_that_cannot_run_is_a_usage_error(capsys):
 # --- a form is verified on what it scores -----------------------------------------------------------
 
 
-class PeakNormalised(nn.Module):
-    """Audio louder than full scale is scaled to peak 1 first: a data-dependent branch, which a traced
-    graph (ONNX) freezes the way its example input took it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(1, 4, 9)
-        self.fc = nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        peak = x.abs().amax()
-        if peak > 1:
-            x = x / peak
-        return torch.sigmoid(self.fc(torch.relu(self.conv(x)).mean(dim=-1)))
-
-
-BRANCHY = ["--variant", f"{__name__}:PeakNormalised", "--score", "probability", "--input-shape", "1,4000"]
+BRANCHY = ["--variant", "tests.helpers:PeakNormalised", "--score", "probability", "--input-shape", "1,4000"]
 
 
 def frozen_quiet_graph(monkeypatch: pytest.MonkeyPatch) -> OnnxRuntimeSession:

@@ -19,25 +19,21 @@ import pytest
 
 from harness.rawnet2.audits import audit_spec
 from harness.rawnet2.equivalence import compare_specs
-from harness.rawnet2.registry import SUBJECTS, load_registry_file, register, unregister
+from harness.rawnet2.registry import SUBJECTS, load_registry_file, read_registry_tables, unregister
+from tests.helpers import BROKEN_REGISTRY, TEAM_MODELS, TEAM_REGISTRY, restored_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-TEAM = ROOT / "tests" / "team_models"
 
 
 @pytest.fixture(scope="module")
 def broken():
     """The broken refactors registered beside the production model (broken.toml declares its own
     ``asv``, as a team's file would); the registry is restored afterwards."""
-    before = dict(SUBJECTS)
-    for name in ("asv", "asv_slope", "asv_unregistered"):
-        unregister(name)
-    load_registry_file(TEAM / "broken.toml")
-    yield SUBJECTS
-    for name in set(SUBJECTS) - set(before):
-        unregister(name)
-    for spec in before.values():
-        register(spec, replace=True)
+    with restored_registry():
+        for name in read_registry_tables(BROKEN_REGISTRY):
+            unregister(name)
+        load_registry_file(BROKEN_REGISTRY)
+        yield SUBJECTS
 
 
 def test_a_lost_slope_computes_another_function_named_at_its_stage(broken):
@@ -59,7 +55,7 @@ def run_suite(registry: Path, *variants: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "-n", "2", "--registry", str(registry), *select, "-rf", str(ROOT / "tests")],
                           cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(TEAM)})
+                          env={**os.environ, "PYTHONPATH": str(TEAM_MODELS)})
 
 
 def failed_tests(run: subprocess.CompletedProcess) -> set[str]:
@@ -68,10 +64,10 @@ def failed_tests(run: subprocess.CompletedProcess) -> set[str]:
 
 @pytest.mark.slow
 def test_the_gate_passes_the_correct_models_and_fails_each_broken_one_for_its_cause():
-    correct = run_suite(TEAM / "correct.toml", "asv", "asv_refactor", "asv_renamed")
+    correct = run_suite(TEAM_REGISTRY, "asv", "asv_refactor", "asv_renamed")
     assert correct.returncode == 0, correct.stdout[-4000:]
-    slope = run_suite(TEAM / "broken.toml", "asv_slope")
-    unregistered = run_suite(TEAM / "broken.toml", "asv_unregistered")
+    slope = run_suite(BROKEN_REGISTRY, "asv_slope")
+    unregistered = run_suite(BROKEN_REGISTRY, "asv_unregistered")
     assert slope.returncode == 1 and unregistered.returncode == 1
     slope_failed, unregistered_failed = failed_tests(slope), failed_tests(unregistered)
     assert any("golden" in t for t in slope_failed), slope.stdout[-4000:]
