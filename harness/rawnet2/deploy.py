@@ -3,18 +3,23 @@
 The export itself (verified with ``onnx.checker`` and ONNX Runtime vs eager before anything
 is written) is generic: ``harness.core.onnx``. Here: which inputs a variant is exported
 with and verified on (its own input contract, up to the clip length ``score`` feeds it),
-and the command line.
+and the command line. ``score``'s ONNX Runtime form is kept in the export cache
+(``harness.core.export_cache``): a run pays for the export and its verification once.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import sys
+from collections.abc import Mapping
 
 import torch
 
 from harness.core.contract import InputContract
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, error_line
+from harness.core.export_cache import ExportCache, cache_key, export_key_parts, file_sha256, state_dict_sha256
 from harness.core.fileio import check_not_read, check_output_path
 from harness.core.loading import parse_kwargs
 from harness.core.onnx import OPSET, ExportedModel, VerifyInput, export_onnx, verification_inputs
@@ -32,7 +37,12 @@ def _inputs(target: VariantSpec | None = None, seed: int = 0) -> tuple[torch.Ten
     model (``NUM_SAMPLES``, harness.rawnet2.audio.fit_length) or twice the declared one if longer;
     the longest comes last."""
     contract = target.input_contract() if target is not None else _FAMILY_CONTRACT
-    return verification_inputs(contract, longer=max(NUM_SAMPLES, 2 * contract.length), seed=seed)
+    return verification_inputs(contract, longer=_longest(contract), seed=seed)
+
+
+def _longest(contract: InputContract) -> int:
+    """The length of the last (longest) verification input: score's clip length or twice the declared."""
+    return max(NUM_SAMPLES, 2 * contract.length)
 
 
 def export_variant(target: VariantSpec, path: str | os.PathLike | None = None, *, force: bool = False,
@@ -76,7 +86,45 @@ class _Unavailable(Exception):
     """A deployment form that cannot run for this model or machine; the message says why."""
 
 
-def _onnxruntime_form(model: torch.nn.Module, target: VariantSpec, device: str) -> tuple[object, str]:
+def factory_name(target: VariantSpec) -> str:
+    """The spec's factory as ``"module:qualname"`` (as registered when it is a string)."""
+    factory = target.factory
+    if isinstance(factory, str):
+        return factory
+    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+
+
+def export_cache_parts(target: VariantSpec, weights: Mapping[str, object], *, form: str = "onnxruntime",
+                       opset: int = OPSET, settings: Mapping[str, object] | None = None) -> dict[str, object]:
+    """The export cache's key parts for ``target`` exported as ``_onnxruntime_form`` does.
+
+    ``weights``: the weights' identity (``weights_identity``)."""
+    contract = target.input_contract()
+    source = next((path for path in target.files_read()
+                   if path != target.weights_path and str(path) != target.origin), None)
+    return export_key_parts(
+        name=target.name, factory=factory_name(target), kwargs=target.kwargs,
+        source_sha256=file_sha256(source) if source is not None else None, weights=weights, form=form,
+        opset=opset, input_shape=contract.shape, min_length=contract.min_length,
+        verified_length=_longest(contract), settings=settings)
+
+
+def weights_identity(model: torch.nn.Module, *, checkpoint: str | os.PathLike | None = None,
+                     policy: str | None = None, registered: str | os.PathLike | None = None,
+                     ) -> dict[str, object]:
+    """What the weights in ``model`` are, for the cache key: the checkpoint file's SHA-256 and the
+    conversion policy that loaded it, else the registered weights file's SHA-256, else the hash
+    of the model's own tensors (seeded random weights)."""
+    if checkpoint is not None:
+        return {"file_sha256": file_sha256(checkpoint), "policy": policy}
+    if registered is not None:
+        return {"file_sha256": file_sha256(registered)}
+    return {"state_dict_sha256": state_dict_sha256(model)}
+
+
+def _onnxruntime_form(model: torch.nn.Module, target: VariantSpec, device: str, *,
+                      cache: ExportCache | None = None,
+                      weights: Mapping[str, object] | None = None) -> tuple[object, str]:
     from harness.core.onnx import OnnxRuntimeSession, onnx_missing
 
     if missing := onnx_missing():
@@ -85,15 +133,39 @@ def _onnxruntime_form(model: torch.nn.Module, target: VariantSpec, device: str) 
         raise _Unavailable(f"{target.name} does not list onnxruntime among its forms")
     if device != "cpu":
         raise _Unavailable("ONNX Runtime runs on the CPU here (the wheel has no GPU provider)")
+    import onnxruntime
+
+    ran = "onnxruntime ({how}; onnxruntime " + onnxruntime.__version__ + ") on cpu"
+    key, parts = _cache_key(model, target, cache, weights)
+    if key is not None and (cached := cache.get(key)) is not None:
+        try:
+            # Verified against eager when it was stored; score verifies the first batch again.
+            return OnnxRuntimeSession(cached), ran.format(how="cached export, verified when made")
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's failure types: rebuilt, the entry replaced
+            print(f"warning: export cache entry {key[:12]}... does not load in ONNX Runtime "
+                  f"({error_line(exc)}): exporting again", file=sys.stderr)
     example, verify = _inputs(target)
     try:
         exported = export_onnx(model, example, verify[-1:])  # verified on a full-length clip
     except HarnessError as exc:
         raise _Unavailable(str(exc)) from None
-    import onnxruntime
+    if key is not None:
+        cache.put(key, exported.onnx_bytes, parts)
+    return OnnxRuntimeSession(exported.onnx_bytes), ran.format(how="exported, verified")
 
-    return (OnnxRuntimeSession(exported.onnx_bytes),
-            f"onnxruntime (exported, verified; onnxruntime {onnxruntime.__version__}) on cpu")
+
+def _cache_key(model: torch.nn.Module, target: VariantSpec, cache: ExportCache | None,
+               weights: Mapping[str, object] | None) -> tuple[str | None, dict[str, object] | None]:
+    """The export's cache key and parts; (None, None) without a cache, or when ``target`` has no
+    plain-JSON identity (a kwarg that is an object: its repr could name two models alike)."""
+    if cache is None:
+        return None, None
+    try:
+        parts = export_cache_parts(target, weights if weights is not None else weights_identity(model))
+        return cache_key(parts), parts
+    except HarnessError as exc:
+        print(f"warning: {target.name}'s export is not cached: {exc}", file=sys.stderr)
+        return None, None
 
 
 def _optimized_form(model: torch.nn.Module, target: VariantSpec, device: str) -> tuple[object, str]:
@@ -117,14 +189,18 @@ _FORM_BUILDERS = {"onnxruntime": _onnxruntime_form, "optimized": _optimized_form
 
 
 def deployment_model(model: torch.nn.Module, target: VariantSpec, form: str = "auto",
-                     device: str = "cpu") -> tuple[object, str]:
+                     device: str = "cpu", *, cache: ExportCache | None = None,
+                     weights: Mapping[str, object] | None = None) -> tuple[object, str]:
     """``model`` (weights loaded) in the deployment form that scores audio, and what ran.
 
     ``auto`` takes the fastest form the machine and the spec allow: on the CPU ONNX Runtime
     (where onnxruntime is installed and the spec lists it), else the optimized form (folded,
     CPU batches in chunks of 2), else eager; on CUDA the folded and compiled form, else eager.
     A form asked for by name that cannot run is refused (``HarnessError``, exit 2); under
-    ``auto`` the next one is taken and the description says why.
+    ``auto`` the next one is taken and the description says why. With a ``cache`` the ONNX
+    Runtime form's verified export is taken from it, or stored there once made; ``weights``
+    (``weights_identity``) says which weights ``model`` holds, for the key (default: the hash
+    of its tensors).
     """
     if form not in SCORE_FORMS:
         raise HarnessError(f"unknown form {form!r}; known: {', '.join(SCORE_FORMS)}")
@@ -132,10 +208,12 @@ def deployment_model(model: torch.nn.Module, target: VariantSpec, form: str = "a
         raise HarnessError("--device cuda: CUDA is not available on this machine")
     model = model.to(device).eval()
     order = ["onnxruntime", "optimized", "eager"] if form == "auto" else [form]
+    builders = {**_FORM_BUILDERS,
+                "onnxruntime": functools.partial(_onnxruntime_form, cache=cache, weights=weights)}
     passed_over = []
     for candidate in order:
         try:
-            built, ran = _FORM_BUILDERS[candidate](model, target, device)
+            built, ran = builders[candidate](model, target, device)
         except _Unavailable as exc:
             if form != "auto":
                 raise HarnessError(f"--form {candidate}: {exc}") from None

@@ -9,7 +9,8 @@ run's first batch, as it is and made loud, before it scores anything (``Verified
 Results go to stdout (a table, or JSON) or, with ``--output``, to a score log
 (``harness.rawnet2.scorelog``) that ``--resume`` finishes after a kill. Nothing the run
 reads (audio, checkpoint, registered weights, registry, ``--kwargs @FILE``, the factory's
-source) may be its output.
+source) may be its output. The ONNX Runtime form's verified export is kept in the export cache
+(``harness.core.export_cache``; ``--cache-dir``, ``--no-cache``): a second run skips the export.
 """
 
 from __future__ import annotations
@@ -21,18 +22,20 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError, error_line
+from harness.core.export_cache import ExportCache, open_cache
 from harness.core.fileio import check_not_read, check_regular_input
 from harness.core.loading import parse_kwargs
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, Tolerance, all_close, max_abs_diff
 from harness.rawnet2.audio import NUM_SAMPLES, SAMPLE_RATE
 from harness.rawnet2.checkpoints import get_audio_model
+from harness.rawnet2.deploy import factory_name, weights_identity
 from harness.rawnet2.registry import VariantSpec, in_family, resolve
 from harness.rawnet2.scorelog import ScoreLog, fingerprint
 from harness.rawnet2.scoring import (
@@ -230,12 +233,17 @@ class VerifiedForm:
 
 
 def scoring_model(eager: nn.Module, target: VariantSpec, form: str, device: str,
-                  say: Callable[[str], None]) -> tuple[Callable[[torch.Tensor], object], str]:
-    """The form that scores (verified on the first batch unless it is eager) and what ran."""
+                  say: Callable[[str], None], *, cache: ExportCache | None = None,
+                  weights: Mapping[str, object] | None = None,
+                  ) -> tuple[Callable[[torch.Tensor], object], str]:
+    """The form that scores (verified on the first batch unless it is eager) and what ran.
+
+    ``cache`` and ``weights`` (the export cache and the weights' identity, ``deployment_model``):
+    without a cache every run exports afresh."""
     from harness.rawnet2.deploy import deployment_model
 
     try:
-        built, ran = deployment_model(eager, target, form, device)
+        built, ran = deployment_model(eager, target, form, device, cache=cache, weights=weights)
     except HarnessError:
         raise
     except Exception as exc:  # noqa: BLE001 - building a form runs the exporter and the user's model
@@ -275,17 +283,21 @@ def cli_score(args: argparse.Namespace) -> int:
             check_regular_input(args.checkpoint)
         options = {"batch_size": args.batch_size, "policy": args.policy, "input_shape": list(contract.shape)}
         print_ = fingerprint(
-            variant=target.name, factory=_factory_name(target), kwargs=target.kwargs,
+            variant=target.name, factory=factory_name(target), kwargs=target.kwargs,
             checkpoint=args.checkpoint, weights=target.weights_path, form=form, device=device,
             length=contract.length, sample_rate=SAMPLE_RATE, transform=transform, options=options)
         log = ScoreLog.open(output, print_, resume=resume, force=force)
+    cache = score_cache(args, form, device)  # before the model loads: a --cache-dir refused stops it here
     with log if log is not None else contextlib.nullcontext():
         todo = log.todo(args.files) if log is not None else list(args.files)
         model = build_score_model(args, target)
         try:
             check_scorable(model, target, contract, transform)
+            weights = None if cache is None else weights_identity(
+                model, checkpoint=args.checkpoint, policy=args.policy, registered=target.weights_path)
             scorer, ran = scoring_model(model, target, form, device,
-                                        say=lambda line: print(line, file=sys.stderr, flush=True))
+                                        say=lambda line: print(line, file=sys.stderr, flush=True),
+                                        cache=cache, weights=weights)
             print(f"score: {target.name} as {ran}", file=sys.stderr)
             run = _Run(args, target, contract, transform, scorer)
             with _sigterm_raises():
@@ -296,11 +308,12 @@ def cli_score(args: argparse.Namespace) -> int:
             raise ForwardFailed(f"variant {args.variant!r} cannot score audio: {exc}") from None
 
 
-def _factory_name(target: VariantSpec) -> str:
-    factory = target.factory
-    if isinstance(factory, str):
-        return factory
-    return f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', repr(factory))}"
+def score_cache(args: argparse.Namespace, form: str, device: str) -> ExportCache | None:
+    """The export cache this run uses: only a form that exports (ONNX Runtime, on the CPU) opens one;
+    ``--no-cache`` none; ``--cache-dir`` (else the default location) the one named."""
+    if form not in ("auto", "onnxruntime") or device != "cpu":
+        return None
+    return open_cache(getattr(args, "cache_dir", None), enabled=not getattr(args, "no_cache", False))
 
 
 @contextlib.contextmanager
