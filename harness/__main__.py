@@ -150,6 +150,14 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                             "files it records, append the rest")
     again.add_argument("--force", action="store_true",
                        help="overwrite an existing --output file (a symbolic link: replace the link itself)")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("--cache-dir", metavar="DIR",
+                       help="keep verified ONNX exports here, so that the next run skips the export "
+                            "(default: $RAWNET2_HARNESS_CACHE_DIR, else $XDG_CACHE_HOME/rawnet2-harness, "
+                            "else ~/.cache/rawnet2-harness; created mode 0700; one that is a file, a "
+                            "symbolic link, another user's or writable by others is refused)")
+    cache.add_argument("--no-cache", action="store_true",
+                       help="export afresh and keep nothing: the export cache is neither read nor written")
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
