@@ -1,0 +1,229 @@
+"""A small labelled corpus built from the bundled recordings: real audio, labels by a rule.
+
+``build_corpus(directory)`` writes ``per_class`` bona fide clips and ``per_class`` spoofs for
+each of ``ATTACKS``, 1 s each (16,000 samples, 16 kHz mono 16-bit WAV, ``<UTT>.wav``), and
+``protocol.txt`` in the ASVspoof 2019 format (``SPEAKER UTT - ATTACK KEY``, ATTACK ``-`` for
+bona fide), so ``evaluate`` and the report's decisions have labelled data on a fresh clone
+with no network.
+
+* Bona fide (``FX_B_0001``...): a 1 s window of a bundled recording (circular, so a recording
+  shorter than 1 s repeats), shifted by ``SHIFT_STEP`` per clip and scaled to a peak from
+  ``PEAKS``. The recordings are decoded by ``harness.rawnet2.audio.decode`` and resampled
+  to 16 kHz here with a plain FFT resampler (``fft_resample``: numpy only, so the bytes do
+  not depend on a resampling library's version).
+* Spoofs (``FX_S_0001``...): bona fide clip k (before its peak is set) put through an
+  attack's transform, then scaled to clip k's peak:
+  ``LP`` (a narrow-band vocoder's output): nothing left at or above 3.5 kHz;
+  ``TL`` (a telephone channel replay): only 300 Hz to 3.4 kHz left;
+  ``NZ`` (a noisy channel): white noise added at ``NOISE_SNR_DB``, from a fixed seed.
+
+Same arguments, same bytes: there is no randomness but the seeded noise.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import harness
+from harness.core.errors import HarnessError
+from harness.rawnet2.audio import decode
+from harness.rawnet2.inputs import SAMPLE_RATE
+
+BUNDLED_AUDIO = Path(harness.__file__).parents[1] / "tests" / "data" / "audio"
+PROTOCOL_NAME = "protocol.txt"
+# What a source recording may be: the formats libsndfile decodes that the bundled ones use.
+SOURCE_SUFFIXES = (".wav", ".flac")
+CLIP_SAMPLES = SAMPLE_RATE  # 1 s
+# Each bona fide clip starts this much later in its recording than the one before from it (62.5 ms).
+SHIFT_STEP = 1_000
+# Peaks the clips are scaled to, in turn: loudness varies, and no clip clips at 16 bits.
+PEAKS = (0.9, 0.5, 0.7, 0.3)
+# NZ: speech power over noise power. At 10 dB the noise carries a tenth of the speech's power,
+# and half of white noise's power lies above 4 kHz; speech keeps well under 1% there.
+NOISE_SNR_DB = 10.0
+NOISE_SEED = 20_190  # the noise of spoof k is drawn from default_rng([NOISE_SEED, k])
+# Utterance ids carry four digits.
+MAX_PER_CLASS = 3_000
+BONAFIDE, SPOOF, NO_ATTACK = "bonafide", "spoof", "-"
+
+
+def band_limited(low_hz: float, high_hz: float) -> Callable[[np.ndarray, int], np.ndarray]:
+    """A transform keeping only the FFT bins in ``[low_hz, high_hz)`` of the whole clip (a brick wall)."""
+
+    def transform(clip: np.ndarray, index: int) -> np.ndarray:
+        spectrum = np.fft.rfft(clip)
+        freqs = np.fft.rfftfreq(len(clip), 1 / SAMPLE_RATE)
+        spectrum[(freqs < low_hz) | (freqs >= high_hz)] = 0
+        return np.fft.irfft(spectrum, len(clip))
+
+    return transform
+
+
+def white_noise_added(clip: np.ndarray, index: int) -> np.ndarray:
+    """``clip`` plus seeded white Gaussian noise at ``NOISE_SNR_DB`` below the clip's mean power."""
+    noise = np.random.default_rng([NOISE_SEED, index]).standard_normal(len(clip))
+    power = float(np.mean(clip ** 2))
+    return clip + noise * np.sqrt(power / 10 ** (NOISE_SNR_DB / 10))
+
+
+# attack id -> (what it stands for, its transform of a clip; ``index`` numbers the spoof, from 0)
+ATTACKS: dict[str, tuple[str, Callable[[np.ndarray, int], np.ndarray]]] = {
+    "LP": ("narrow-band vocoder: nothing at or above 3.5 kHz", band_limited(0.0, 3_500.0)),
+    "TL": ("telephone channel replay: 300 Hz to 3.4 kHz", band_limited(300.0, 3_400.0)),
+    "NZ": (f"white noise added at {NOISE_SNR_DB:g} dB SNR", white_noise_added),
+}
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A built corpus: its directory, protocol file, and per utterance (in protocol order) its id,
+    label (``bonafide``/``spoof``) and attack (``-`` for bona fide)."""
+
+    directory: Path
+    protocol: Path
+    utterances: tuple[str, ...]
+    labels: tuple[str, ...]
+    attacks: tuple[str, ...]
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Each utterance's clip, in protocol order."""
+        return tuple(self.directory / f"{utt}.wav" for utt in self.utterances)
+
+
+def fft_resample(samples: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample by truncating (or zero-padding) the spectrum of the whole signal: band-limited,
+    treating the recording as one period; float64 out. The same rate returns a float64 copy."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if from_rate == to_rate:
+        return samples.copy()
+    length = round(len(samples) * to_rate / from_rate)
+    spectrum = np.fft.rfft(samples)
+    kept = np.zeros(length // 2 + 1, dtype=complex)
+    bins = min(len(kept), len(spectrum))
+    kept[:bins] = spectrum[:bins]
+    if length % 2 == 0:
+        kept[-1] = 0  # the new Nyquist bin would keep only the real part of a bin that was not one
+    return np.fft.irfft(kept, length) * (length / len(samples))
+
+
+def wav_bytes(clip: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A mono 16-bit PCM WAV file of ``clip`` (floats in [-1, 1], rounded to the nearest step)."""
+    pcm = np.clip(np.round(clip * 32767), -32768, 32767).astype("<i2").tobytes()
+    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(pcm), b"WAVE", b"fmt ", 16, 1, 1,
+                         sample_rate, sample_rate * 2, 2, 16, b"data", len(pcm))
+    return header + pcm
+
+
+def build_corpus(directory: str | os.PathLike, *, sources: str | os.PathLike = BUNDLED_AUDIO,
+                 per_class: int = 8) -> Corpus:
+    """Write the corpus into ``directory`` (new or empty; made with its parents if missing).
+
+    ``sources``: a directory of recordings (its ``.wav``/``.flac`` files, by name). Each file is
+    written under a temporary name and renamed into place, the protocol last, so a directory
+    holding ``protocol.txt`` holds every clip it lists.
+    """
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or not 1 <= per_class <= MAX_PER_CLASS:
+        raise HarnessError(f"per_class must be an integer from 1 to {MAX_PER_CLASS}, got {per_class!r}")
+    directory = Path(directory)
+    recordings = _recordings(Path(sources))
+    _check_empty_directory(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    rows: list[tuple[str, str, str, str]] = []  # speaker, utterance, attack, label
+    bases = [_bonafide_base(recordings, k) for k in range(per_class)]
+    for k, (speaker, clip) in enumerate(bases):
+        utt = f"FX_B_{k + 1:04d}"
+        _write(directory / f"{utt}.wav", wav_bytes(_at_peak(clip, PEAKS[k % len(PEAKS)])))
+        rows.append((speaker, utt, NO_ATTACK, BONAFIDE))
+    for a, (attack, (_, transform)) in enumerate(ATTACKS.items()):
+        for k, (speaker, clip) in enumerate(bases):
+            index = a * per_class + k
+            utt = f"FX_S_{index + 1:04d}"
+            spoof = _at_peak(transform(clip, index), PEAKS[k % len(PEAKS)])
+            _write(directory / f"{utt}.wav", wav_bytes(spoof))
+            rows.append((speaker, utt, attack, SPOOF))
+    protocol = directory / PROTOCOL_NAME
+    _write(protocol, "".join(f"{s} {u} - {a} {label}\n" for s, u, a, label in rows).encode("ascii"))
+    return Corpus(directory=directory, protocol=protocol, utterances=tuple(r[1] for r in rows),
+                  labels=tuple(r[3] for r in rows), attacks=tuple(r[2] for r in rows))
+
+
+def _recordings(sources: Path) -> list[tuple[str, np.ndarray]]:
+    """``(speaker id, 16 kHz float64 samples)`` of every source recording, by file name."""
+    try:
+        files = sorted(p for p in sources.iterdir() if p.suffix.lower() in SOURCE_SUFFIXES and p.is_file())
+    except OSError as exc:
+        raise HarnessError(f"{sources}: cannot list the source recordings: {exc.strerror or exc}") from None
+    if not files:
+        raise HarnessError(f"{sources}: holds no source recording ({', '.join(SOURCE_SUFFIXES)} files)")
+    recordings = []
+    for path in files:
+        try:
+            decoded = decode(path)
+        except HarnessError as exc:
+            raise HarnessError(f"{path}: {exc}") from None
+        samples = fft_resample(decoded.samples, decoded.sample_rate)
+        if not np.any(samples):
+            raise HarnessError(f"{path}: is silent; a corpus clip needs speech")
+        recordings.append((f"FX_{_speaker(path.stem)}", samples))
+    return recordings
+
+
+def _speaker(stem: str) -> str:
+    """A file stem as one protocol field: no whitespace, nothing but letters, digits and _ - ."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_-.") else "_" for c in stem)
+
+
+def _bonafide_base(recordings: list[tuple[str, np.ndarray]], k: int) -> tuple[str, np.ndarray]:
+    """Bona fide clip k before its peak is set: recording ``k mod n``, from sample ``SHIFT_STEP * k``,
+    wrapping around its end."""
+    speaker, samples = recordings[k % len(recordings)]
+    window = np.arange(SHIFT_STEP * k, SHIFT_STEP * k + CLIP_SAMPLES)
+    return speaker, np.take(samples, window, mode="wrap")
+
+
+def _at_peak(clip: np.ndarray, peak: float) -> np.ndarray:
+    return clip * (peak / np.abs(clip).max())
+
+
+def _check_empty_directory(directory: Path) -> None:
+    try:
+        entries = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise HarnessError(f"{directory}: is not a directory; the corpus goes into a new or empty "
+                           "directory") from None
+    except OSError as exc:
+        raise HarnessError(f"{directory}: cannot list it: {exc.strerror or exc}") from None
+    if entries:
+        raise HarnessError(f"{directory}: is not empty ({len(entries)} entries, e.g. {entries[0]!r}); the "
+                           "corpus goes into a new or empty directory")
+
+
+def _write(path: Path, data: bytes) -> None:
+    """``data`` under a temporary name beside ``path`` (``O_EXCL``: never through a planted link), then
+    renamed into place: no clip is ever half-written under its own name. Unlike
+    ``harness.core.fileio.write_atomically`` nothing is fsync'ed: a fixture is rebuilt in a moment,
+    and 66 fsyncs would take most of the build's time."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    created = False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        created = True
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if created:  # never a file someone else put at the temporary name
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise HarnessError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        raise
