@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from harness.rawnet2.corpus import Corpus, build_corpus
 from harness.rawnet2.registry import SUBJECTS, VariantSpec, in_family, load_registry_file
 from tests.helpers import TEAM_REGISTRY, restored_registry
 
@@ -54,6 +55,13 @@ def registered() -> Iterator[None]:
     """Whatever a test registers (``--registry``, ``load_registry_file``) is undone after it."""
     with restored_registry():
         yield
+
+
+@pytest.fixture(scope="session")
+def fixture_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """The labelled fixture corpus (``harness.rawnet2.corpus``), built once per run: read it, never
+    write into it."""
+    return build_corpus(tmp_path_factory.mktemp("fixture_corpus"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
