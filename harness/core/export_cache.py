@@ -48,7 +48,7 @@ from importlib import metadata
 from pathlib import Path
 
 from harness.core.errors import HarnessError
-from harness.core.fileio import fsync_directory
+from harness.core.fileio import file_kind, fsync_directory
 
 # Bumped whenever what an entry holds or how its key is made changes: older entries then miss.
 CACHE_FORMAT = 1
@@ -61,6 +61,7 @@ STALE_TEMP_SECONDS = 24 * 3600
 VERSIONED = ("torch", "onnx", "onnxruntime", "rawnet2-harness")
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 Warn = Callable[[str], None]
 
@@ -207,18 +208,19 @@ class ExportCache:
     def get(self, key: str) -> bytes | None:
         """The payload stored under ``key``, checked; None on a miss (a bad entry is deleted, warned)."""
         path = self.path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+        try:  # O_NONBLOCK: a FIFO planted there must not block the open
+            fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC)
         except FileNotFoundError:
             return None
         except OSError as exc:  # a symbolic link planted there (ELOOP), unreadable: never followed
             self._discard(path, None, f"cannot be opened ({exc.strerror or exc})")
             return None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            self._discard(path, info, f"is {file_kind(info.st_mode)}, not a regular file")
+            return None
         with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                self._discard(path, info, "is not a regular file")
-                return None
             data = handle.read()
         payload, problem = _unpack(key, data)
         if problem:
@@ -261,7 +263,10 @@ class ExportCache:
         try:
             now = os.lstat(path)
             if seen is None or (now.st_ino, now.st_dev) == (seen.st_ino, seen.st_dev):
-                path.unlink()
+                if stat.S_ISDIR(now.st_mode):
+                    os.rmdir(path)  # an empty one only: what is in a directory is not ours to judge
+                else:
+                    path.unlink()
         except OSError:
             pass  # gone already, or not ours to delete: a miss either way
 
