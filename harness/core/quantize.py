@@ -13,6 +13,7 @@ not by a float tolerance. onnx and onnxruntime are the optional ``[onnx]`` extra
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +46,11 @@ INT8_SETTINGS: Mapping[str, object] = {
     "pre_process": True,
     "float_head": True,
 }
+
+# How many clips the int8 form is calibrated on (the issue's measurement used 8; ``calibration_set``
+# makes them from fewer recordings). MinMax ranges settle after a few clips of speech; more cost
+# calibration time (one float forward each) for ranges that only widen.
+CALIBRATION_CLIPS = 8
 
 _KNOWN_FORMATS = ("QDQ", "QOperator")
 _KNOWN_TYPES = ("QInt8", "QUInt8")
@@ -79,6 +85,40 @@ def check_settings(settings: Mapping[str, object]) -> None:
     for key in _BOOLEAN_KEYS:
         if not isinstance(settings[key], bool):
             raise HarnessError(f"int8 settings: {key} is {settings[key]!r}; expected true or false")
+
+
+def calibration_set(clips: Sequence[np.ndarray], count: int = CALIBRATION_CLIPS) -> list[np.ndarray]:
+    """``count`` calibration clips from a few recordings (each in the model's input layout, no
+    batch axis): the clips as given, then copies in rounds: round ``k`` (1, 2, ...) at gain
+    ``0.5 ** k``, rolled along the time (last) axis by ``1 / (k + 1)`` of the length.
+
+    Why: activation ranges are measured on what calibration runs, so the set should span the
+    levels (a quieter copy) and frame alignments (a shifted copy) the model will meet; a
+    rolled copy of a recording fitted by tiling is still a recording of the same speech.
+    """
+    if not clips:
+        raise HarnessError("calibration: no clips; give at least one clip of the model's input")
+    if count < 1:
+        raise HarnessError(f"calibration: {count} clips asked for; expected at least 1")
+    made = []
+    for i in range(count):
+        k, clip = divmod(i, len(clips))
+        clip = np.asarray(clips[clip], dtype=np.float32)
+        if k:
+            clip = np.roll(clip, clip.shape[-1] // (k + 1), axis=-1) * np.float32(0.5 ** k)
+        made.append(clip)
+    return made
+
+
+def calibration_digest(batches: Sequence[np.ndarray]) -> str:
+    """SHA-256 of the calibration batches (each one's dtype, shape and bytes, in order): the part
+    of an int8 export's cache key that says what it was calibrated on."""
+    digest = hashlib.sha256()
+    for batch in batches:
+        array = np.ascontiguousarray(batch)
+        digest.update(f"{array.dtype.str}{list(array.shape)};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def calibration_batches(clips: Sequence[np.ndarray], batch_size: int) -> list[np.ndarray]:
