@@ -10,6 +10,7 @@ the DET and histogram arrays fit together, a pair's flips add up). A failure is 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -175,6 +176,13 @@ def _walk_object(value: dict, schema: dict, path: str) -> str | None:
     return None
 
 
+@functools.cache
+def _jsonschema_validator() -> object:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(EVALUATION_SCHEMA)
+
+
 def _jsonschema_problem(doc: object) -> str | None:
     """jsonschema's verdict on the same schema (the test extra installs it): anything the walk's
     subset of keywords would miss."""
@@ -182,8 +190,7 @@ def _jsonschema_problem(doc: object) -> str | None:
         import jsonschema
     except ImportError:
         return None
-    validator = jsonschema.Draft202012Validator(EVALUATION_SCHEMA)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    error = jsonschema.exceptions.best_match(_jsonschema_validator().iter_errors(doc))
     if error is None:
         return None
     path = "$"
