@@ -92,11 +92,18 @@ def det_curve(bonafide: object, spoof: object) -> tuple[np.ndarray, np.ndarray, 
 def _det_curve(bona: np.ndarray, spoof: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scores = np.concatenate((bona, spoof))
     order = np.argsort(scores, kind="mergesort")  # stable: ties keep bona fide before spoof
-    bona_rejected = np.cumsum(order < bona.size)
-    spoof_accepted = spoof.size - (np.arange(1, scores.size + 1) - bona_rejected)
-    pmiss = np.concatenate(([0.0], bona_rejected / bona.size))
-    pfa = np.concatenate(([1.0], spoof_accepted / spoof.size))
-    ranked = scores[order]
+    return _ranked_det_curve(scores[order], order < bona.size)
+
+
+def _ranked_det_curve(ranked: np.ndarray,
+                      ranked_is_bona: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The DET curve of scores already in the official stable order, with their classes."""
+    n_bona = int(np.count_nonzero(ranked_is_bona))
+    n_spoof = ranked.size - n_bona
+    bona_rejected = np.cumsum(ranked_is_bona)
+    spoof_accepted = n_spoof - (np.arange(1, ranked.size + 1) - bona_rejected)
+    pmiss = np.concatenate(([0.0], bona_rejected / n_bona))
+    pfa = np.concatenate(([1.0], spoof_accepted / n_spoof))
     thresholds = np.concatenate(([ranked[0] - FIRST_THRESHOLD_OFFSET], ranked))
     return pmiss, pfa, thresholds
 
@@ -109,7 +116,10 @@ def _eer_point(pmiss: np.ndarray, pfa: np.ndarray) -> int:
 def compute_eer(bonafide: object, spoof: object) -> tuple[float, float]:
     """``(eer, threshold)``: the mean of pmiss and pfa at the first DET point where they are closest
     (a fraction, not a percentage), and that point's threshold."""
-    pmiss, pfa, thresholds = det_curve(bonafide, spoof)
+    return _eer(*det_curve(bonafide, spoof))
+
+
+def _eer(pmiss: np.ndarray, pfa: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
     at = _eer_point(pmiss, pfa)
     return float((pmiss[at] + pfa[at]) / 2), float(thresholds[at])
 
@@ -193,7 +203,10 @@ def min_tdcf(bonafide: object, spoof: object, asv: AsvErrorRates,
 def per_attack_eer(scores: object, is_bonafide: object,
                    attacks: Sequence[str]) -> dict[str, tuple[float, int]]:
     """For each attack label of the spoofs (sorted): ``(EER of all bona fide vs that attack's spoofs,
-    that attack's spoof count)``. ``attacks`` holds one label per score; bona fide ones are ignored."""
+    that attack's spoof count)``. ``attacks`` holds one label per score; bona fide ones are ignored.
+
+    One sort for all attacks: the official stable order of bona fide + one attack's spoofs is the
+    order of all bona fide + all spoofs with the other attacks' spoofs left out."""
     scores = as_scores(scores, "scores")
     labels = as_labels(is_bonafide, scores.size)
     names = np.asarray(attacks, dtype=str) if len(attacks) else np.zeros(0, dtype=str)
@@ -203,12 +216,18 @@ def per_attack_eer(scores: object, is_bonafide: object,
     if not spoof.any():
         return {}
     bona = scores[labels]
+    if bona.size == 0:
+        raise MetricError("bona fide scores: no scores (the class is empty)")
     attack_names, which = np.unique(names[spoof], return_inverse=True)
-    spoof_scores = scores[spoof]
+    both = np.concatenate((bona, scores[spoof]))
+    order = np.argsort(both, kind="mergesort")  # stable: ties keep bona fide before spoof
+    ranked, ranked_attack = both[order], np.concatenate((np.full(bona.size, -1), which))[order]
+    ranked_is_bona = ranked_attack < 0
     result = {}
     for k, name in enumerate(attack_names.tolist()):
-        members = spoof_scores[which == k]
-        result[name] = (compute_eer(bona, members)[0], int(members.size))
+        members = ranked_is_bona | (ranked_attack == k)
+        result[name] = (_eer(*_ranked_det_curve(ranked[members], ranked_is_bona[members]))[0],
+                        int(np.count_nonzero(which == k)))
     return result
 
 
