@@ -209,15 +209,13 @@ def per_attack_eer(scores: object, is_bonafide: object,
     order of all bona fide + all spoofs with the other attacks' spoofs left out."""
     scores = as_scores(scores, "scores")
     labels = as_labels(is_bonafide, scores.size)
-    names = np.asarray(attacks, dtype=str) if len(attacks) else np.zeros(0, dtype=str)
+    names = np.asarray(attacks, dtype=str)
     if names.shape != scores.shape:
         raise MetricError(f"attacks: expected {scores.size} labels (one per score), got shape {names.shape}")
     spoof = ~labels
     if not spoof.any():
         return {}
-    bona = scores[labels]
-    if bona.size == 0:
-        raise MetricError("bona fide scores: no scores (the class is empty)")
+    bona = as_scores(scores[labels], "bona fide scores")
     attack_names, which = np.unique(names[spoof], return_inverse=True)
     both = np.concatenate((bona, scores[spoof]))
     order = np.argsort(both, kind="mergesort")  # stable: ties keep bona fide before spoof
