@@ -394,3 +394,22 @@ def test_nice_ticks_stay_in_range_and_evenly_spaced(low: float, span: float) -> 
 def test_markup_text_is_safe_in_xml() -> None:
     nasty = "a\x00b<c>&\"'\x1f"
     ElementTree.fromstring(f"<t a=\"{markup_text(nasty)}\">{markup_text(nasty)}</t>")
+
+
+def test_the_builders_document_validates_and_renders(tmp_path) -> None:
+    """harness.core.evaluation.evaluate's document is this schema's (the interface both sides keep)."""
+    # Imported here: the builder is another module's work; without it only this test fails.
+    from harness.core.evaluation import Gate, SystemScores, evaluate
+    from harness.core.protocols import read_protocol
+
+    rows = [f"SPK LA_{i:02d} - - bonafide" if i % 3 == 0 else f"SPK LA_{i:02d} - A{7 + i % 2:02d} spoof"
+            for i in range(30)]
+    (tmp_path / "protocol.txt").write_text("\n".join(rows) + "\n")
+    protocol = read_protocol(tmp_path / "protocol.txt")
+    ids = protocol.utterances
+    systems = [SystemScores("ref", {u: float(i % 7) for i, u in enumerate(ids)}, "bonafide", "scores a"),
+               SystemScores(HOSTILE, {u: -float(i % 5) for i, u in enumerate(ids)}, "spoof", "scores b")]
+    doc = evaluate(protocol, systems, gate=Gate(max_flips=0))
+    validate_evaluation(doc)
+    for fmt in EVALUATION_FORMATS:
+        assert render_evaluation(doc, fmt)

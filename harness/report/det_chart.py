@@ -179,8 +179,11 @@ def histogram_svg(name: str, histogram: Mapping, threshold: float | None = None,
         counts = histogram[label]
         total = sum(counts)
         shares[label] = [100.0 * c / total if total else 0.0 for c in counts]
-    y_ticks = nice_ticks(0.0, max([*shares["bonafide"], *shares["spoof"], 1e-9]), 4)
-    y_top = max(y_ticks[-1], max([*shares["bonafide"], *shares["spoof"], 1e-9]))
+    peak = max([*shares["bonafide"], *shares["spoof"], 1e-9])
+    y_ticks = nice_ticks(0.0, peak, 4)
+    if len(y_ticks) > 1 and y_ticks[-1] < peak:  # the axis ends on a round value above the tallest bar
+        y_ticks.append(round(2 * y_ticks[-1] - y_ticks[-2], 12))
+    y_top = max(y_ticks[-1], peak)
 
     def x(value: float) -> float:
         return round(left + plot_w * (min(max(value, low), high) - low) / (high - low), 1)

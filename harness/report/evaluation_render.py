@@ -97,7 +97,8 @@ def _attack_table(doc: dict) -> Table:
             entry = system["per_attack"].get(attack)
             cells.append("-" if entry is None else f"{_percent(entry['eer'])} (n {entry['n']:,})")
         rows.append((attack, *cells))
-    return Table("EER per attack (%)", ("Bona fide against each attack's spoofs; n as evaluate counts it.",),
+    return Table("EER per attack (%)", ("Every bona fide utterance against one attack's spoofs; n: that "
+                                        "attack's spoof utterances.",),
                  ("attack", *systems), tuple(rows))
 
 
@@ -180,7 +181,8 @@ _HTML_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 90rem; }
 table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
-td { max-width: 24rem; overflow-wrap: anywhere; } td.number { white-space: nowrap; text-align: right; }
+td.number { white-space: nowrap; text-align: right; }
+td.long { max-width: 24rem; min-width: 10rem; overflow-wrap: anywhere; }
 th { background: #f0f0f0; }
 p.gate { font-size: 1.2rem; font-weight: bold; padding: 0.5rem 0.75rem; display: inline-block; }
 p.passed { background: #e3f6e3; } p.failed { background: #fde2e2; }
@@ -195,10 +197,12 @@ _NUMBER_CELL = re.compile(r"(-?[\d.,]+(e[-+]\d+)?( \(n [\d,]+\))?|n/a|-)\Z")
 
 
 def _html_row(tag: str, cells: tuple[str, ...]) -> str:
-    """A row; figures right-aligned and never broken, names and paths broken anywhere to fit."""
+    """A row; figures right-aligned and never broken, long names and paths broken anywhere to fit."""
+
     def cell_html(cell: str) -> str:
-        number = ' class="number"' if tag == "td" and _NUMBER_CELL.match(cell) else ""
-        return f"<{tag}{number}>{markup_text(cell)}</{tag}>"
+        kind = "number" if _NUMBER_CELL.match(cell) else "long" if len(cell) > 24 else ""
+        attribute = f' class="{kind}"' if kind and tag == "td" else ""
+        return f"<{tag}{attribute}>{markup_text(cell)}</{tag}>"
 
     return "<tr>" + "".join(map(cell_html, cells)) + "</tr>"
 
