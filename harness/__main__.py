@@ -30,6 +30,7 @@ _HANDLERS = {
     "score": "harness.rawnet2.audio:cli_score",
     "mutate": "harness.rawnet2.mutation:cli_mutate",
     "export": "harness.rawnet2.deploy:cli_export",
+    "evaluate": "harness.report.evaluate_command:cli_evaluate",
 }
 # Exit codes besides a HarnessError's own: a bug (never 1, which means findings), Ctrl-C (128 + SIGINT).
 INTERNAL_ERROR_EXIT = 2
@@ -194,6 +195,72 @@ def _mutate_parser(sub: argparse._SubParsersAction) -> None:
                    help="stop when spent; the report stays partial and names what never ran")
 
 
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="EER, min t-DCF, per-attack EER and decision flips on a labelled "
+                                        "protocol, with a metric gate")
+    p.add_argument("--protocol", required=True, metavar="FILE",
+                   help="labels: an ASVspoof 2019 protocol (SPEAKER UTT - ATTACK KEY), an ASVspoof 2021 "
+                        "LA/PA/DF key, or a CSV with file and label columns (In-the-Wild's meta.csv)")
+    p.add_argument("--audio-root", metavar="DIR",
+                   help="where each utterance's audio is: DIR/UTT.flac or .wav (also DIR/flac/, DIR/wav/); "
+                        "the CSV's file column is relative to it (default: the CSV's folder)")
+    p.add_argument("--variant", action="append", metavar="NAME",
+                   help=f"a system scored here: {_MODEL}; repeatable; every one holds the same weights")
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="the weights every --variant holds (through its layout conversion, else copied from "
+                        "the first variant's loaded model by structural matching)")
+    p.add_argument("--policy", default="preserve-function", choices=("preserve-function", "preserve-weights"))
+    p.add_argument("--form", action="append", choices=("auto", "eager", "optimized", "onnxruntime"),
+                   help="deployment form each --variant is scored in (default auto); repeatable: every form "
+                        "is a system, and its decisions are compared with the others'")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="files per forward (default 8)")
+    p.add_argument("--scores", action="append", metavar="NAME=FILE",
+                   help="a system from a score file: score's JSON Lines log or JSON, an ASVspoof 2019 CM "
+                        "score file (UTT ATTACK KEY SCORE) or two columns (UTT SCORE); repeatable")
+    p.add_argument("--higher-means", choices=("bonafide", "spoof"),
+                   help="what a high score in a --scores file means when the file does not say "
+                        "(default bonafide, the ASVspoof convention)")
+    p.add_argument("--asv-scores", metavar="FILE",
+                   help="ASV scores in the ASVspoof 2019 format (KEY_SOURCE KEY SCORE): adds min t-DCF")
+    p.add_argument("--tdcf", choices=("2021", "2019"), default="2021",
+                   help="t-DCF definition: 2021 (revised, the ASVspoof 2021 evaluation package; default) or "
+                        "2019 (the original ASVspoof 2019 t-DCF)")
+    p.add_argument("--reference", metavar="NAME",
+                   help="the system the others are held to (default: the first)")
+    p.add_argument("--threshold", type=_finite, metavar="T",
+                   help="decide flips at this oriented score (higher = bona fide) instead of the reference's "
+                        "EER threshold")
+    p.add_argument("--max-eer-increase", type=_non_negative, metavar="PP",
+                   help="gate: no system's EER more than PP percentage points above the reference's")
+    p.add_argument("--max-flips", type=_non_negative_int, metavar="N",
+                   help="gate: at most N decisions flip between the reference and each system, and between "
+                        "the forms of one variant")
+    p.add_argument("--format", choices=("markdown", "json", "html"), default="markdown")
+    p.add_argument("--output", metavar="PATH",
+                   help="write here instead of stdout (atomically); the variants' score logs go to the "
+                        "folder PATH's stem + .scores beside it, and a killed run resumes from them")
+    p.add_argument("--force", action="store_true",
+                   help="let --output replace a symbolic link: the link itself, never what it points to")
+
+
+def _non_negative(text: str) -> float:
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _finite(text: str) -> float:
     try:
         value = float(text)
@@ -238,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let an internal error (a bug, not a refusal) end with its traceback")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_report_parser, _audit_parser, _compare_parser, _migrate_parser, _score_parser,
-                _export_parser, _mutate_parser):
+                _export_parser, _mutate_parser, _evaluate_parser):
         add(sub)
     return parser
 

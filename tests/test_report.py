@@ -55,6 +55,12 @@ def _synthetic_report() -> dict:
         "checkpoints": [{"source": "legacy", "target": "tuple_blocks", "policy": "preserve-function",
                          "loads": False, "max_abs_diff": None, "function_preserved": None,
                          "detail": "no room"}],
+        "decisions": {"corpus": "the <b>corpus</b>", "n": 4, "n_bonafide": 2, "n_spoof": 2, "quick": True,
+                      "not_run": ["x"], "rows": [
+                          {"a": "skip_modules", "b": "tuple_blocks", "kind": "variant", "how": "copy_weights",
+                           "threshold": -0.5, "n": 4, "flips": 1, "bonafide_to_spoof": 1,
+                           "spoof_to_bonafide": 0, "max_abs_score_diff": 0.25, "eer_a": 0.0, "eer_b": 0.5,
+                           "flipped": ["U|1"]}]},
         "timing": {"device": "cpu", "matmul_peak_gflops_per_s": 200.0, "caveat": "noisy",
                    "machine": {"torch_version": "2", "torch_threads": 2, "cpu": "cpu", "gpu": None},
                    "ratios": [{"batch": 1, "length": 2000, "kind": "time over its reference's",

@@ -38,6 +38,7 @@ from harness.rawnet2.equivalence import compare_specs, compare_variants, seed_we
 from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
 from harness.rawnet2.layouts import declared_layouts
 from harness.rawnet2.registry import MODES, SUBJECTS, build, in_family, spec
+from harness.report.decisions import decisions_section
 
 Progress = Callable[[str], None]
 
@@ -265,14 +266,8 @@ def _equivalence_section(subjects: list[str], plan: Plan, device: str, reference
             rows.append({"a": name, "b": CANONICAL_LAYOUT, "mode": mode, "max_abs_diff": diff.max_abs,
                          "equivalent": diff.identical, "max_rel_diff": diff.max_rel, "required": False,
                          "weights": diff.weights, "tolerance": _tolerance("EXACT", EXACT)})
-    forms = [name for name, form in DEPLOYMENT_FORMS.items() if form.missing is None]
-    skipped += [f"{name} ({form.missing})" for name, form in DEPLOYMENT_FORMS.items()
-                if form.missing is not None and not (name == "cuda" and device != "cuda")]
-    if device != "cuda" and "cuda" in forms:
-        forms.remove("cuda")  # a CPU report compares CPU forms; --device cuda adds the GPU
-    if not plan.compile:
-        forms.remove("compiled")
-        skipped.append("compiled (--quick: compiling takes 5-15 s per input shape)")
+    forms, not_available = _deployment_forms(plan, device)
+    skipped += not_available
     for name in subjects:
         variant = spec(name)
         if not variant.runs:
@@ -431,14 +426,30 @@ def _ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _deployment_forms(plan: Plan, device: str) -> tuple[list[str], list[str]]:
+    """The deployment forms the report compares with eager on this machine, and why others are not."""
+    forms = [name for name, form in DEPLOYMENT_FORMS.items() if form.missing is None]
+    skipped = [f"{name} ({form.missing})" for name, form in DEPLOYMENT_FORMS.items()
+               if form.missing is not None and not (name == "cuda" and device != "cuda")]
+    if device != "cuda" and "cuda" in forms:
+        forms.remove("cuda")  # a CPU report compares CPU forms; --device cuda adds the GPU
+    if not plan.compile:
+        forms.remove("compiled")
+        skipped.append("compiled (--quick: compiling takes 5-15 s per input shape)")
+    return forms, skipped
+
+
 def build_report(*, quick: bool = False, device: str = "cpu", progress: Progress | None = None,
-                 variants: list[str] | None = None) -> dict:
+                 variants: list[str] | None = None, protocol: str | None = None,
+                 audio_root: str | None = None) -> dict:
     """The report as plain data (see ``harness.report.schema.REPORT_SCHEMA``).
 
     ``variants``: registered names to report on (default: every registered subject).
     ``quick`` uses short inputs, few repeats and no compiling (seconds, for CI);
     otherwise inputs of 16000 and 64600 samples, batches 1 and 8, repeated to a
     time budget (a few minutes on 2 cores). ``progress`` receives a line per step.
+    ``protocol``/``audio_root``: a labelled corpus for the decisions section (default: the
+    bundled fixture corpus).
     """
     if device == "cuda" and not torch.cuda.is_available():
         raise HarnessError("--device cuda: CUDA is not available on this machine")
@@ -449,12 +460,16 @@ def build_report(*, quick: bool = False, device: str = "cpu", progress: Progress
     variant_rows = _variants_section(subjects, plan, reference_rows, say)
     equivalence, skipped = _equivalence_section(subjects, plan, device, reference_rows, say)
     checkpoints = _checkpoints_section(subjects, plan, say)
+    forms, _ = _deployment_forms(plan, device)
+    decisions = decisions_section(subjects, quick=quick, forms=[f for f in forms if f != "cuda"],
+                                  progress=say, protocol=protocol, audio_root=audio_root)
     benchmarks, timing = _timing_section(subjects, plan, device, say)
     return {
         "variants": variant_rows,
         "equivalence": equivalence,
         "benchmarks": benchmarks,
         "checkpoints": checkpoints,
+        "decisions": decisions,
         "timing": timing,
         "meta": {
             "quick": quick,

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from harness.core.audits import FAIL
+from harness.core.text import first_few
 
 # --------------------------------------------------------------------------- rendering
 
@@ -145,10 +146,30 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _decisions_table(report: dict) -> Table:
+    decisions = report["decisions"]
+    rows = tuple((r["a"], r["b"], r["kind"], r["how"], f"{r['threshold']:.4g}",
+                  f"{r['flips']} of {r['n']}", f"{r['bonafide_to_spoof']} / {r['spoof_to_bonafide']}",
+                  _diff(r["max_abs_score_diff"]), f"{100 * r['eer_a']:.1f} % / {100 * r['eer_b']:.1f} %",
+                  first_few(r["flipped"]))
+                 for r in decisions["rows"])
+    quick = " --quick: every clip cut to the variant's declared input length." if decisions["quick"] else ""
+    intro = (f"On {decisions['corpus']}: {decisions['n_bonafide']} bona fide, {decisions['n_spoof']} spoof. "
+             "Each variant next to its reference holding the same weights, each deployment form next to "
+             "its eager form; decisions at the first one's EER threshold on this corpus (seeded random "
+             "weights: the EERs mean nothing, a flip is still a changed decision; `python -m harness "
+             f"evaluate --checkpoint` judges a trained model).{quick}")
+    return Table("Decisions", (intro,),
+                 ("a", "b", "kind", "b's weights / form", "threshold", "flips", "bona fide->spoof / "
+                  "spoof->bona fide", "max abs score diff", "EER a / b", "flipped files"), rows,
+                 tuple(f"not run: {item}" for item in decisions["not_run"]))
+
+
 def tables(report: dict) -> list[Table]:
     """The report's sections in reading order, as tables of strings."""
     return [_verdict_table(report), _structure_table(report), _audit_table(report),
-            _equivalence_table(report), _checkpoint_table(report), *_timing_tables(report)]
+            _equivalence_table(report), _decisions_table(report), _checkpoint_table(report),
+            *_timing_tables(report)]
 
 
 def _title(report: dict) -> str:

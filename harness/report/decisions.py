@@ -1,0 +1,174 @@
+"""The report's "decisions" section: does a fix or a deployment form change a single decision?
+
+On a labelled corpus (the bundled fixture corpus, ``harness.rawnet2.corpus``, or a team's
+``--protocol``/``--audio-root``) each variant is scored next to its reference holding the same
+weights, and each deployment form next to its eager form; the decisions are taken at the
+first one's EER threshold on that corpus (``harness.core.decisions``), so "max abs diff
+3.9e-3" reads next to "0 of N decisions flip".
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from harness.core.decisions import decision_flips
+from harness.core.errors import HarnessError, error_line
+from harness.core.forms import DEPLOYMENT_FORMS
+from harness.core.metrics import MetricError, compute_eer
+from harness.core.protocols import Protocol, audio_files, read_protocol
+from harness.core.weights import seed_weights as seed_any
+from harness.rawnet2.audio import load_clip
+from harness.rawnet2.corpus import BUNDLED_AUDIO, build_corpus
+from harness.rawnet2.equivalence import copy_weights, seed_weights, shared_weights
+from harness.rawnet2.registry import VariantSpec, in_family, spec
+from harness.rawnet2.score_command import scoring_contract
+
+Progress = Callable[[str], None]
+# Bona fide clips (and as many of each attack) in the bundled corpus the report builds.
+CORPUS_PER_CLASS = 4
+# A quick report (CI) cuts every clip to the variant's declared length: seconds, not minutes.
+# Forms a quick report leaves out of this section (the equivalence section still compares them).
+QUICK_SKIPS = {"onnxruntime": "--quick: an ONNX export takes seconds per variant"}
+
+
+@dataclass(frozen=True)
+class LabelledAudio:
+    """What the decisions are taken on."""
+
+    name: str
+    files: tuple[str, ...]
+    utterances: tuple[str, ...]
+    is_bonafide: np.ndarray
+
+
+def bundled_corpus(directory: Path) -> LabelledAudio:
+    corpus = build_corpus(directory, per_class=CORPUS_PER_CLASS)
+    return team_corpus(str(corpus.protocol), str(corpus.directory),
+                       name=f"the bundled fixture corpus ({len(corpus.utterances)} clips: the recordings in "
+                            f"{BUNDLED_AUDIO.name}/ and transformed copies)")
+
+
+def team_corpus(protocol_path: str, audio_root: str | None, *, name: str | None = None) -> LabelledAudio:
+    protocol: Protocol = read_protocol(protocol_path)
+    files = audio_files(protocol, audio_root)
+    return LabelledAudio(name or f"{protocol_path} ({protocol.kind})", tuple(files), protocol.utterances,
+                         np.asarray(protocol.is_bonafide, dtype=bool))
+
+
+def decisions_section(subjects: Sequence[str], *, quick: bool, forms: Sequence[str],
+                      progress: Progress, protocol: str | None = None, audio_root: str | None = None,
+                      compile_backend: str = "inductor") -> dict:
+    """``{"corpus", "n", "rows", "not_run"}``: flips of each variant vs its reference and of each of
+    ``forms`` vs eager, per runnable subject with a score transform."""
+    with tempfile.TemporaryDirectory(prefix="harness-corpus-") as tmp:
+        audio = (team_corpus(protocol, audio_root) if protocol is not None
+                 else bundled_corpus(Path(tmp) / "corpus"))
+        clips: dict[int, torch.Tensor] = {}
+        rows, not_run = [], []
+        for name in subjects:
+            variant = spec(name)
+            if not variant.runs or variant.score_transform is None:
+                continue
+            x = _input(variant, audio, clips, quick)
+            pair = _reference_pair(variant)
+            if pair is not None:
+                progress(f"decisions: {name} vs {pair[0]}")
+                try:
+                    ref_model, model, how = _paired_models(pair[0], name, x)
+                    rows.append(_row(pair[0], name, "variant", how, ref_model, model, spec(pair[0]), variant,
+                                     x, audio))
+                except HarnessError as exc:
+                    not_run.append(f"decisions {name} vs {pair[0]}: {exc}")
+            model = seed_weights(variant.build_or_refuse(), 0).eval()
+            for form in (f for f in forms if f in variant.forms):
+                if quick and form in QUICK_SKIPS:
+                    not_run.append(f"decisions {name} {form} ({QUICK_SKIPS[form]})")
+                    continue
+                progress(f"decisions: {name} eager vs its {form} form")
+                try:
+                    rows.append(_form_row(name, form, model, variant, x, audio, compile_backend))
+                except Exception as exc:  # noqa: BLE001 - a form that fails is reported, not fatal here
+                    not_run.append(f"decisions {name} {form}: {error_line(exc)}")
+    return {"corpus": audio.name, "n": len(audio.files), "n_bonafide": int(audio.is_bonafide.sum()),
+            "n_spoof": int((~audio.is_bonafide).sum()), "quick": quick, "rows": rows, "not_run": not_run}
+
+
+def _reference_pair(variant: VariantSpec) -> tuple[str] | None:
+    """The variant it is held to: its declared reference, else (in the family) the canonical layout."""
+    from harness.rawnet2.layouts import CANONICAL_LAYOUT
+
+    if variant.reference is not None:
+        return (variant.reference,)
+    if in_family(variant) and variant.name != CANONICAL_LAYOUT:
+        return (CANONICAL_LAYOUT,)
+    return None
+
+
+def _paired_models(ref: str, name: str, x: torch.Tensor) -> tuple[nn.Module, nn.Module, str]:
+    if in_family(spec(ref)) and in_family(spec(name)):
+        a, b, how = shared_weights(ref, name, 0, x[:2])
+        return a.eval(), b.eval(), how
+    ref_spec, other = spec(ref), spec(name)
+    ref_model = ref_spec.build_or_refuse()
+    if ref_spec.weights is None:
+        seed_any(ref_model, 0)
+    model = other.build_or_refuse()
+    copy_weights(ref_model, model, contract=other.input_contract())
+    return ref_model.eval(), model.eval(), "structural match (proven)"
+
+
+def _input(variant: VariantSpec, audio: LabelledAudio, cache: dict[int, torch.Tensor],
+           quick: bool) -> torch.Tensor:
+    """Every clip at the variant's scoring length (its declared one under --quick), in its layout."""
+    contract = scoring_contract(variant)
+    length = variant.input_contract().length if quick else contract.length
+    length = max(length, contract.min_length)
+    if length not in cache:
+        cache[length] = torch.from_numpy(np.stack([load_clip(f, length) for f in audio.files]))
+    return cache[length].reshape(contract.batch_shape(len(audio.files), length))
+
+
+def _oriented(output: object, variant: VariantSpec) -> np.ndarray:
+    transform = variant.score_transform
+    scores = transform(output).detach().double().cpu().numpy()
+    return -scores if transform.means == "spoof" else scores
+
+
+def _row(a: str, b: str, kind: str, how: str, model_a: Callable, model_b: Callable, spec_a: VariantSpec,
+         spec_b: VariantSpec, x: torch.Tensor, audio: LabelledAudio) -> dict:
+    with torch.no_grad():
+        scores_a, scores_b = _oriented(model_a(x), spec_a), _oriented(model_b(x), spec_b)
+    return _flips_row(a, b, kind, how, scores_a, scores_b, audio)
+
+
+def _form_row(name: str, form: str, model: nn.Module, variant: VariantSpec, x: torch.Tensor,
+              audio: LabelledAudio, compile_backend: str) -> dict:
+    with torch.no_grad():
+        eager = _oriented(model(x), variant)
+        output, ran = DEPLOYMENT_FORMS[form].run(model, x, compile_backend)
+    return _flips_row(name, f"{name} ({ran or form})", "form", form, eager,
+                      _oriented(output.float().cpu(), variant), audio)
+
+
+def _flips_row(a: str, b: str, kind: str, how: str, scores_a: np.ndarray, scores_b: np.ndarray,
+               audio: LabelledAudio) -> dict:
+    bona = audio.is_bonafide
+    try:
+        eer_a, threshold = compute_eer(scores_a[bona], scores_a[~bona])
+        eer_b, _ = compute_eer(scores_b[bona], scores_b[~bona])
+    except MetricError as exc:
+        raise HarnessError(f"no EER on {audio.name}: {exc}") from None
+    flips = decision_flips(a, scores_a, b, scores_b, threshold, audio.utterances, bona).as_json()
+    flipped = [f["file"] for f in flips["files"]]
+    return {"a": a, "b": b, "kind": kind, "how": how, "threshold": float(threshold), "n": len(scores_a),
+            "flips": flips["flips"], "bonafide_to_spoof": flips["bonafide_to_spoof"],
+            "spoof_to_bonafide": flips["spoof_to_bonafide"],
+            "max_abs_score_diff": flips["max_abs_score_diff"],
+            "eer_a": float(eer_a), "eer_b": float(eer_b), "flipped": flipped}
