@@ -6,7 +6,7 @@ audio found by one listing per folder.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -22,6 +22,7 @@ from harness.core.protocols import (
     Protocol,
     ProtocolError,
     audio_files,
+    file_stem,
     read_protocol,
 )
 
@@ -238,6 +239,15 @@ def test_random_protocols_read_back(tmp_path: Path, shape: str, rows: list[tuple
     named = shape != "csv"
     assert protocol.attacks == tuple("bonafide" if bona else (attack if named else "spoof")
                                      for _, bona, attack in rows)
+
+
+parts = st.text(alphabet="ab.c_-", min_size=1, max_size=6).filter(lambda part: part != ".")
+
+
+@given(st.lists(parts, min_size=1, max_size=4), st.booleans(), st.booleans())
+def test_file_stem_is_the_paths_stem(names: list[str], absolute: bool, trailing: bool) -> None:
+    path = ("/" if absolute else "") + "/".join(names) + ("/" if trailing else "")
+    assert file_stem(path) == PurePosixPath(path).stem
 
 
 # --- audio --------------------------------------------------------------------------------------------

@@ -10,14 +10,17 @@ utterance, a protocol without bona fide or without spoof lines, an utterance id 
 is one ``ProtocolError`` line naming the file and the line. ``audio_files(protocol, root)`` finds
 each utterance's audio, listing each folder once.
 
-``read_text_lines`` is the checked read both this module and ``harness.core.score_files`` use.
+``read_text_lines`` (the checked read) and ``gc_paused`` (the collector off while millions of rows
+are made) serve ``harness.core.score_files`` too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -115,6 +118,19 @@ def _line_at(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a parse makes millions of small lists and strings (none
+    of them cyclic): its passes over them, not the parsing, would take most of the time (5x)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def split_rows(lines: Sequence[str]) -> tuple[list[list[str]], list[int]]:
     """The whitespace-split non-blank lines and their line numbers (1-based)."""
     rows = list(map(str.split, lines))
@@ -136,6 +152,14 @@ def first_duplicate(ids: Sequence[str]) -> tuple[int, int] | None:
     return None
 
 
+def file_stem(path: str) -> str:
+    """``PurePosixPath(path).stem`` at a tenth of its cost (600,000 score records): the last
+    component's name without its last suffix."""
+    name = path.rstrip("/").rpartition("/")[2]
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
+
+
 def unsafe_id(utterance: str) -> bool:
     """An utterance id that would name a path (a separator or ``..``): a hostile protocol."""
     return "/" in utterance or "\\" in utterance or ".." in utterance
@@ -146,8 +170,12 @@ def unsafe_id(utterance: str) -> bool:
 
 def read_protocol(path: PathLike) -> Protocol:
     """The protocol at ``path``, its format read from its lines; one ``ProtocolError`` line otherwise."""
-    name = os.fspath(path)
-    lines = read_text_lines(path, ProtocolError)
+    with gc_paused():
+        return _read_protocol(os.fspath(path))
+
+
+def _read_protocol(name: str) -> Protocol:
+    lines = read_text_lines(name, ProtocolError)
     first = next((n for n, line in enumerate(lines) if line.strip()), None)
     if first is None:
         raise ProtocolError(f"{name}: is empty; {EXPECTED}")
@@ -235,7 +263,7 @@ def _read_csv(name: str, lines: list[str]) -> Protocol:
         files.append(file)
         labels.append(label in CSV_BONAFIDE)
         numbers.append(number)
-    utterances = tuple(PurePath(file).stem for file in files)
+    utterances = tuple(file_stem(file) for file in files)
     attacks = tuple(BONAFIDE_ATTACK if bona else UNNAMED_ATTACK for bona in labels)
     return _protocol(name, KIND_CSV, utterances, labels, attacks, tuple(files), numbers)
 

@@ -15,13 +15,12 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
 
 import numpy as np
 
 from harness.core.errors import HarnessError
 from harness.core.fileio import PathLike
-from harness.core.protocols import KEYS, first_duplicate, read_text_lines, split_rows
+from harness.core.protocols import KEYS, file_stem, first_duplicate, gc_paused, read_text_lines, split_rows
 
 SCORE_MEANINGS = ("spoof", "bonafide")
 KIND_LOG = "JSON Lines score log"
@@ -65,8 +64,12 @@ class AsvScores:
 
 def read_scores(path: PathLike) -> ScoreFile:
     """The scores at ``path``, their format read from the content; one ``ScoreFileError`` line otherwise."""
-    name = os.fspath(path)
-    lines = read_text_lines(path, ScoreFileError)
+    with gc_paused():
+        return _read_scores(os.fspath(path))
+
+
+def _read_scores(name: str) -> ScoreFile:
+    lines = read_text_lines(name, ScoreFileError)
     first = next((line.strip() for line in lines if line.strip()), None)
     if first is None:
         raise ScoreFileError(f"{name}: is empty; {EXPECTED}")
@@ -132,7 +135,7 @@ def _from_records(name: str, kind: str, records: Sequence[tuple[str, object]],
     failed: list[str] = []
     for where, row in records:
         if isinstance(row, dict) and isinstance(row.get("file"), str) and row["file"]:
-            utterance = PurePath(row["file"]).stem
+            utterance = file_stem(row["file"])
             if row.keys() == {"file", "score"}:
                 score = row["score"]
                 if isinstance(score, bool) or not isinstance(score, (int, float)):
@@ -223,8 +226,12 @@ def _refuse_duplicates(name: str, ids: Sequence[str], places: Sequence[str]) -> 
 def read_asv_scores(path: PathLike) -> AsvScores:
     """ASVspoof 2019 ASV scores (``KEY_SOURCE KEY SCORE``: ``bonafide target``, ``bonafide nontarget``,
     ``spoof spoof``); one ``ScoreFileError`` line for anything else or a class without a line."""
-    name = os.fspath(path)
-    rows, numbers = split_rows(read_text_lines(path, ScoreFileError))
+    with gc_paused():
+        return _read_asv_scores(os.fspath(path))
+
+
+def _read_asv_scores(name: str) -> AsvScores:
+    rows, numbers = split_rows(read_text_lines(name, ScoreFileError))
     if not rows:
         raise ScoreFileError(f"{name}: is empty; expected ASVspoof 2019 ASV scores (bonafide target 1.23)")
     if len(set(map(len, rows))) > 1 or len(rows[0]) != 3:
