@@ -139,6 +139,8 @@ REFUSED = {
     "string_score": (RECORD_2 + '{"file": "c.wav", "score": "0.5"}\n', "line 2: score '0.5' is not a number"),
     "bool_score": (RECORD_2 + '{"file": "c.wav", "score": true}\n', "line 2: score True is not a number"),
     "json_nan": (RECORD_2 + '{"file": "c.wav", "score": NaN}\n', "line 2: score nan is not finite"),
+    "json_huge_int": (RECORD_2 + '{"file": "c.wav", "score": 1' + "0" * 400 + '}\n',
+                      "line 2: score 1000000000000000000000000000000000000... is not finite"),
     "json_duplicate_stem": (RECORD_2 + '{"file": "other/b.flac", "error": "x"}\n',
                             "line 1 and line 2 both hold utterance 'b'"),
     "second_header": (score_log(RESULTS) + score_log(RESULTS), "line 5 is a second score-log header"),

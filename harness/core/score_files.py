@@ -12,8 +12,9 @@ the ASVspoof 2019 ASV score format (``bonafide target 1.23``). Every refusal is 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ KIND_TWO_COLUMNS = "two columns"
 EXPECTED = ("expected a score log (JSON Lines of {\"file\", \"score\"}), score --format json's document, "
             "ASVspoof 2019 CM scores (UTT ATTACK KEY SCORE) or two columns (UTT SCORE)")
 RECORD = '{"file": PATH, "score": NUMBER} or {"file": PATH, "error": TEXT}'
+SCORE_RECORD, ERROR_RECORD = frozenset({"file", "score"}), frozenset({"file", "error"})
 # The (KEY_SOURCE, KEY) pairs of the ASVspoof 2019 ASV score format, and the AsvScores field of each.
 ASV_PAIRS = {("bonafide", "target"): "target", ("bonafide", "nontarget"): "nontarget",
              ("spoof", "spoof"): "spoof"}
@@ -91,8 +93,7 @@ def _from_document(name: str, document: dict) -> ScoreFile:
         raise ScoreFileError(f"{name}: \"results\" is {type(results).__name__}; expected a list of {RECORD}")
     if not results:
         raise ScoreFileError(f"{name}: \"results\" is empty; expected {RECORD} per scored file")
-    records = [(f"results[{i}]", row) for i, row in enumerate(results)]
-    return _from_records(name, KIND_DOCUMENT, records, means)
+    return _from_records(name, KIND_DOCUMENT, results, lambda i: f"results[{i}]", means)
 
 
 def _from_json_lines(name: str, lines: list[str]) -> ScoreFile:
@@ -117,8 +118,7 @@ def _from_json_lines(name: str, lines: list[str]) -> ScoreFile:
         if not rows:
             raise ScoreFileError(f"{name}: holds a score-log header and no record; expected {RECORD} "
                                  "per scored file")
-    records = [(f"line {n}", row) for (n, _), row in zip(numbered, rows, strict=True)]
-    return _from_records(name, KIND_LOG, records, means)
+    return _from_records(name, KIND_LOG, rows, lambda i: f"line {numbered[i][0]}", means)
 
 
 def _json_line(name: str, number: int, line: str) -> object:
@@ -128,33 +128,44 @@ def _json_line(name: str, number: int, line: str) -> object:
         raise ScoreFileError(f"{name}: line {number} is not JSON; expected {RECORD} (JSON Lines)") from None
 
 
-def _from_records(name: str, kind: str, records: Sequence[tuple[str, object]],
+def _from_records(name: str, kind: str, rows: Sequence[object], where: Callable[[int], str],
                   means: str | None) -> ScoreFile:
+    """``rows`` checked as records; ``where(i)`` names row ``i``'s place (a line, a list index)."""
     ids: list[str] = []  # every record's, scored or failed, in order
     scores: dict[str, float] = {}
     failed: list[str] = []
-    for where, row in records:
-        if isinstance(row, dict) and isinstance(row.get("file"), str) and row["file"]:
+    for index, row in enumerate(rows):
+        if type(row) is dict and type(row.get("file")) is str and row["file"]:
             utterance = file_stem(row["file"])
-            if row.keys() == {"file", "score"}:
+            keys = row.keys()
+            if keys == SCORE_RECORD:
                 score = row["score"]
-                if isinstance(score, bool) or not isinstance(score, (int, float)):
-                    raise ScoreFileError(f"{name}: {where}: score {score!r} is not a number")
-                if not np.isfinite(score):
-                    raise ScoreFileError(f"{name}: {where}: score {score!r} is not finite")
-                scores[utterance] = float(score)
+                if type(score) is not float and (type(score) is bool or not isinstance(score, (int, float))):
+                    raise ScoreFileError(f"{name}: {where(index)}: score {_short(score)} is not a number")
+                try:
+                    value = float(score)
+                except OverflowError:  # an integer past float's range (JSON allows 1 followed by 400 zeros)
+                    value = math.inf
+                if not math.isfinite(value):
+                    raise ScoreFileError(f"{name}: {where(index)}: score {_short(score)} is not finite")
+                scores[utterance] = value
                 ids.append(utterance)
                 continue
-            if row.keys() == {"file", "error"} and isinstance(row["error"], str):
+            if keys == ERROR_RECORD and isinstance(row["error"], str):
                 failed.append(utterance)
                 ids.append(utterance)
                 continue
         if isinstance(row, dict) and "score_log" in row:
-            raise ScoreFileError(f"{name}: {where} is a second score-log header (two logs joined?); a log "
-                                 "holds one")
-        raise ScoreFileError(f"{name}: {where} is not {RECORD}")
-    _refuse_duplicates(name, ids, [where for where, _ in records])
+            raise ScoreFileError(f"{name}: {where(index)} is a second score-log header (two logs joined?); a "
+                                 "log holds one")
+        raise ScoreFileError(f"{name}: {where(index)} is not {RECORD}")
+    _refuse_duplicates(name, ids, where)
     return ScoreFile(name, kind, scores, tuple(failed), means)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _score_means(name: str, value: object, what: str) -> str | None:
@@ -184,7 +195,7 @@ def _from_columns(name: str, lines: list[str]) -> ScoreFile:
                              f"expected bonafide or spoof ({kind}: UTT ATTACK KEY SCORE)")
     ids = columns[0]
     scores = _numbers(name, columns[-1], numbers)
-    _refuse_duplicates(name, ids, [f"line {n}" for n in numbers])
+    _refuse_duplicates(name, ids, lambda i: f"line {numbers[i]}")
     return ScoreFile(name, kind, dict(zip(ids, scores.tolist(), strict=True)), (), None)
 
 
@@ -212,11 +223,11 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _refuse_duplicates(name: str, ids: Sequence[str], places: Sequence[str]) -> None:
+def _refuse_duplicates(name: str, ids: Sequence[str], where: Callable[[int], str]) -> None:
     duplicate = first_duplicate(ids)
     if duplicate is not None:
         a, b = duplicate
-        raise ScoreFileError(f"{name}: {places[a]} and {places[b]} both hold utterance {ids[a]!r}; a file "
+        raise ScoreFileError(f"{name}: {where(a)} and {where(b)} both hold utterance {ids[a]!r}; a file "
                              "is scored once")
 
 
