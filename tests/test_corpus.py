@@ -34,6 +34,7 @@ from harness.rawnet2.corpus import (
     NO_ATTACK,
     PROTOCOL_NAME,
     SPOOF,
+    BandLimit,
     Corpus,
     build_corpus,
 )
@@ -42,6 +43,7 @@ from harness.rawnet2.registry import load_registry_file
 from harness.rawnet2.score_command import scoring_contract
 from harness.rawnet2.scoring import score_files
 from tests.helpers import TEAM_MODELS, restored_registry
+from tests.team_models import band_detector
 
 CORPUS_REGISTRY = TEAM_MODELS / "corpus.toml"
 STAND_IN = "band_energy"
@@ -152,6 +154,15 @@ def stand_in_scores(fixture_corpus: Corpus) -> np.ndarray:
 def test_every_attack_has_its_place_in_the_argued_order() -> None:
     placed = [attack for group in SCORE_ORDER for attack in group]
     assert sorted(placed) == sorted([NO_ATTACK, *ATTACKS])
+
+
+def test_the_stand_in_filter_stops_what_the_band_limited_attacks_keep() -> None:
+    # the first half of band_detector.py's argument: LP and TL keep nothing above 3.5 kHz
+    band_limits = {attack: t for attack, (_, t) in ATTACKS.items() if isinstance(t, BandLimit)}
+    assert set(band_limits) == set(SCORE_ORDER[0])
+    assert max(t.high_hz for t in band_limits.values()) <= band_detector.STOPBAND_EDGE_HZ
+    gains = [band_detector.stopband_gain_db(f) for f in np.arange(0.0, band_detector.STOPBAND_EDGE_HZ, 10.0)]
+    assert max(gains) < band_detector.STOPBAND_GAIN_DB
 
 
 def test_the_stand_in_scores_fall_in_the_constructed_order(fixture_corpus: Corpus,

@@ -40,43 +40,53 @@ PROTOCOL_NAME = "protocol.txt"
 # What a source recording may be: the formats libsndfile decodes that the bundled ones use.
 SOURCE_SUFFIXES = (".wav", ".flac")
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s
-# Each bona fide clip starts this much later in its recording than the one before from it (62.5 ms).
+# Bona fide clip k starts SHIFT_STEP * k samples into its recording (62.5 ms steps).
 SHIFT_STEP = 1_000
 # Peaks the clips are scaled to, in turn: loudness varies, and no clip clips at 16 bits.
 PEAKS = (0.9, 0.5, 0.7, 0.3)
 # NZ: speech power over noise power. At 10 dB the noise carries a tenth of the speech's power,
 # and half of white noise's power lies above 4 kHz; speech keeps well under 1% there.
 NOISE_SNR_DB = 10.0
-NOISE_SEED = 20_190  # the noise of spoof k is drawn from default_rng([NOISE_SEED, k])
-# Utterance ids carry four digits.
+NOISE_SEED = 20_190
+# Utterance ids carry four digits: 3 attacks x 3,000 spoofs stay below 10,000.
 MAX_PER_CLASS = 3_000
 BONAFIDE, SPOOF, NO_ATTACK = "bonafide", "spoof", "-"
 
 
-def band_limited(low_hz: float, high_hz: float) -> Callable[[np.ndarray, int], np.ndarray]:
-    """A transform keeping only the FFT bins in ``[low_hz, high_hz)`` of the whole clip (a brick wall)."""
+@dataclass(frozen=True)
+class BandLimit:
+    """An attack's transform: keep only the FFT bins of the whole clip in ``[low_hz, high_hz)``
+    (a brick wall)."""
 
-    def transform(clip: np.ndarray, index: int) -> np.ndarray:
+    low_hz: float
+    high_hz: float
+
+    def __call__(self, clip: np.ndarray, index: int) -> np.ndarray:
         spectrum = np.fft.rfft(clip)
         freqs = np.fft.rfftfreq(len(clip), 1 / SAMPLE_RATE)
-        spectrum[(freqs < low_hz) | (freqs >= high_hz)] = 0
+        spectrum[(freqs < self.low_hz) | (freqs >= self.high_hz)] = 0
         return np.fft.irfft(spectrum, len(clip))
 
-    return transform
 
+@dataclass(frozen=True)
+class WhiteNoise:
+    """An attack's transform: add white Gaussian noise ``snr_db`` below the clip's mean power, spoof
+    ``index``'s drawn from ``default_rng([seed, index])``."""
 
-def white_noise_added(clip: np.ndarray, index: int) -> np.ndarray:
-    """``clip`` plus seeded white Gaussian noise at ``NOISE_SNR_DB`` below the clip's mean power."""
-    noise = np.random.default_rng([NOISE_SEED, index]).standard_normal(len(clip))
-    power = float(np.mean(clip ** 2))
-    return clip + noise * np.sqrt(power / 10 ** (NOISE_SNR_DB / 10))
+    snr_db: float
+    seed: int
+
+    def __call__(self, clip: np.ndarray, index: int) -> np.ndarray:
+        noise = np.random.default_rng([self.seed, index]).standard_normal(len(clip))
+        power = float(np.mean(clip ** 2))
+        return clip + noise * np.sqrt(power / 10 ** (self.snr_db / 10))
 
 
 # attack id -> (what it stands for, its transform of a clip; ``index`` numbers the spoof, from 0)
 ATTACKS: dict[str, tuple[str, Callable[[np.ndarray, int], np.ndarray]]] = {
-    "LP": ("narrow-band vocoder: nothing at or above 3.5 kHz", band_limited(0.0, 3_500.0)),
-    "TL": ("telephone channel replay: 300 Hz to 3.4 kHz", band_limited(300.0, 3_400.0)),
-    "NZ": (f"white noise added at {NOISE_SNR_DB:g} dB SNR", white_noise_added),
+    "LP": ("narrow-band vocoder: nothing at or above 3.5 kHz", BandLimit(0.0, 3_500.0)),
+    "TL": ("telephone channel replay: 300 Hz to 3.4 kHz", BandLimit(300.0, 3_400.0)),
+    "NZ": (f"white noise added at {NOISE_SNR_DB:g} dB SNR", WhiteNoise(NOISE_SNR_DB, NOISE_SEED)),
 }
 
 

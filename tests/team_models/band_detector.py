@@ -1,15 +1,16 @@
 """A stand-in detector whose scores on the fixture corpus are ordered by construction.
 
-``HighBandDetector`` takes ``[B, T]`` audio at 16 kHz and returns a ``[B, 1]`` score in [0, 1]
-meaning bona fide (one column: the harness's probability contract): the share of the clip's energy that a fixed high-pass filter (cutoff
-4 kHz, a buffer) lets through, squashed by ``share / (share + HALF_SCORE_SHARE)``. It has no
-parameters and nothing to learn; nothing here imports the harness.
+``HighBandDetector`` takes ``[B, T]`` audio at 16 kHz and returns a ``[B, 1]`` score in
+[0, 1] meaning bona fide (one column: the harness's probability contract): the share of the
+clip's energy that a fixed high-pass filter (cutoff 4 kHz, a buffer) lets through, squashed
+by ``share / (share + HALF_SCORE_SHARE)``. It has no parameters and nothing to learn;
+nothing here imports the harness.
 
 Why its scores on ``harness.rawnet2.corpus.build_corpus``'s clips fall in three groups
 (each clip's own loudness cancels out of the share, so the peaks do not matter):
 
 * ``LP`` and ``TL`` spoofs hold nothing at or above 3.5 kHz, which is the filter's stopband
-  (``STOPBAND_EDGE_HZ``: below it the filter passes less than -70 dB). What it passes is that
+  (below ``STOPBAND_EDGE_HZ`` the filter's gain is under ``STOPBAND_GAIN_DB``, -70 dB). What it passes is that
   leakage and the files' 16-bit rounding noise: a share around 1e-8.
 * Bona fide clips are espeak-ng speech, which keeps 0.1% to 0.7% of its energy above 4 kHz
   (its fricatives): 10^5 times more. So every LP and TL spoof scores below every bona fide clip.
@@ -36,6 +37,7 @@ CUTOFF_HZ = 4_000.0
 # 5.5 * 16 kHz / 129 = 680 Hz wide around the cutoff, so below this edge is stopband.
 TAPS = 129
 STOPBAND_EDGE_HZ = 3_600.0
+STOPBAND_GAIN_DB = -70.0  # at most, anywhere below STOPBAND_EDGE_HZ (-75 dB as designed)
 # The high-band share that scores 0.5: between speech's (< 1%) and white noise's (50%).
 HALF_SCORE_SHARE = 0.01
 # Keeps a silent clip's share at 0 rather than 0 / 0.
@@ -70,7 +72,7 @@ class HighBandDetector(nn.Module):
 
 
 def stopband_gain_db(frequency_hz: float) -> float:
-    """The filter's gain at ``frequency_hz``, in dB (for the docstring's stopband claim)."""
+    """The filter's gain at ``frequency_hz``, in dB (the stopband claim is tested with it)."""
     taps = high_pass_taps().double().flatten()
     n = torch.arange(len(taps), dtype=torch.float64)
     response = (taps * torch.exp(-2j * math.pi * frequency_hz / SAMPLE_RATE * n)).sum().abs()
