@@ -65,7 +65,7 @@ def parts(**changes: object) -> dict[str, object]:
     base = dict(name="asv", factory="asv_detector:AsvDetector", kwargs={"channels": 20},
                 source_sha256="0" * 64, weights={"file_sha256": "1" * 64, "policy": "preserve-function"},
                 form="onnxruntime", opset=17, input_shape=(8000,), min_length=2315, verified_length=64600,
-                settings=None)
+                exporter_sha256=None, settings=None)
     return export_key_parts(**{**base, **changes})
 
 
@@ -76,7 +76,7 @@ CHANGED = {
     "name": "asv2", "factory": "asv_detector:RefactoredDetector", "kwargs": {"channels": 21},
     "source_sha256": "2" * 64, "weights": {"file_sha256": "1" * 64, "policy": "preserve-weights"},
     "form": "onnxruntime-int8", "opset": 18, "input_shape": (1, 8000), "min_length": 2316,
-    "verified_length": 16000, "settings": {"per_channel": True},
+    "verified_length": 16000, "exporter_sha256": "3" * 64, "settings": {"per_channel": True},
 }
 
 
@@ -348,6 +348,11 @@ def test_cache_dir_names_the_directory(tmp_path: Path, cache_dir: Path, exports:
     named = tmp_path / "named"
     assert score(capsys, "--cache-dir", str(named))[0] == 0
     assert len(list(named.glob(f"*{ENTRY_SUFFIX}"))) == 1 and not cache_dir.exists()
+
+
+def test_an_empty_cache_dir_is_refused():
+    with pytest.raises(HarnessError, match="--cache-dir ''"):
+        open_cache("")
 
 
 def test_a_cache_dir_that_is_a_file_refuses_the_run(tmp_path: Path, capsys):

@@ -11,8 +11,9 @@ no whitespace) of everything that decides the exported bytes (``export_key_parts
   ``{"state_dict_sha256": ...}``, the hash of the model's tensors (``state_dict_sha256``:
   seeded random weights);
 * ``form`` (``"onnxruntime"``) and its ``settings`` (the int8 form's quantization settings);
-* ``opset``, the input contract it was verified at (``input_shape``, ``min_length``) and the
-  length of the clip it was verified on;
+* ``opset``, the input contract it was verified at (``input_shape``, ``min_length``), the
+  length of the clip it was verified on, and ``exporter_sha256``, the SHA-256 of the harness's
+  export code (a checkout's version number stays put while that code changes);
 * ``versions`` of torch, onnx, onnxruntime and the harness (``importlib.metadata``: read, never
   imported, so that a key costs no ``import torch``), and ``CACHE_FORMAT``.
 
@@ -140,7 +141,7 @@ def versions() -> dict[str, str | None]:
 
 def export_key_parts(*, name: str, factory: str, kwargs: Mapping[str, object], source_sha256: str | None,
                      weights: Mapping[str, object], form: str, opset: int, input_shape: tuple[int, ...],
-                     min_length: int, verified_length: int,
+                     min_length: int, verified_length: int, exporter_sha256: str | None = None,
                      settings: Mapping[str, object] | None = None) -> dict[str, object]:
     """Everything that decides an export's bytes, as the key's parts (the module docstring lists them)."""
     return {
@@ -153,6 +154,7 @@ def export_key_parts(*, name: str, factory: str, kwargs: Mapping[str, object], s
         "input_shape": list(input_shape),
         "min_length": min_length,
         "verified_length": verified_length,
+        "exporter_sha256": exporter_sha256,
         "versions": versions(),
     }
 
@@ -318,6 +320,8 @@ def open_cache(directory: str | os.PathLike | None, *, enabled: bool = True,
     the user's choice and a problem refuses (exit 2); else a problem there is a warning and no cache."""
     if not enabled:
         return None
+    if directory is not None and os.fspath(directory) == "":
+        raise HarnessError("--cache-dir '': give a directory (or --no-cache)")
     if directory is not None or os.environ.get(CACHE_DIR_ENV):
         return ExportCache(directory if directory is not None else default_cache_dir(), warn=warn)
     default = default_cache_dir()

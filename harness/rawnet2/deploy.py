@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import torch
 
+import harness.core.onnx as onnx_module
 from harness.core.contract import InputContract
 from harness.core.errors import HarnessError, error_line
 from harness.core.export_cache import ExportCache, cache_key, export_key_parts, file_sha256, state_dict_sha256
@@ -106,7 +107,8 @@ def export_cache_parts(target: VariantSpec, weights: Mapping[str, object], *, fo
         name=target.name, factory=factory_name(target), kwargs=target.kwargs,
         source_sha256=file_sha256(source) if source is not None else None, weights=weights, form=form,
         opset=opset, input_shape=contract.shape, min_length=contract.min_length,
-        verified_length=_longest(contract), settings=settings)
+        verified_length=_longest(contract), exporter_sha256=file_sha256(onnx_module.__file__),
+        settings=settings)
 
 
 def weights_identity(model: torch.nn.Module, *, checkpoint: str | os.PathLike | None = None,
