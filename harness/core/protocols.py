@@ -153,7 +153,7 @@ def first_duplicate(ids: Sequence[str]) -> tuple[int, int] | None:
 
 
 def file_stem(path: str) -> str:
-    """``PurePosixPath(path).stem`` at a tenth of its cost (600,000 score records): the last
+    """``PurePosixPath(path).stem`` at a fraction of its cost (one per score record): the last
     component's name without its last suffix."""
     name = path.rstrip("/").rpartition("/")[2]
     dot = name.rfind(".")
