@@ -59,6 +59,10 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--variant", action="append", metavar="NAME",
                    help=f"report on this model only ({_MODEL}); repeatable; default: every registered one")
+    p.add_argument("--protocol", metavar="FILE",
+                   help="take the decisions section's flips on this labelled protocol (as evaluate reads "
+                        "it) instead of the bundled fixture corpus")
+    p.add_argument("--audio-root", metavar="DIR", help="where --protocol's audio is (as for evaluate)")
 
 
 def _audit_parser(sub: argparse._SubParsersAction) -> None:

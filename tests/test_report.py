@@ -18,7 +18,7 @@ from harness.core.audits import FAIL, NOT_APPLICABLE, PASS
 from harness.core.introspect import Structure
 from harness.rawnet2.audits import CHECKS
 from harness.rawnet2.bench import timed_forms
-from harness.rawnet2.registry import SUBJECTS
+from harness.rawnet2.registry import SUBJECTS, in_family
 from harness.report import (
     QUICK,
     REPORT_SCHEMA,
@@ -60,7 +60,7 @@ def _synthetic_report() -> dict:
                           {"a": "skip_modules", "b": "tuple_blocks", "kind": "variant", "how": "copy_weights",
                            "threshold": -0.5, "n": 4, "flips": 1, "bonafide_to_spoof": 1,
                            "spoof_to_bonafide": 0, "max_abs_score_diff": 0.25, "eer_a": 0.0, "eer_b": 0.5,
-                           "flipped": ["U|1"]}]},
+                           "flipped": ["U|1"], "margin": 0.01}]},
         "timing": {"device": "cpu", "matmul_peak_gflops_per_s": 200.0, "caveat": "noisy",
                    "machine": {"torch_version": "2", "torch_threads": 2, "cpu": "cpu", "gpu": None},
                    "ratios": [{"batch": 1, "length": 2000, "kind": "time over its reference's",
@@ -105,8 +105,22 @@ def test_quick_report_json_validates_and_follows_the_declarations(tmp_path, caps
             assert not row["loads"], row  # its state_dict cannot hold the blocks
         elif row["source"] == row["target"] or (row["policy"] == "preserve-function" and row["loads"]):
             assert row["function_preserved"], row
+    # Decisions: every scored variant with a reference next to it, every quick form next to eager;
+    # a variant holding its reference's function (matched weights) decides alike.
+    decisions = report["decisions"]
+    pairs = {(row["a"], row["b"]): row for row in decisions["rows"]}
+    for name, variant in SUBJECTS.items():
+        reference = variant.reference or ("skip_modules" if in_family(variant) and name != "skip_modules"
+                                          else None)
+        if variant.runs and variant.score_transform is not None and reference is not None:
+            assert (reference, name) in pairs or any(name in item for item in decisions["not_run"]), name
+    assert pairs["skip_modules", "basic_blocks"]["flips"] == 0
+    assert pairs["skip_modules", "basic_blocks"]["max_abs_score_diff"] == 0.0
+    for row in decisions["rows"]:  # a decision flips only where b moved a score past a's margin
+        assert row["flips"] == 0 or row["max_abs_score_diff"] >= row["margin"], row
     markdown = render_markdown(report)  # the JSON round-trip renders like the in-memory data
     assert all(v["verdict"] in markdown for v in report["variants"].values())
+    assert "## Decisions" in markdown
 
 
 # --------------------------------------------------------------------------- schema

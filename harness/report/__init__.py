@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from harness.core.errors import HarnessError
 from harness.core.fileio import check_output_path, write_text_atomically
+from harness.core.protocols import audio_files, read_protocol
 from harness.report.build import FULL, QUICK, Plan, Progress, Verdict, build_report, verdict
 from harness.report.render import RENDERERS, Table, render_html, render_json, render_markdown, tables
 from harness.report.schema import REPORT_SCHEMA, validate
@@ -53,7 +55,13 @@ def cli_report(args: argparse.Namespace) -> int:
                 register(variant)  # an ad-hoc MODULE:ATTR, for this run
             names.append(variant.name)
     progress = _stderr_progress()
-    report = build_report(quick=args.quick, device=args.device, progress=progress, variants=names)
+    protocol, audio_root = getattr(args, "protocol", None), getattr(args, "audio_root", None)
+    if audio_root is not None and protocol is None:
+        raise HarnessError("--audio-root applies to --protocol, and none was given")
+    if protocol is not None:  # before measuring for minutes: the labels and every file they name
+        audio_files(read_protocol(protocol), audio_root)
+    report = build_report(quick=args.quick, device=args.device, progress=progress, variants=names,
+                          protocol=protocol, audio_root=audio_root)
     text = RENDERERS[args.format](report)
     if output is None:
         sys.stdout.write(text)

@@ -10,7 +10,7 @@ first one's EER threshold on that corpus (``harness.core.decisions``), so "max a
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from harness.core.contract import InputContract
 from harness.core.decisions import decision_flips
 from harness.core.errors import HarnessError, error_line
 from harness.core.forms import DEPLOYMENT_FORMS
@@ -31,9 +32,11 @@ from harness.rawnet2.registry import VariantSpec, in_family, spec
 from harness.rawnet2.score_command import scoring_contract
 
 Progress = Callable[[str], None]
-# Bona fide clips (and as many of each attack) in the bundled corpus the report builds.
-CORPUS_PER_CLASS = 4
+# Bona fide clips (and as many of each attack) in the bundled corpus the report builds (--quick: fewer).
+CORPUS_PER_CLASS, QUICK_CORPUS_PER_CLASS = 4, 2
 # A quick report (CI) cuts every clip to the variant's declared length: seconds, not minutes.
+# Clips per forward: a team's corpus is scored a batch at a time.
+DECISION_BATCH = 32
 # Forms a quick report leaves out of this section (the equivalence section still compares them).
 QUICK_SKIPS = {"onnxruntime": "--quick: an ONNX export takes seconds per variant"}
 
@@ -48,8 +51,8 @@ class LabelledAudio:
     is_bonafide: np.ndarray
 
 
-def bundled_corpus(directory: Path) -> LabelledAudio:
-    corpus = build_corpus(directory, per_class=CORPUS_PER_CLASS)
+def bundled_corpus(directory: Path, per_class: int = CORPUS_PER_CLASS) -> LabelledAudio:
+    corpus = build_corpus(directory, per_class=per_class)
     return team_corpus(str(corpus.protocol), str(corpus.directory),
                        name=f"the bundled fixture corpus ({len(corpus.utterances)} clips: the recordings in "
                             f"{BUNDLED_AUDIO.name}/ and transformed copies)")
@@ -69,19 +72,19 @@ def decisions_section(subjects: Sequence[str], *, quick: bool, forms: Sequence[s
     ``forms`` vs eager, per runnable subject with a score transform."""
     with tempfile.TemporaryDirectory(prefix="harness-corpus-") as tmp:
         audio = (team_corpus(protocol, audio_root) if protocol is not None
-                 else bundled_corpus(Path(tmp) / "corpus"))
-        clips: dict[int, torch.Tensor] = {}
+                 else bundled_corpus(Path(tmp) / "corpus",
+                                     QUICK_CORPUS_PER_CLASS if quick else CORPUS_PER_CLASS))
         rows, not_run = [], []
         for name in subjects:
             variant = spec(name)
             if not variant.runs or variant.score_transform is None:
                 continue
-            x = _input(variant, audio, clips, quick)
+            x = _clips(variant, audio, quick)
             pair = _reference_pair(variant)
             if pair is not None:
                 progress(f"decisions: {name} vs {pair[0]}")
                 try:
-                    ref_model, model, how = _paired_models(pair[0], name, x)
+                    ref_model, model, how = _paired_models(pair[0], name, next(iter(x)))
                     rows.append(_row(pair[0], name, "variant", how, ref_model, model, spec(pair[0]), variant,
                                      x, audio))
                 except HarnessError as exc:
@@ -113,8 +116,10 @@ def _reference_pair(variant: VariantSpec) -> tuple[str] | None:
 
 def _paired_models(ref: str, name: str, x: torch.Tensor) -> tuple[nn.Module, nn.Module, str]:
     if in_family(spec(ref)) and in_family(spec(name)):
-        a, b, how = shared_weights(ref, name, 0, x[:2])
-        return a.eval(), b.eval(), how
+        # Seeded as the variant and carried into the reference, as the equivalence section does: a
+        # legacy function moves into the canonical layout, not the other way.
+        model, ref_model, how = shared_weights(name, ref, 0, x[:2])
+        return ref_model.eval(), model.eval(), how
     ref_spec, other = spec(ref), spec(name)
     ref_model = ref_spec.build_or_refuse()
     if ref_spec.weights is None:
@@ -124,15 +129,24 @@ def _paired_models(ref: str, name: str, x: torch.Tensor) -> tuple[nn.Module, nn.
     return ref_model.eval(), model.eval(), "structural match (proven)"
 
 
-def _input(variant: VariantSpec, audio: LabelledAudio, cache: dict[int, torch.Tensor],
-           quick: bool) -> torch.Tensor:
+class _Clips:
+    """The corpus at one variant's input, a batch at a time (a team's corpus may not fit in memory)."""
+
+    def __init__(self, files: Sequence[str], contract: InputContract, length: int) -> None:
+        self.files, self.contract, self.length = files, contract, length
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.files), DECISION_BATCH):
+            chunk = self.files[start:start + DECISION_BATCH]
+            clips = torch.from_numpy(np.stack([load_clip(f, self.length) for f in chunk]))
+            yield clips.reshape(self.contract.batch_shape(len(chunk), self.length))
+
+
+def _clips(variant: VariantSpec, audio: LabelledAudio, quick: bool) -> _Clips:
     """Every clip at the variant's scoring length (its declared one under --quick), in its layout."""
     contract = scoring_contract(variant)
     length = variant.input_contract().length if quick else contract.length
-    length = max(length, contract.min_length)
-    if length not in cache:
-        cache[length] = torch.from_numpy(np.stack([load_clip(f, length) for f in audio.files]))
-    return cache[length].reshape(contract.batch_shape(len(audio.files), length))
+    return _Clips(audio.files, contract, max(length, contract.min_length))
 
 
 def _oriented(output: object, variant: VariantSpec) -> np.ndarray:
@@ -142,19 +156,25 @@ def _oriented(output: object, variant: VariantSpec) -> np.ndarray:
 
 
 def _row(a: str, b: str, kind: str, how: str, model_a: Callable, model_b: Callable, spec_a: VariantSpec,
-         spec_b: VariantSpec, x: torch.Tensor, audio: LabelledAudio) -> dict:
+         spec_b: VariantSpec, x: _Clips, audio: LabelledAudio) -> dict:
+    parts_a, parts_b = [], []
     with torch.no_grad():
-        scores_a, scores_b = _oriented(model_a(x), spec_a), _oriented(model_b(x), spec_b)
-    return _flips_row(a, b, kind, how, scores_a, scores_b, audio)
+        for batch in x:
+            parts_a.append(_oriented(model_a(batch), spec_a))
+            parts_b.append(_oriented(model_b(batch), spec_b))
+    return _flips_row(a, b, kind, how, np.concatenate(parts_a), np.concatenate(parts_b), audio)
 
 
-def _form_row(name: str, form: str, model: nn.Module, variant: VariantSpec, x: torch.Tensor,
+def _form_row(name: str, form: str, model: nn.Module, variant: VariantSpec, x: _Clips,
               audio: LabelledAudio, compile_backend: str) -> dict:
+    eager, formed, ran = [], [], form
     with torch.no_grad():
-        eager = _oriented(model(x), variant)
-        output, ran = DEPLOYMENT_FORMS[form].run(model, x, compile_backend)
-    return _flips_row(name, f"{name} ({ran or form})", "form", form, eager,
-                      _oriented(output.float().cpu(), variant), audio)
+        for batch in x:
+            eager.append(_oriented(model(batch), variant))
+            output, ran = DEPLOYMENT_FORMS[form].run(model, batch, compile_backend)
+            formed.append(_oriented(output.float().cpu(), variant))
+    return _flips_row(name, f"{name} ({ran or form})", "form", form, np.concatenate(eager),
+                      np.concatenate(formed), audio)
 
 
 def _flips_row(a: str, b: str, kind: str, how: str, scores_a: np.ndarray, scores_b: np.ndarray,
@@ -171,4 +191,5 @@ def _flips_row(a: str, b: str, kind: str, how: str, scores_a: np.ndarray, scores
             "flips": flips["flips"], "bonafide_to_spoof": flips["bonafide_to_spoof"],
             "spoof_to_bonafide": flips["spoof_to_bonafide"],
             "max_abs_score_diff": flips["max_abs_score_diff"],
-            "eer_a": float(eer_a), "eer_b": float(eer_b), "flipped": flipped}
+            "eer_a": float(eer_a), "eer_b": float(eer_b), "flipped": flipped,
+            "margin": float(np.min(np.abs(scores_a - threshold)))}

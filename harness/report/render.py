@@ -150,18 +150,20 @@ def _decisions_table(report: dict) -> Table:
     decisions = report["decisions"]
     rows = tuple((r["a"], r["b"], r["kind"], r["how"], f"{r['threshold']:.4g}",
                   f"{r['flips']} of {r['n']}", f"{r['bonafide_to_spoof']} / {r['spoof_to_bonafide']}",
-                  _diff(r["max_abs_score_diff"]), f"{100 * r['eer_a']:.1f} % / {100 * r['eer_b']:.1f} %",
+                  _diff(r["max_abs_score_diff"]), _diff(r["margin"]),
+                  f"{100 * r['eer_a']:.1f} % / {100 * r['eer_b']:.1f} %",
                   first_few(r["flipped"]))
                  for r in decisions["rows"])
     quick = " --quick: every clip cut to the variant's declared input length." if decisions["quick"] else ""
     intro = (f"On {decisions['corpus']}: {decisions['n_bonafide']} bona fide, {decisions['n_spoof']} spoof. "
              "Each variant next to its reference holding the same weights, each deployment form next to "
-             "its eager form; decisions at the first one's EER threshold on this corpus (seeded random "
-             "weights: the EERs mean nothing, a flip is still a changed decision; `python -m harness "
-             f"evaluate --checkpoint` judges a trained model).{quick}")
+             "its eager form; decisions at the first one's EER threshold on this corpus. Seeded random "
+             "weights: the EERs mean nothing and the scores crowd the threshold, so a decision flips "
+             "wherever b moves a score further than a's 'margin' (its nearest score to the threshold); "
+             f"`python -m harness evaluate --checkpoint` judges a trained model.{quick}")
     return Table("Decisions", (intro,),
                  ("a", "b", "kind", "b's weights / form", "threshold", "flips", "bona fide->spoof / "
-                  "spoof->bona fide", "max abs score diff", "EER a / b", "flipped files"), rows,
+                  "spoof->bona fide", "max abs score diff", "margin", "EER a / b", "flipped files"), rows,
                  tuple(f"not run: {item}" for item in decisions["not_run"]))
 
 

@@ -90,6 +90,7 @@ REPORT_SCHEMA: dict = {
                 "spoof_to_bonafide": {"type": "integer", "minimum": 0},
                 "max_abs_score_diff": {"type": "number", "minimum": 0},
                 "eer_a": {"type": "number"}, "eer_b": {"type": "number"}, "flipped": _STRINGS,
+                "margin": {"type": "number", "minimum": 0},
             })},
         }),
         "timing": _object({
