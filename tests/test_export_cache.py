@@ -32,7 +32,7 @@ from harness.core.export_cache import (
     open_cache,
     state_dict_sha256,
 )
-from harness.core.onnx import onnx_missing
+from harness.core.onnx import export_onnx, onnx_missing
 
 AUDIO = Path(__file__).parent / "data" / "audio"
 FILES = [str(AUDIO / "hello.wav"), str(AUDIO / "numbers.wav")]
@@ -330,6 +330,25 @@ def test_bytes_onnx_runtime_cannot_load_are_exported_again(cache_dir: Path, expo
     ExportCache(cache_dir).put(key, b"not an onnx graph", json.loads(header)["parts"])
     code, _, err = score(capsys)
     assert code == 0 and len(exports) == 2 and "does not load in ONNX Runtime" in err
+
+
+@needs_onnx
+def test_a_cached_export_unlike_eager_is_evicted(cache_dir: Path, exports: list[int], capsys):
+    """An entry whose graph is another model's (a change its key cannot see) fails score's first-batch
+    check: the run is refused as without a cache, and the entry is gone for the next run."""
+    score(capsys)
+    (entry,) = cache_dir.glob(f"*{ENTRY_SUFFIX}")
+    key, header = entry.name.removesuffix(ENTRY_SUFFIX), entry.read_bytes().partition(b"\n")[0]
+    other = TinyDetector()
+    with torch.no_grad():
+        other.head.bias.fill_(3.0)
+    example = torch.randn(2, 1, 16000)
+    graph = export_onnx(other, example, [example]).onnx_bytes
+    ExportCache(cache_dir).put(key, graph, json.loads(header)["parts"])
+    code, out, err = score(capsys)
+    assert code == 2 and out == "" and "differs from eager" in err and "deleted" in err
+    assert not entry.exists()
+    assert score(capsys)[0] == 0 and len(exports) == 2
 
 
 @needs_onnx

@@ -258,6 +258,10 @@ class ExportCache:
         self._remove_stale_temps()
         return True
 
+    def evict(self, key: str, why: str) -> None:
+        """Delete ``key``'s entry, good as it looked: what was made from it failed a later check."""
+        self._discard(self.path(key), None, why)
+
     def _discard(self, path: Path, seen: os.stat_result | None, problem: str) -> None:
         """Delete the bad entry at ``path`` (only the file that was read: one a writer renamed in
         meanwhile stays) and say so in one line."""

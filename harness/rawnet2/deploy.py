@@ -87,6 +87,10 @@ class _Unavailable(Exception):
     """A deployment form that cannot run for this model or machine; the message says why."""
 
 
+# What the description of the ONNX Runtime form says when its export came from the cache.
+CACHED_EXPORT = "cached export"
+
+
 def factory_name(target: VariantSpec) -> str:
     """The spec's factory as ``"module:qualname"`` (as registered when it is a string)."""
     factory = target.factory
@@ -142,7 +146,7 @@ def _onnxruntime_form(model: torch.nn.Module, target: VariantSpec, device: str, 
     if key is not None and (cached := cache.get(key)) is not None:
         try:
             # Verified against eager when it was stored; score verifies the first batch again.
-            return OnnxRuntimeSession(cached), ran.format(how="cached export, verified when made")
+            return OnnxRuntimeSession(cached), ran.format(how=f"{CACHED_EXPORT}, verified when made")
         except Exception as exc:  # noqa: BLE001 - onnxruntime's failure types: rebuilt, the entry replaced
             print(f"warning: export cache entry {key[:12]}... does not load in ONNX Runtime "
                   f"({error_line(exc)}): exporting again", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -29,13 +30,13 @@ import torch.nn as nn
 
 from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError, error_line
-from harness.core.export_cache import ExportCache, open_cache
+from harness.core.export_cache import ExportCache, cache_key, open_cache
 from harness.core.fileio import check_not_read, check_regular_input
 from harness.core.loading import parse_kwargs
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, Tolerance, all_close, max_abs_diff
 from harness.rawnet2.audio import NUM_SAMPLES, SAMPLE_RATE
 from harness.rawnet2.checkpoints import get_audio_model
-from harness.rawnet2.deploy import factory_name, weights_identity
+from harness.rawnet2.deploy import CACHED_EXPORT, export_cache_parts, factory_name, weights_identity
 from harness.rawnet2.registry import VariantSpec, in_family, resolve
 from harness.rawnet2.scorelog import ScoreLog, fingerprint
 from harness.rawnet2.scoring import (
@@ -180,13 +181,15 @@ def form_tolerance(built: object, ran: str) -> tuple[str, Tolerance] | None:
 
 class VerifiedForm:
     """A deployment form that scores only after matching eager on the run's first batch, as it is
-    and scaled to ``LOUD_PEAK``. On a difference: ``fallback`` (``--form auto``) scores with eager
-    from then on, saying why through ``say``; else the run is refused naming the difference."""
+    and scaled to ``LOUD_PEAK``. On a difference: ``forget()`` (a form made from a cached export
+    evicts the entry), then ``fallback`` (``--form auto``) scores with eager from then on, saying
+    why through ``say``; else the run is refused naming the difference."""
 
     def __init__(self, form: Callable[[torch.Tensor], object], eager: nn.Module, *, name: str,
-                 tolerance: tuple[str, Tolerance], fallback: bool, say: Callable[[str], None]) -> None:
+                 tolerance: tuple[str, Tolerance], fallback: bool, say: Callable[[str], None],
+                 forget: Callable[[], None] | None = None) -> None:
         self.form, self.eager, self.name, self.tolerance = form, eager, name, tolerance
-        self.fallback, self.say = fallback, say
+        self.fallback, self.say, self.forget = fallback, say, forget
         self.current: Callable[[torch.Tensor], object] | None = None
 
     def __call__(self, x: torch.Tensor) -> object:
@@ -225,6 +228,8 @@ class VerifiedForm:
                 f"rtol={tol.rtol:g}, atol={tol.atol:g})")
 
     def _fall_back_or_refuse(self, message: str) -> None:
+        if self.forget is not None:
+            self.forget()
         if not self.fallback:
             raise HarnessError(f"--form {self.name.split()[0]}: {message}; --form eager scores with the "
                                "model itself")
@@ -254,7 +259,13 @@ def scoring_model(eager: nn.Module, target: VariantSpec, form: str, device: str,
     tolerance = form_tolerance(built, ran)
     if tolerance is None:
         return built, ran
-    return VerifiedForm(built, eager, name=ran, tolerance=tolerance, fallback=form == "auto", say=say), ran
+    forget = None
+    if cache is not None and CACHED_EXPORT in ran:  # a stale entry is deleted: the next run exports afresh
+        identity = weights if weights is not None else weights_identity(eager)
+        key = cache_key(export_cache_parts(target, identity))
+        forget = functools.partial(cache.evict, key, "differs from eager on the run's first batch")
+    return VerifiedForm(built, eager, name=ran, tolerance=tolerance, fallback=form == "auto", say=say,
+                        forget=forget), ran
 
 
 # --- the command --------------------------------------------------------------------------------------
