@@ -107,10 +107,12 @@ def _weighted_models(specs: Sequence[VariantSpec], plan: ScoringPlan,
         with torch.random.fork_rng():
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model = _built(first)
-        if first.weights is None:
+        if first.weights is None and any(True for _ in model.parameters()):
             say(f"warning: no --checkpoint: {first.name} has random weights (seed {RANDOM_WEIGHTS_SEED}) "
                 "and every other variant a copy of them; the metrics mean nothing, the flips still count")
             origin = f"random weights (seed {RANDOM_WEIGHTS_SEED})"
+        elif first.weights is None:
+            origin = "no weights (a model without parameters)"
         else:
             origin = f"its registered weights {first.weights_path}"
         models = [(_runnable(model, first).eval(), origin)]
