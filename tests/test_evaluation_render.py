@@ -33,7 +33,7 @@ from harness.report.evaluation_render import (
     markdown_text,
     render_evaluation,
 )
-from harness.report.evaluation_schema import EVALUATION_SCHEMA, validate_evaluation
+from harness.report.evaluation_schema import EVALUATION_SCHEMA, JSONSCHEMA_ITEMS, validate_evaluation
 
 HOSTILE = "<script>x</script>|a`b"
 NEWLINE = "two\nlines | `x`"
@@ -158,6 +158,16 @@ def test_wrong_types_and_values_are_refused_by_path(path: tuple, value: object, 
     if not (isinstance(value, float) and math.isnan(value)):  # jsonschema reads NaN as a number
         with pytest.raises(jsonschema.ValidationError):
             SCHEMA.validate(doc)
+
+
+def test_every_item_of_a_long_list_is_checked() -> None:
+    doc = _document()
+    n = JSONSCHEMA_ITEMS + 5  # past what jsonschema is shown: the walk reads every item
+    doc["pairs"][0].update(files=_flips(n), flips=n, bonafide_to_spoof=n, spoof_to_bonafide=0)
+    validate_evaluation(doc)
+    doc["pairs"][0]["files"][-1]["a"] = "0.5"
+    with pytest.raises(HarnessError, match=re.escape(f"$.pairs[0].files[{n - 1}].a: expected number")):
+        validate_evaluation(doc)
 
 
 def _dangling_reference(doc: dict) -> None:

@@ -87,10 +87,16 @@ EVALUATION_SCHEMA: dict = {
 }
 
 
+# jsonschema reads this many items of each list (~60 us an item: 600,000 flipped files would take
+# half a minute); the structural walk reads them all.
+JSONSCHEMA_ITEMS = 1000
+
+
 def validate_evaluation(doc: object) -> None:
     """Raise ``HarnessError`` (one line: the JSON path and what was expected) unless ``doc`` is an
     evaluation document every renderer can render."""
-    problem = _walk(doc, EVALUATION_SCHEMA, "$")
+    found = _walk(doc, EVALUATION_SCHEMA)
+    problem = None if found is None else f"{_path(found[0])}: {found[1]}"
     if problem is None:
         problem = _jsonschema_problem(doc)
     if problem is None:
@@ -115,65 +121,97 @@ def _shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _is_type(value: object, name: str) -> bool:
-    if name == "null":
-        return value is None
-    if name == "boolean":
-        return isinstance(value, bool)
-    if name == "integer":
-        return (isinstance(value, int) and not isinstance(value, bool)) or \
-            (isinstance(value, float) and value.is_integer())
-    if name == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, {"string": str, "array": list, "object": dict}[name])
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _walk(value: object, schema: dict, path: str) -> str | None:
+def _is_integer(value: object) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or \
+        (isinstance(value, float) and value.is_integer())
+
+
+_TYPE_TESTS = {"null": lambda v: v is None, "boolean": lambda v: isinstance(v, bool),
+               "integer": _is_integer, "number": _is_number, "string": lambda v: isinstance(v, str),
+               "array": lambda v: isinstance(v, list), "object": lambda v: isinstance(v, dict)}
+
+@functools.cache
+def _type_tests(types: str | tuple) -> tuple:
+    return tuple(_TYPE_TESTS[t] for t in ([types] if isinstance(types, str) else types))
+
+
+# A problem found by the walk: the path to it (innermost part first: built only on failure, so a
+# document of 600,000 flipped files walks in about a second) and what was wrong there.
+_Problem = tuple[list, str]
+
+
+def _walk(value: object, schema: dict) -> _Problem | None:
     """The first way ``value`` breaks ``schema`` (the keywords EVALUATION_SCHEMA uses), or None."""
     types = schema.get("type")
     if types is not None:
-        types = [types] if isinstance(types, str) else types
-        if not any(_is_type(value, t) for t in types):
-            return f"{path}: expected {' or '.join(types)}, got {_shown(value)}"
+        for test in _type_tests(types if isinstance(types, str) else tuple(types)):
+            if test(value):
+                break
+        else:
+            types = [types] if isinstance(types, str) else types
+            return [], f"expected {' or '.join(types)}, got {_shown(value)}"
         if value is None:
             return None
-    if "const" in schema and value != schema["const"]:
-        return f"{path}: expected {_shown(schema['const'])}, got {_shown(value)}"
-    if "enum" in schema and value not in schema["enum"]:
-        return f"{path}: expected one of {', '.join(map(_shown, schema['enum']))}, got {_shown(value)}"
     if isinstance(value, float) and not math.isfinite(value):
-        return f"{path}: expected a finite number, got {value}"  # JSON holds no NaN or Infinity
-    if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
-        return f"{path}: expected >= {schema['minimum']}, got {_shown(value)}"
-    if "maximum" in schema and isinstance(value, (int, float)) and value > schema["maximum"]:
-        return f"{path}: expected <= {schema['maximum']}, got {_shown(value)}"
-    if "minLength" in schema and isinstance(value, str) and len(value) < schema["minLength"]:
-        return f"{path}: expected a non-empty string"
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            return f"{path}: expected at least {schema['minItems']} items, got {len(value)}"
+        return [], f"expected a finite number, got {value}"  # JSON holds no NaN or Infinity
+    if len(schema) > 1 or "type" not in schema:
+        problem = _value_problem(value, schema)
+        if problem is not None:
+            return [], problem
+    if isinstance(value, list) and "items" in schema:
+        items = schema["items"]
         for i, item in enumerate(value):
-            if "items" in schema and (problem := _walk(item, schema["items"], f"{path}[{i}]")):
-                return problem
-    if isinstance(value, dict):
-        return _walk_object(value, schema, path)
+            if (found := _walk(item, items)) is not None:
+                found[0].append(i)
+                return found
+    elif isinstance(value, dict):
+        return _walk_object(value, schema)
     return None
 
 
-def _walk_object(value: dict, schema: dict, path: str) -> str | None:
-    if len(value) < schema.get("minProperties", 0):
-        return f"{path}: expected at least {schema['minProperties']} entries, got {len(value)}"
+def _value_problem(value: object, schema: dict) -> str | None:
+    if "const" in schema and value != schema["const"]:
+        return f"expected {_shown(schema['const'])}, got {_shown(value)}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"expected one of {', '.join(map(_shown, schema['enum']))}, got {_shown(value)}"
+    if "minimum" in schema and _is_number(value) and value < schema["minimum"]:
+        return f"expected >= {schema['minimum']}, got {_shown(value)}"
+    if "maximum" in schema and _is_number(value) and value > schema["maximum"]:
+        return f"expected <= {schema['maximum']}, got {_shown(value)}"
+    if "minLength" in schema and isinstance(value, str) and len(value) < schema["minLength"]:
+        return "expected a non-empty string"
+    if "minItems" in schema and isinstance(value, list) and len(value) < schema["minItems"]:
+        return f"expected at least {schema['minItems']} items, got {len(value)}"
+    if "minProperties" in schema and isinstance(value, dict) and len(value) < schema["minProperties"]:
+        return f"expected at least {schema['minProperties']} entries, got {len(value)}"
+    return None
+
+
+def _walk_object(value: dict, schema: dict) -> _Problem | None:
     for key in schema.get("required", ()):
         if key not in value:
-            return f"{_key(path, key)}: missing (required)"
-    properties = schema.get("properties", {})
+            return [key], "missing (required)"
+    properties, others = schema.get("properties", {}), schema.get("additionalProperties")
     for key, item in value.items():
         if not isinstance(key, str):
-            return f"{path}: expected string keys, got {_shown(key)}"
-        sub = properties.get(key, schema.get("additionalProperties"))
-        if isinstance(sub, dict) and (problem := _walk(item, sub, _key(path, key))):
-            return problem
+            return [], f"expected string keys, got {_shown(key)}"
+        sub = properties.get(key, others)
+        if sub is not None and (found := _walk(item, sub)) is not None:
+            found[0].append(key)
+            return found
     return None
+
+
+def _path(parts: list) -> str:
+    """``$.systems["a b"].det.pfa[2]`` from the walk's parts (innermost first)."""
+    path = "$"
+    for part in reversed(parts):
+        path = f"{path}[{part}]" if isinstance(part, int) else _key(path, part)
+    return path
 
 
 @functools.cache
@@ -183,6 +221,16 @@ def _jsonschema_validator() -> object:
     return jsonschema.Draft202012Validator(EVALUATION_SCHEMA)
 
 
+def _trimmed(value: object) -> object:
+    """``value`` with every list cut to its first ``JSONSCHEMA_ITEMS`` items: jsonschema's second
+    opinion on the shape at a bounded cost (the walk has checked every item)."""
+    if isinstance(value, list):
+        return [_trimmed(item) for item in value[:JSONSCHEMA_ITEMS]]
+    if isinstance(value, dict):
+        return {key: _trimmed(item) for key, item in value.items()}
+    return value
+
+
 def _jsonschema_problem(doc: object) -> str | None:
     """jsonschema's verdict on the same schema (the test extra installs it): anything the walk's
     subset of keywords would miss."""
@@ -190,12 +238,10 @@ def _jsonschema_problem(doc: object) -> str | None:
         import jsonschema
     except ImportError:
         return None
-    error = jsonschema.exceptions.best_match(_jsonschema_validator().iter_errors(doc))
+    error = jsonschema.exceptions.best_match(_jsonschema_validator().iter_errors(_trimmed(doc)))
     if error is None:
         return None
-    path = "$"
-    for part in error.absolute_path:
-        path = f"{path}[{part}]" if isinstance(part, int) else _key(path, str(part))
+    path = _path([p if isinstance(p, int) else str(p) for p in reversed(error.absolute_path)])
     message = error.message.splitlines()[0] if error.message else "invalid"
     return f"{path}: {message if len(message) <= 120 else message[:117] + '...'}"
 
