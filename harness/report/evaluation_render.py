@@ -127,12 +127,6 @@ def _flip_tables(doc: dict) -> list[Table]:
     return tables
 
 
-def evaluation_tables(doc: dict) -> list[Table]:
-    """The document's sections in reading order, as tables of strings (unescaped); the flipped
-    files of each pair follow its "Decision flips" table."""
-    return [_systems_table(doc), _attack_table(doc), _pairs_table(doc), *_flip_tables(doc)]
-
-
 # --------------------------------------------------------------------------- Markdown
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&#!])")
@@ -142,7 +136,7 @@ def markdown_text(text: str) -> str:
     """``text`` shown as itself in Markdown, table cells included: Markdown's metacharacters
     backslash-escaped (a pipe would end the cell, a backtick open code, ``<`` start HTML) and line
     breaks as spaces (a newline would end the row)."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", re.sub(r"[\r\n\t\x00-\x1f\x7f]+", " ", str(text)))
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", re.sub(r"[\x00-\x1f\x7f]+", " ", str(text)))
 
 
 def _markdown_table(table: Table, level: str = "##") -> list[str]:
