@@ -58,6 +58,18 @@ def registered() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def session_export_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("export-cache"))
+
+
+@pytest.fixture(autouse=True)
+def export_cache_dir(session_export_cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test writes to the user's export cache (harness.core.export_cache): the session has its own,
+    shared by its tests (an export verified once serves them all); a test of the cache sets its own."""
+    monkeypatch.setenv("RAWNET2_HARNESS_CACHE_DIR", session_export_cache)
+
+
+@pytest.fixture(scope="session")
 def fixture_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     """The labelled fixture corpus (``harness.rawnet2.corpus``), built once per run: read it, never
     write into it."""
