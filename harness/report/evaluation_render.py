@@ -62,7 +62,7 @@ def _context_lines(doc: dict) -> list[str]:
         asv = tdcf["asv"]
         keys = ("pfa", "pmiss", "pmiss_spoof", "pfa_spoof")
         rates = ", ".join(f"{key} {_percent(asv[key])} %" for key in keys)
-        lines.append(f"min t-DCF: {tdcf['name']} (definition {tdcf['definition']}), ASV scores "
+        lines.append(f"min t-DCF: the {tdcf['name']}, --tdcf {tdcf['definition']}; ASV scores "
                      f"{tdcf['asv_scores'] or '(unnamed)'}: ASV EER {_percent(asv['eer'])} % at its "
                      f"threshold {_score(asv['threshold'])}; there {rates}.")
     return lines
