@@ -7,8 +7,9 @@ the process, with ``sys.exit(0)`` even ending it *successfully*, so a CI gate wo
 crashed audit as a pass. ``call_user_code`` turns those into a ``UserCodeExit``: a
 ``HarnessError`` with exit code 2 (a usage error, never findings, never a pass).
 
-* ``load_attr("MODULE:ATTR")``: import and return the attribute; ``load_factory`` also
-  requires it to be callable.
+* ``load_attr("MODULE:ATTR", base=DIR)``: import and return the attribute (``DIR``, a
+  registry file's directory, put on ``sys.path`` first); ``load_factory`` also requires it
+  to be callable.
 * ``call_user_code(fn, *args, what=..., **kwargs)``: ``fn(*args, **kwargs)`` with the
   guard above.
 * ``parse_kwargs(text)``: a JSON object given inline or as ``@FILE``.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,11 +61,17 @@ def call_user_code(fn: Callable[..., T], *args: Any, what: str, **kwargs: Any) -
         raise exit_error(exc, what) from exc
 
 
-def load_attr(target: str) -> Any:
-    """Import ``MODULE:ATTR`` and return the attribute (dotted ``ATTR`` walks into it)."""
+def load_attr(target: str, *, base: str | Path | None = None) -> Any:
+    """Import ``MODULE:ATTR`` and return the attribute (dotted ``ATTR`` walks into it).
+
+    ``base`` (a team registry file's directory) goes first on ``sys.path``, unless already
+    there, so that the modules beside that file import.
+    """
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
         raise HarnessError(f"expected MODULE:ATTR (e.g. fixed.skip_modules:RawNet2), got {target!r}")
+    if base is not None and str(base) not in sys.path:
+        sys.path.insert(0, str(base))
     try:
         module = call_user_code(importlib.import_module, module_name, what=f"importing {module_name!r}")
     except UserCodeExit:
@@ -85,9 +93,9 @@ def load_attr(target: str) -> Any:
     return obj
 
 
-def load_factory(target: str) -> Callable[..., Any]:
-    """``load_attr(target)``, which must be callable (a class or a function building the model)."""
-    factory = load_attr(target)
+def load_factory(target: str, *, base: str | Path | None = None) -> Callable[..., Any]:
+    """``load_attr(target, base=base)``, which must be callable (a class or a function building the model)."""
+    factory = load_attr(target, base=base)
     if not callable(factory):
         raise HarnessError(f"{target} is a {type(factory).__name__}, not a callable factory")
     return factory
