@@ -150,6 +150,19 @@ def test_nothing_is_left_in_the_temporary_directory(tmp_path: Path, monkeypatch:
     assert os.listdir(tmp_path) == []
 
 
+def test_the_tool_is_quiet_and_leaves_logging_as_it_was(capfd: pytest.CaptureFixture[str]):
+    """Entropy calibration prints its progress and the tool logs notes through the root logger: a
+    command's stdout must hold its own output only."""
+    import logging
+
+    root = logging.getLogger()
+    before = root.level
+    quantize_int8(tiny()[1], calibration_batches(_clips(2, seed=6), 2),
+                  settings={**INT8_SETTINGS, "calibrate_method": "Entropy"})
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "") and root.level == before
+
+
 def _refusal(onnx_bytes: bytes, calibration: list, **kwargs) -> str:
     with pytest.raises(HarnessError) as caught:
         quantize_int8(onnx_bytes, calibration, **kwargs)

@@ -13,9 +13,13 @@ not by a float tolerance. onnx and onnxruntime are the optional ``[onnx]`` extra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -26,10 +30,11 @@ from harness.core.errors import HarnessError, error_line
 # into int8 kernels) is the format ONNX Runtime recommends for CPUs; per-channel int8 weights
 # keep each conv filter's own scale (one scale per tensor loses the small filters); uint8
 # activations with int8 weights is the U8S8 pairing ONNX Runtime's x86 kernels are fastest on.
-# MinMax calibration: on RawNet2 with 8 clips it was as close to eager as Percentile and
-# Entropy and calibrates several times faster (harness.core.quantize docs; measured in
-# tests/benchmarks/test_onnxruntime_forms.py). reduce_range (7-bit weights) only matters on
-# x86 CPUs without VNNI, where U8S8 products can saturate; off, as ONNX Runtime defaults it.
+# MinMax calibration: on skip_modules (seeded random weights, the 8 bundled clips) Entropy gave
+# the same held-out max abs diff (1.4e-4) with 1.4x the calibration time, Distribution 9.7e-5 with
+# 1.5x, and Percentile fails on that graph (its histogram: "Too many bins for data range").
+# reduce_range (7-bit weights) only matters on x86 CPUs without VNNI, where U8S8 products can
+# saturate; off, as ONNX Runtime defaults it.
 # float_head: the last weighted op before each graph output (the classifier's Gemm) and every
 # op after it (sigmoid, softmax) stay float32. Quantized, the output is clamped to the range
 # the calibration clips produced and rounded to 256 levels: on RawNet2 with random weights
@@ -216,9 +221,28 @@ def _checked_batch(batch: object, index: int) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+@contextlib.contextmanager
+def _tool_quiet() -> Iterator[None]:
+    """The quantization tool talks while it works: notes through the root logger
+    (``logging.warning``: e.g. a BatchNormalization scale quantized per tensor where per
+    channel was asked), progress printed to stdout by the histogram calibrators, numpy
+    warnings from their statistics. A failure still raises. Quiet while it runs, so that a
+    command's stdout holds its own output only (``score`` may write JSON Lines there)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def _run_tool(what: str, tool, *args: object) -> None:
     try:
-        tool(*args)
+        with _tool_quiet():
+            tool(*args)
     except HarnessError:
         raise
     except Exception as exc:  # noqa: BLE001 - the quantization tool's many failure types: one line
