@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 from harness import HarnessError, build, get_audio_model, legacy_effective
 from harness.__main__ import main
@@ -36,6 +37,7 @@ from harness.rawnet2.registry import (
 )
 from harness.report import verdict
 from harness.report.build import QUICK, _departures, _reference_rows
+from tests.helpers import restored_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,6 +205,35 @@ def test_register_refuses_a_taken_name_unless_replaced():
         register("skip_modules", "fixed.basic_blocks:RawNet2")
     with pytest.raises(HarnessError, match="built in and cannot be unregistered"):
         unregister("skip_modules")
+
+
+def _pooling_model(*example_shape: int) -> type[nn.Module]:
+    """A model class whose forward takes only ``[B, *example_shape[:-1], T]``; every class this
+    returns has the same repr, so only the registry can tell a redefined variant's apart."""
+
+    class Pooling(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.dim() != len(example_shape) + 1:
+                raise ValueError(f"expected [B, {len(example_shape)} axes], got {list(x.shape)}")
+            return torch.sigmoid(self.fc(x.reshape(len(x), -1).mean(dim=1, keepdim=True)))
+
+    return Pooling
+
+
+@pytest.mark.parametrize("redefine", ["unregister", "replace"])
+def test_a_redefined_variant_gets_its_own_input_contract_not_a_cached_one(redefine: str):
+    first, second = _pooling_model(1, 16_000), _pooling_model(16_000)
+    assert repr(first) == repr(second)  # what the cached contracts are keyed by cannot tell them apart
+    with restored_registry():
+        assert register("reshaped", first).input_contract().shape == (1, 16_000)
+        if redefine == "unregister":
+            unregister("reshaped")
+        register("reshaped", second, replace=redefine == "replace")
+        assert spec("reshaped").input_contract().shape == (16_000,)
 
 
 def test_pyproject_errors_are_one_line_naming_file_and_table(tmp_path):

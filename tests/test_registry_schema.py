@@ -7,6 +7,7 @@ nothing registered.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError
-from harness.rawnet2.registry import MAX_REGISTRY_BYTES, SUBJECTS, load_registry_file
+from harness.rawnet2.registry import MAX_REGISTRY_BYTES, SPEC_KEYS, SUBJECTS, VariantSpec, load_registry_file
 from tests.helpers import restored_registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,23 @@ def test_a_bad_registry_is_one_line_naming_file_and_table_and_registers_nothing(
         load_registry_file(path)
     assert "\n" not in str(caught.value) and str(path.resolve().parent) in str(caught.value)
     assert dict(SUBJECTS) == before
+
+
+@pytest.mark.parametrize("key", SPEC_KEYS)
+def test_every_key_a_table_may_hold_is_type_checked_naming_what_it_must_be(registry, key: str):
+    # A TOML date is no key's type: each key must refuse it with its own wording, so a field added
+    # to VariantSpec is either given a TOML type and wording or kept out of the tables.
+    factory = "" if key == "factory" else "factory = 'fixed.skip_modules:RawNet2'\n"
+    path = registry(f"[tool.rawnet2-harness.variants.x]\n{factory}{key} = 1979-05-27\n")
+    refusal = rf"variants\.x\]: {key} must be .+, got date datetime\.date\(1979, 5, 27\)$"
+    with pytest.raises(HarnessError, match=refusal):
+        load_registry_file(path)
+
+
+def test_a_tables_keys_are_spec_fields_never_its_name_or_origin():
+    fields = [f.name for f in dataclasses.fields(VariantSpec)]
+    assert list(SPEC_KEYS) == [f for f in fields if f in SPEC_KEYS]  # in the dataclass's order
+    assert {"name", "origin"}.isdisjoint(SPEC_KEYS)  # the table's own name and the file's path
 
 
 def test_references_may_come_in_any_order(registry):
