@@ -1,8 +1,8 @@
 """rawnet2-harness: regression and equivalence harness for the RawNet2 variants, and any model
 a team registers (``harness.register`` or ``[tool.rawnet2-harness.variants.NAME]``).
 
-The registry is imported eagerly; the heavier tools are loaded on first use so that
-``import harness`` stays cheap.
+Every public name is loaded on first use, so that ``import harness`` (and ``python -m harness
+score`` with a cached export) costs no ``import torch``.
 """
 
 from __future__ import annotations
@@ -10,10 +10,14 @@ from __future__ import annotations
 import importlib
 
 from harness.core.errors import HarnessError
-from harness.rawnet2.registry import SUBJECTS, VARIANT_INFO, VARIANTS, build, legacy_effective
 
 # public name -> module that defines it
 _LAZY = {
+    "SUBJECTS": "harness.rawnet2.registry",
+    "VARIANT_INFO": "harness.rawnet2.registry",
+    "VARIANTS": "harness.rawnet2.registry",
+    "build": "harness.rawnet2.registry",
+    "legacy_effective": "harness.rawnet2.registry",
     "audit": "harness.rawnet2.audits",
     "validate_input": "harness.rawnet2.inputs",
     "convert_state_dict": "harness.rawnet2.checkpoints",
@@ -30,15 +34,7 @@ _LAZY = {
     "seed_weights": "harness.rawnet2.equivalence",
 }
 
-__all__ = [
-    "HarnessError",
-    "SUBJECTS",
-    "VARIANT_INFO",
-    "VARIANTS",
-    "build",
-    "legacy_effective",
-    *_LAZY,
-]
+__all__ = ["HarnessError", *_LAZY]
 
 
 def __getattr__(name: str):

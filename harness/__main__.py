@@ -318,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module_name, func_name = _HANDLERS[args.command].split(":")
     try:
+        if args.command == "score":  # a warm export cache scores without torch, the registry or the model
+            from harness.rawnet2.score_cached import score_from_cache
+
+            if (code := score_from_cache(args)) is not None:
+                return code
         from harness.rawnet2.registry import load_project_registry
 
         load_project_registry(args.registry)

@@ -280,8 +280,13 @@ def test_an_unusable_default_location_only_costs_the_cache(monkeypatch: pytest.M
 
 @pytest.fixture
 def exports(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the exports ``score`` makes (one entry per call of export_onnx)."""
-    from harness.rawnet2 import deploy
+    """Counts the exports ``score`` makes (one entry per call of export_onnx). These runs take the
+    model path every time: no request record is left, none is read (tests/test_score_cached.py
+    covers the run without torch)."""
+    from harness.rawnet2 import deploy, score_cached, score_command
+
+    monkeypatch.setattr(score_cached, "score_from_cache", lambda args: None)
+    monkeypatch.setattr(score_command, "remember", lambda *args, **kwargs: None)
 
     calls: list[int] = []
     real = deploy.export_onnx

@@ -18,10 +18,14 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
 from harness.core.errors import HarnessError
+
+if TYPE_CHECKING:  # torch loads on use: score with a cached export runs without it
+    import torch
 
 SCORE_KINDS = ("probability", "sigmoid", "softmax", "log_softmax")
 SCORE_MEANINGS = ("spoof", "bonafide")
@@ -59,11 +63,14 @@ class InputContract:
         return (batch, *self.shape[:-1], self.length if length is None else length)
 
     def example(self, batch: int = 2, length: int | None = None, *, seed: int = 0,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A seeded standard-normal batch (CPU Mersenne twister: the same on every platform)."""
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A seeded standard-normal batch (CPU Mersenne twister: the same on every platform), float32
+        unless ``dtype`` says otherwise."""
+        import torch
+
         shape = self.batch_shape(batch, length)
         check_size(shape)
-        return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype or torch.float32)
 
     def fits(self, shape: tuple[int, ...]) -> str | None:
         """Why ``shape`` (batch first) is not an input of this contract, or None."""
@@ -88,6 +95,8 @@ def probe_min_length(forward: Callable[[torch.Tensor], object], contract: InputC
                      batch: int = 2) -> int | None:
     """The shortest last axis (up to the declared length) at which ``forward`` runs, by bisection;
     None when it does not run even at the declared length. ``forward`` runs under no_grad."""
+
+    import torch
 
     def runs(length: int) -> bool:
         try:
@@ -160,6 +169,8 @@ class ScoreTransform:
         (``[B]`` or ``[B, 1]`` for probability) with column k present, finite, and what the
         kind promises (probabilities in [0, 1]; softmax rows summing to 1 is not required,
         log-softmax rows log-sum-exp to 0)."""
+        import torch
+
         if not isinstance(output, torch.Tensor):
             return f"the output is {type(output).__name__}, not a tensor (score {self} reads one tensor)"
         if not output.is_floating_point():
@@ -184,6 +195,8 @@ class ScoreTransform:
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
         """One score per example, ``[B]`` (``HarnessError`` when ``output_problem`` says no)."""
+        import torch
+
         problem = self.output_problem(output)
         if problem:
             raise HarnessError(problem)
@@ -196,3 +209,22 @@ class ScoreTransform:
             return torch.softmax(output, dim=1)[:, self.column]
         return column
 
+    def numpy_scores(self, output: np.ndarray) -> np.ndarray:
+        """``self(output)`` for a numpy output (ONNX Runtime's), without torch. Only the shape is
+        checked here: what the values may be was checked when the graph was verified against eager."""
+        output = np.asarray(output)
+        if self.kind == "probability":
+            if not (output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)):
+                raise HarnessError(f"the output shape {list(output.shape)} is not [B, 1] (score probability)")
+            scores = output.reshape(output.shape[0])
+        elif output.ndim != 2 or output.shape[1] <= (self.column or 0):
+            raise HarnessError(f"the output shape {list(output.shape)} is not [B, C] with column "
+                               f"{self.column} (score {self})")
+        elif self.kind == "sigmoid":
+            scores = 1 / (1 + np.exp(-output[:, self.column]))
+        elif self.kind == "softmax":
+            shifted = np.exp(output - output.max(axis=1, keepdims=True))
+            scores = (shifted / shifted.sum(axis=1, keepdims=True))[:, self.column]
+        else:
+            scores = output[:, self.column]
+        return scores.astype(np.float32, copy=False)

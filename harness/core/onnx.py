@@ -311,13 +311,9 @@ class OnnxRuntimeSession:
     """
 
     def __init__(self, onnx_bytes: bytes, *, threads: int | None = None) -> None:
-        import onnxruntime as ort
+        from harness.core.ort import inference_session
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.session = inference_session(onnx_bytes, threads=threads or torch.get_num_threads())
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:

@@ -31,7 +31,11 @@ import soxr
 
 from harness.core.errors import HarnessError
 from harness.core.fileio import check_regular_input
-from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
+
+# The rate every RawNet2 / ASVspoof front end feeds the model (harness.rawnet2.inputs checks it).
+SAMPLE_RATE = 16_000
+# ASVspoof 2019/2021 baselines' fixed input: 64,600 samples, about 4.04 s at 16 kHz.
+NUM_SAMPLES = 64_600
 
 # Longest recording accepted, checked from the header before anything is decoded. The
 # model reads only the first 4.04 s, so a score for anything this long would stand for

@@ -12,12 +12,8 @@ import math
 import torch
 
 from harness.core.errors import HarnessError
+from harness.rawnet2.audio import NUM_SAMPLES, SAMPLE_RATE  # noqa: F401 - the convention, decoded in audio
 from harness.rawnet2.layouts import PROJECTION_BLOCKS
-
-# The rate every RawNet2 / ASVspoof front end feeds the model.
-SAMPLE_RATE = 16_000
-# ASVspoof 2019/2021 baselines' fixed input: 64,600 samples, about 4.04 s at 16 kHz.
-NUM_SAMPLES = 64_600
 
 # Each projection block's stride-2 conv (kernel 3, padding 1) maps a length L to
 # ceil(L / 2); every other layer keeps the length. So the last block's BatchNorms

@@ -18,12 +18,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -38,33 +35,20 @@ from harness.rawnet2.audio import NUM_SAMPLES, SAMPLE_RATE
 from harness.rawnet2.checkpoints import get_audio_model
 from harness.rawnet2.deploy import CACHED_EXPORT, export_cache_parts, factory_name, weights_identity
 from harness.rawnet2.registry import VariantSpec, in_family, resolve
+from harness.rawnet2.score_cached import remember
+from harness.rawnet2.score_results import RANDOM_WEIGHTS_SEED, random_weights_warning
+from harness.rawnet2.score_run import ScoreRun, sigterm_raises
 from harness.rawnet2.scorelog import ScoreLog, fingerprint
 from harness.rawnet2.scoring import (
-    PROGRESS_MIN_FILES,
-    FileScore,
     ForwardFailed,
-    Progress,
-    describe_scores,
     iter_scores,
     model_output,
     output_scores,
-    render_table,
-    shown_name,
-    write_stdout,
 )
 
-# Without a checkpoint or registered weights the CLI scores with freshly initialised weights
-# from this seed, so that two runs print the same numbers (which still mean nothing).
-RANDOM_WEIGHTS_SEED = 0
 # The first batch is verified a second time scaled to this peak: a graph that froze a
 # data-dependent branch (``if x.abs().amax() > 1``) on quiet input shows on loud input.
 LOUD_PEAK = 4.0
-# Exit codes of a run stopped by Ctrl-C or SIGTERM (128 + the signal), what is recorded kept.
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 128 + signal.SIGTERM
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that the run unwinds: decoders stopped, log closed."""
 
 
 # --- what is scored, and how -------------------------------------------------------------------------
@@ -147,9 +131,8 @@ def build_score_model(args: argparse.Namespace, target: VariantSpec) -> nn.Modul
         raise
     except Exception as exc:  # noqa: BLE001 - the user's factory: a model that cannot be built is refused
         raise HarnessError(f"cannot build {target.name}: {error_line(exc)}") from None
-    if args.checkpoint is None and target.weights is None:
-        print(f"warning: no --checkpoint: {target.name} has random weights (seed {RANDOM_WEIGHTS_SEED}); the "
-              "scores mean nothing", file=sys.stderr)
+    if args.checkpoint is None and target.weights is None and any(True for _ in model.parameters()):
+        print(random_weights_warning(target.name), file=sys.stderr)
     return model
 
 
@@ -310,8 +293,17 @@ def cli_score(args: argparse.Namespace) -> int:
                                         say=lambda line: print(line, file=sys.stderr, flush=True),
                                         cache=cache, weights=weights)
             print(f"score: {target.name} as {ran}", file=sys.stderr)
-            run = _Run(args, target, contract, transform, scorer)
-            with _sigterm_raises():
+            if cache is not None and ran.startswith("onnxruntime"):  # the next run needs no torch
+                remember(cache, args, export_key=cache_key(export_cache_parts(target, weights)),
+                         reads=[path for what, path in files_read(args, target) if what != "the input file"],
+                         name=target.name, factory=factory_name(target), kwargs=target.kwargs,
+                         weights=None if target.weights_path is None else os.fspath(target.weights_path),
+                         ran=ran, transform=transform, contract=contract,
+                         warnings=[random_weights_warning(target.name)] if args.checkpoint is None
+                         and target.weights is None and any(True for _ in model.parameters()) else [])
+            run = ScoreRun(args.files, target.name, transform, args.format, functools.partial(
+                iter_scores, scorer, batch_size=args.batch_size, contract=contract, transform=transform))
+            with sigterm_raises():
                 if log is None:
                     return run.to_stdout()
                 return run.to_log(log, todo)
@@ -325,91 +317,3 @@ def score_cache(args: argparse.Namespace, form: str, device: str) -> ExportCache
     if form not in ("auto", "onnxruntime") or device != "cpu":
         return None
     return open_cache(getattr(args, "cache_dir", None), enabled=not getattr(args, "no_cache", False))
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """SIGTERM raises ``Terminated`` in the main thread for the block (elsewhere nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class _Run:
-    """One run's scoring loop, with its progress and warnings on stderr."""
-
-    def __init__(self, args: argparse.Namespace, target: VariantSpec, contract: InputContract,
-                 transform: ScoreTransform, scorer: Callable[[torch.Tensor], object]) -> None:
-        self.files, self.batch_size = list(args.files), args.batch_size
-        self.format, self.target, self.contract, self.transform = args.format, target, contract, transform
-        self.scorer = scorer
-
-    def scored(self, files: Sequence[str], progress: Progress, failed: int,
-               done: int) -> Iterator[list[FileScore]]:
-        for chunk in iter_scores(self.scorer, files, batch_size=self.batch_size, contract=self.contract,
-                                 transform=self.transform):
-            for r in chunk:
-                if r.warning is not None:
-                    progress.message(f"warning: {shown_name(r.file)}: {r.warning}")
-            yield chunk
-            done += len(chunk)
-            failed += sum(r.error is not None for r in chunk)
-            progress.update(done, failed)
-
-    def to_stdout(self) -> int:
-        progress = Progress(len(self.files), enabled=len(self.files) >= PROGRESS_MIN_FILES)
-        try:
-            results = [r for chunk in self.scored(self.files, progress, 0, 0) for r in chunk]
-        except (KeyboardInterrupt, Terminated) as stop:
-            progress.close()
-            print("interrupted: nothing printed (without --output the scores come at the end)",
-                  file=sys.stderr)
-            return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
-        finally:
-            progress.close()
-        if self.format == "json":
-            document = {"variant": self.target.name, "score": str(self.transform),
-                        "score_means": self.transform.means, "scores_are": describe_scores(self.transform),
-                        "results": [r.as_json() for r in results]}
-            write_stdout(json.dumps(document, indent=2) + "\n")
-        else:
-            write_stdout(render_table(results, self.transform))
-        return _summary(sum(r.error is not None for r in results), len(results))
-
-    def to_log(self, log: ScoreLog, todo: list[str]) -> int:
-        kept = log.records()
-        failed = sum(r.error is not None for r in kept)
-        if kept:
-            print(f"resuming {log.path}: {len(kept)} of {len(self.files)} files already recorded, "
-                  f"{len(todo)} to score", file=sys.stderr)
-        progress = Progress(len(self.files), done=len(kept), failed=failed,
-                            enabled=len(self.files) >= PROGRESS_MIN_FILES)
-        written = 0
-        try:
-            for chunk in self.scored(todo, progress, failed, len(kept)):
-                log.append(chunk)
-                written += len(chunk)
-            results = log.finish(self.files)
-        except (KeyboardInterrupt, Terminated) as stop:
-            progress.close()
-            print(f"interrupted: {len(kept) + written} of {len(self.files)} files are recorded in "
-                  f"{log.path}; the same command with --resume scores the rest", file=sys.stderr)
-            return EXIT_INTERRUPTED if isinstance(stop, KeyboardInterrupt) else EXIT_TERMINATED
-        finally:
-            progress.close()
-        return _summary(sum(r.error is not None for r in results), len(self.files))
-
-
-def _summary(failed: int, total: int) -> int:
-    if failed:
-        print(f"{failed} of {total} files failed", file=sys.stderr)
-    return 1 if failed else 0

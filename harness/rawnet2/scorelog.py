@@ -36,7 +36,7 @@ from pathlib import Path
 from harness.core.contract import ScoreTransform
 from harness.core.errors import HarnessError
 from harness.core.fileio import check_output_path, fsync_directory
-from harness.rawnet2.scoring import FileScore
+from harness.rawnet2.score_results import FileScore
 
 LOG_FORMAT = 1
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -65,7 +65,6 @@ def _versions() -> dict[str, str]:
     import numpy
     import soundfile
     import soxr
-    import torch
 
     def version(distribution: str) -> str | None:
         try:
@@ -73,8 +72,9 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:  # a checkout never installed; onnxruntime not installed
             return None
 
-    # what computes a score: the model (torch, or ONNX Runtime for that form), the decoder, the resampler
-    return {"harness": version("rawnet2-harness"), "torch": torch.__version__,
+    # what computes a score: the model (torch, or ONNX Runtime for that form), the decoder, the resampler;
+    # torch's version is read, not imported: a run from the export cache has no torch
+    return {"harness": version("rawnet2-harness"), "torch": version("torch"),
             "onnxruntime": version("onnxruntime"), "numpy": numpy.__version__,
             "soundfile": soundfile.__version__, "libsndfile": soundfile.__libsndfile_version__,
             "soxr": soxr.__version__}

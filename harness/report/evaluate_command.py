@@ -22,7 +22,6 @@ from harness.core.score_files import read_asv_scores, read_scores
 from harness.core.text import first_few
 from harness.rawnet2.evaluate_systems import ScoringPlan, variant_systems
 from harness.report.evaluation_render import render_evaluation
-from harness.report.evaluation_schema import validate_evaluation
 
 # Where the score logs of ``--output DIR/NAME.EXT`` go: DIR/NAME.scores/, one log per variant system.
 LOG_DIR_SUFFIX = ".scores"
@@ -62,8 +61,7 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     gate = Gate(max_eer_increase_pp=args.max_eer_increase, max_flips=args.max_flips)
     document = evaluate(protocol, systems, reference=args.reference, threshold=args.threshold, asv=asv,
                         asv_path=args.asv_scores, tdcf=args.tdcf, gate=gate)
-    validate_evaluation(document)
-    text = render_evaluation(document, args.format)
+    text = render_evaluation(document, args.format)  # validated there (evaluation_schema)
     if args.output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
