@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.core.decisions import Flips, decide, decision_flips
+from harness.core.decisions import Flips, clear_threshold, decide, decision_flips
 from harness.core.metrics import MetricError, compute_eer
 
 fast = settings(max_examples=max(40, settings().max_examples))
@@ -105,3 +105,17 @@ def test_flips_is_a_frozen_result() -> None:
     assert isinstance(flips, Flips)
     with pytest.raises(AttributeError):
         flips.flips = 0  # type: ignore[misc]
+
+
+@given(a=scores, threshold=st.integers(-3, 3).map(float))
+def test_the_clear_threshold_keeps_the_decisions_and_leaves_no_score_on_the_boundary(
+        a: list[float], threshold: float) -> None:
+    moved = clear_threshold(a, threshold)
+    assert (decide(a, moved) == decide(a, threshold)).all()
+    above, below = [s for s in a if s > threshold], [s for s in a if s < threshold]
+    if above:
+        assert moved == (threshold + min(above)) / 2 and moved not in a
+    elif below:
+        assert moved == threshold + (threshold - max(below)) / 2 and moved not in a
+    else:
+        assert moved == threshold

@@ -132,7 +132,8 @@ def test_orientation_is_stated_and_a_spoof_oriented_file_is_negated(files, tmp_p
     assert main(["evaluate", "--protocol", str(files["protocol"]), "--scores", f"n={flipped}",
                  "--higher-means", "spoof", "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert (doc["systems"]["n"]["eer"], doc["threshold"]["value"]) == compute_eer(*_arrays(SCORES_A))
+    system = doc["systems"]["n"]
+    assert (system["eer"], system["eer_threshold"]) == compute_eer(*_arrays(SCORES_A))
     assert "negated here because a high score means spoof: n" in doc["orientation"]
     log = tmp_path / "log.jsonl"  # a score log says what its scores mean: a contradicting flag is refused
     log.write_text(json.dumps({"score_log": 1, "fingerprint": {"score_means": "bonafide"}}) + "\n"
@@ -245,3 +246,18 @@ def test_legacy_checkpoint_gives_skip_modules_the_same_decisions_and_tuple_block
     expected = sum(decided["legacy"][u] != decided["tuple_blocks"][u] for u in decided["legacy"])
     assert pairs["legacy", "tuple_blocks"]["flips"] == expected
     assert pairs["legacy", "tuple_blocks"]["max_abs_score_diff"] > 0
+
+
+@pytest.mark.skipif(__import__("harness.core.onnx", fromlist=["onnx_missing"]).onnx_missing() is not None,
+                    reason="the ONNX Runtime form needs onnx and onnxruntime")
+def test_forms_of_one_variant_are_systems_and_their_decisions_compared(
+        fixture_corpus, band_registry, tmp_path, capsys) -> None:
+    protocol = _few_lines(fixture_corpus.protocol, tmp_path, 4)
+    assert main(["--registry", band_registry, "evaluate", "--protocol", str(protocol), "--audio-root",
+                 str(fixture_corpus.directory), "--variant", "band_energy", "--form", "eager", "--form",
+                 "onnxruntime", "--format", "json", "--max-flips", "0"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert list(doc["systems"]) == ["band_energy [eager]", "band_energy [onnxruntime]"]
+    (pair,) = doc["pairs"]
+    assert pair["kind"] == "form" and pair["flips"] == 0 and 0 < pair["max_abs_score_diff"] < 1e-4
+    assert doc["reference"] == "band_energy [eager]" and doc["gate"]["passed"]

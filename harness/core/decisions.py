@@ -25,6 +25,20 @@ def _threshold(value: object) -> float:
     return threshold
 
 
+def clear_threshold(scores: object, threshold: float) -> float:
+    """``threshold`` moved up to midway between it and the next higher of ``scores`` (none higher:
+    up by half the gap to the next lower one): the same decisions for ``scores``, none of them on
+    the boundary. The official EER threshold is one of the reference's own scores, so a form that
+    moved that score by one float ulp would flip its decision; here only a change as large as half
+    the gap between neighbouring scores can. Scores all equal to ``threshold`` leave it where it is."""
+    values = as_scores(scores, "scores")
+    threshold = _threshold(threshold)
+    higher, lower = values[values > threshold], values[values < threshold]
+    if higher.size:
+        return float((threshold + higher.min()) / 2)
+    return float(threshold + (threshold - lower.max()) / 2) if lower.size else threshold
+
+
 def decide(scores: object, threshold: float) -> np.ndarray:
     """True where the decision is bona fide: ``score > threshold``."""
     return as_scores(scores, "scores", allow_empty=True) > _threshold(threshold)

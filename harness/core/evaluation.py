@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.core.decisions import decision_flips
+from harness.core.decisions import clear_threshold, decision_flips
 from harness.core.errors import HarnessError
 from harness.core.metrics import (
     TDCF_NAMES,
@@ -102,7 +102,10 @@ def evaluate(protocol: Protocol, systems: Sequence[SystemScores], *, reference: 
     bona = protocol.is_bonafide
     documented = {s.name: _system(s, *oriented[s.name], protocol, rates, tdcf) for s in systems}
     if threshold is None:
-        value, source = documented[reference]["eer_threshold"], f"the EER threshold of {reference}"
+        eer_threshold = documented[reference]["eer_threshold"]
+        value = clear_threshold(oriented[reference][0], eer_threshold)
+        source = (f"the EER threshold of {reference} ({eer_threshold:.6g}), moved midway to its next "
+                  "score: its decisions as at the EER threshold, none of its scores on the boundary")
     else:
         value, source = float(threshold), "--threshold"
     pairs = []

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from harness.core.contract import InputContract
-from harness.core.decisions import decision_flips
+from harness.core.decisions import clear_threshold, decision_flips
 from harness.core.errors import HarnessError, error_line
 from harness.core.forms import DEPLOYMENT_FORMS
 from harness.core.metrics import MetricError, compute_eer
@@ -185,6 +185,7 @@ def _flips_row(a: str, b: str, kind: str, how: str, scores_a: np.ndarray, scores
         eer_b, _ = compute_eer(scores_b[bona], scores_b[~bona])
     except MetricError as exc:
         raise HarnessError(f"no EER on {audio.name}: {exc}") from None
+    threshold = clear_threshold(scores_a, threshold)  # a's EER decisions, no score of a on the boundary
     flips = decision_flips(a, scores_a, b, scores_b, threshold, audio.utterances, bona).as_json()
     flipped = [f["file"] for f in flips["files"]]
     return {"a": a, "b": b, "kind": kind, "how": how, "threshold": float(threshold), "n": len(scores_a),
