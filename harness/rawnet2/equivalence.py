@@ -1,13 +1,8 @@
 """Where two RawNet2 variants compute the same function.
 
-* ``copy_weights(src, dst)`` moves every parameter and buffer between live models: by
-  canonical module between the guide's layouts (``harness.rawnet2.layouts``), by proven
-  structural matching (``harness.core.matching``) between any others, observed and proven
-  on an example of the target's input contract.
-* ``seed_weights(model, seed)`` gives every module deterministic random weights *and*
-  BatchNorm statistics (``harness.core.weights``); modules with the same canonical name
-  get the same values in every layout.
-* ``compare_variants`` measures the differences the report prints and the tests bound.
+* ``compare_variants`` measures the differences the report prints and the tests bound, the
+  weights shared through ``harness.rawnet2.transfer`` or ``harness.rawnet2.conversion``.
+* ``compare_specs`` / ``cli_compare`` compare any two registered models by structure.
 
 Every input made here comes from a variant's input contract (``VariantSpec.example``),
 never a hard-coded shape.
@@ -23,82 +18,22 @@ import torch
 import torch.nn as nn
 
 from harness.core.audits import parse_shape
-from harness.core.contract import InputContract, check_size
+from harness.core.contract import check_size
 from harness.core.errors import HarnessError
 from harness.core.forms import max_differences
 from harness.core.loading import parse_kwargs
-from harness.core.matching import Comparison, compare_models, match_weights, pair_weights
+from harness.core.matching import Comparison, compare_models, pair_weights
 from harness.core.tolerances import EXACT, Tolerance, tolerance_named
-from harness.core.weights import seed_weights as core_seed_weights
-from harness.rawnet2.layouts import CANONICAL_LAYOUT, canonical_modules, has_guide_layout
+from harness.rawnet2.conversion import convert_state_dict
+from harness.rawnet2.layouts import canonical_modules, has_guide_layout
 from harness.rawnet2.registry import MODES, VariantSpec, resolve, spec
+from harness.rawnet2.transfer import MATCHING_BATCH as MATCHING_BATCH
+from harness.rawnet2.transfer import copy_canonical, matching_input, seed_weights
+from harness.rawnet2.transfer import copy_weights as copy_weights
 
-# Examples in the batch the structural matching observes and proves on when the caller gives
-# no input: two, so that train-mode BatchNorm sees more than one value per channel at any length.
-MATCHING_BATCH = 2
+# The ``X as X`` imports above: transfer's public names, still importable from this module.
 # Examples in the batch compare_variants and `python -m harness compare` run by default.
 COMPARE_BATCH = 3
-
-
-def matching_input(contract: InputContract | None = None, seed: int = 0) -> torch.Tensor:
-    """A seeded ``MATCHING_BATCH`` of ``contract``'s examples at its declared length (default:
-    the contract of the guide's canonical layout, the built-in family's)."""
-    contract = spec(CANONICAL_LAYOUT).input_contract() if contract is None else contract
-    return contract.example(MATCHING_BATCH, seed=seed)
-
-
-def copy_weights(src: nn.Module, dst: nn.Module, example_input: torch.Tensor | None = None,
-                 *, contract: InputContract | None = None, modes: tuple[str, ...] = MODES) -> None:
-    """Copy every parameter and buffer of ``src`` into ``dst``.
-
-    Two models in the guide's layouts pair module by canonical module (tuple_blocks'
-    unregistered tuple members included); any other pair is matched by structure
-    (``harness.core.matching.match_weights``) and the pairing proven bit for bit in
-    ``modes`` on ``example_input`` (default: ``matching_input(contract)``, where
-    ``contract`` is ``dst``'s spec's input contract; a model outside the built-in family
-    needs one or the other). Both models keep their own tensors (device and dtype of
-    ``dst``). Raises ``HarnessError`` naming every module or tensor that has no
-    counterpart, or where an unproven pairing parts; nothing is copied then.
-    """
-    if has_guide_layout(src) and has_guide_layout(dst):
-        _copy_canonical(src, dst)
-        return
-    match_weights(src, dst, matching_input(contract) if example_input is None else example_input, modes=modes)
-
-
-def _copy_canonical(src: nn.Module, dst: nn.Module) -> None:
-    src_modules, dst_modules = canonical_modules(src), canonical_modules(dst)
-    problems = []
-    if missing := [n for n in src_modules if n not in dst_modules]:
-        problems.append(f"the target has no module for {', '.join(missing)}")
-    if unfilled := [n for n in dst_modules if n not in src_modules]:
-        problems.append(f"the source has no module for {', '.join(unfilled)}")
-    pairs = []
-    for name in (n for n in src_modules if n in dst_modules):
-        src_state = src_modules[name].state_dict(keep_vars=True)
-        dst_state = dst_modules[name].state_dict(keep_vars=True)
-        for key in sorted(src_state.keys() ^ dst_state.keys()):
-            side = "target" if key in src_state else "source"
-            problems.append(f"the {side} has no tensor {name}.{key}")
-        for key in (k for k in src_state if k in dst_state):
-            s, d = src_state[key], dst_state[key]
-            if s.shape != d.shape:
-                problems.append(f"{name}.{key} has shape {tuple(s.shape)} in the source "
-                                f"but {tuple(d.shape)} in the target")
-            else:
-                pairs.append((s, d))
-    if problems:
-        raise HarnessError("cannot copy weights between these layouts: " + "; ".join(problems))
-    with torch.no_grad():
-        for s, d in pairs:
-            d.copy_(s)
-
-
-def seed_weights(model: nn.Module, seed: int) -> nn.Module:
-    """``harness.core.weights.seed_weights``, grouped by canonical module where the model has the
-    guide's layout, so every layout seeded alike holds identical values in the modules they share."""
-    groups = canonical_modules(model) if has_guide_layout(model) else None
-    return core_seed_weights(model, seed, groups)
 
 
 # --- measured differences ------------------------------------------------------------------
@@ -135,11 +70,9 @@ def shared_weights(a: str, b: str, seed: int, example_input: torch.Tensor | None
     model_a, model_b = seed_weights(spec_a.build(), seed), spec_b.build()
     if has_guide_layout(model_a) and has_guide_layout(model_b) and \
             canonical_modules(model_a).keys() == canonical_modules(model_b).keys():
-        _copy_canonical(model_a, model_b)
+        copy_canonical(model_a, model_b)
         return model_a, model_b, "copy_weights"
     if spec_a.layout and spec_b.layout and has_guide_layout(model_b):
-        from harness.rawnet2.checkpoints import convert_state_dict
-
         state, _ = convert_state_dict(model_a.state_dict(), spec_b.layout, source=spec_a.layout,
                                       policy="preserve-function")
         model_b.load_state_dict(state)
