@@ -24,11 +24,11 @@ from harness.core.audits import GENERIC_CHECKS, OUTPUT_KINDS
 from harness.core.contract import SCORE_MEANINGS, InputContract, ScoreTransform, probe_min_length
 from harness.core.errors import HarnessError, error_line
 from harness.core.loading import UserCodeExit, call_user_code, load_factory
+from harness.core.modes import MODES
 from harness.rawnet2.architecture import ReferenceSpec
 
 Factory = Callable[..., nn.Module]
 
-MODES = ("train", "eval")
 # Deployment forms a spec may list (harness.core.forms.DEPLOYMENT_FORMS); a variant whose
 # eval() misses modules cannot be folded, so it lists none.
 ALL_FORMS = ("folded", "compiled", "float64", "bfloat16_autocast", "cuda", "onnxruntime")

@@ -15,9 +15,8 @@ from harness.core.matching.observe import ExampleInput, Run, as_args, clone, run
 from harness.core.matching.pairing import pair_by_dataflow
 from harness.core.matching.results import Comparison, MatchError, ModeComparison, ModulePair, WeightMatch
 from harness.core.matching.text import path_text, shape_text
+from harness.core.modes import MODES
 from harness.core.tolerances import EXACT, Tolerance, all_close, max_abs_diff
-
-MODES = ("train", "eval")
 
 
 @dataclass(frozen=True)
