@@ -20,9 +20,9 @@ _LAZY = {
     "legacy_effective": "harness.rawnet2.registry",
     "audit": "harness.rawnet2.audits",
     "validate_input": "harness.rawnet2.inputs",
-    "convert_state_dict": "harness.rawnet2.checkpoints",
+    "convert_state_dict": "harness.rawnet2.conversion",
     "get_audio_model": "harness.rawnet2.checkpoints",
-    "copy_weights": "harness.rawnet2.equivalence",
+    "copy_weights": "harness.rawnet2.transfer",
     "optimize_for_inference": "harness.core.forms",
     "flops": "harness.core.bench",
     "register": "harness.rawnet2.registry",
@@ -31,7 +31,7 @@ _LAZY = {
     "load_project_registry": "harness.rawnet2.registry",
     "match_weights": "harness.core.matching",
     "compare_models": "harness.core.matching",
-    "seed_weights": "harness.rawnet2.equivalence",
+    "seed_weights": "harness.rawnet2.transfer",
 }
 
 __all__ = ["HarnessError", *_LAZY]
