@@ -11,19 +11,8 @@ from types import MappingProxyType
 import torch
 import torch.nn as nn
 
+from harness.core.audits import forward_checks, module_checks
 from harness.core.audits.context import BUILD_SEED, AuditContext, CheckTable, ModelFailure, NotApplicable
-from harness.core.audits.forward_checks import (
-    check_batch_independence,
-    check_determinism,
-    check_gradient_coverage,
-    check_output_contract,
-)
-from harness.core.audits.module_checks import (
-    check_device_transfer,
-    check_mode_propagation,
-    check_registration,
-    check_state_dict_roundtrip,
-)
 from harness.core.audits.outputs import OUTPUT_KINDS
 from harness.core.audits.results import FAIL, NOT_APPLICABLE, PASS, AuditReport
 from harness.core.contract import ScoreTransform
@@ -34,14 +23,14 @@ from harness.core.wiring import check_skip_wiring
 # The checks that apply to any model, in report order. skip_wiring finds residual blocks by
 # dataflow (harness.core.residuals), so it applies to any model too (n/a where none are found).
 GENERIC_CHECKS: CheckTable = MappingProxyType({
-    "registration": check_registration,
-    "mode_propagation": check_mode_propagation,
-    "device_transfer": check_device_transfer,
-    "state_dict_roundtrip": check_state_dict_roundtrip,
-    "batch_independence": check_batch_independence,
-    "gradient_coverage": check_gradient_coverage,
-    "determinism": check_determinism,
-    "output_contract": check_output_contract,
+    "registration": module_checks.check_registration,
+    "mode_propagation": module_checks.check_mode_propagation,
+    "device_transfer": module_checks.check_device_transfer,
+    "state_dict_roundtrip": module_checks.check_state_dict_roundtrip,
+    "batch_independence": forward_checks.check_batch_independence,
+    "gradient_coverage": forward_checks.check_gradient_coverage,
+    "determinism": forward_checks.check_determinism,
+    "output_contract": forward_checks.check_output_contract,
     "skip_wiring": check_skip_wiring,
 })
 
