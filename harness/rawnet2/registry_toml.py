@@ -1,9 +1,9 @@
 """Team registries in TOML: ``[tool.rawnet2-harness.variants.NAME]`` tables, each a ``VariantSpec``.
 
-A team adds its models without editing the harness: tables in its ``pyproject.toml`` (read
-by ``load_project_registry``) or in any file the CLI's ``--registry FILE`` and pytest's
-``--registry`` name (``load_registry_file``). Every table is checked against the schema
-before any is registered.
+A team adds its models without editing the harness: tables in its ``pyproject.toml`` or in
+any file the CLI's ``--registry FILE`` and pytest's ``--registry`` name. This module reads
+and checks them (``specs_in_file``) and registers nothing: ``load_registry_file`` and
+``load_project_registry`` in ``harness.rawnet2.registry`` register what it returns.
 """
 
 from __future__ import annotations
@@ -95,21 +95,6 @@ def read_registry_tables(path: str | os.PathLike) -> dict[str, object]:
     return node
 
 
-def reference_order(specs: dict[str, VariantSpec]) -> list[VariantSpec]:
-    """The file's specs, each after the variant it references (a reference cycle is refused)."""
-    ordered: list[VariantSpec] = []
-    remaining = dict(specs)
-    while remaining:
-        ready = [s for s in remaining.values() if s.reference not in remaining]
-        if not ready:
-            raise HarnessError(f"{next(iter(remaining.values())).origin}: references form a cycle: "
-                               f"{', '.join(f'{s.name} -> {s.reference}' for s in remaining.values())}")
-        for spec_ in ready:
-            ordered.append(spec_)
-            del remaining[spec_.name]
-    return ordered
-
-
 def specs_in_file(path: str | os.PathLike) -> dict[str, VariantSpec]:
     """Every ``[tool.rawnet2-harness.variants.NAME]`` table of a TOML file as a spec, by name.
 
@@ -159,3 +144,17 @@ def _spec_from_table(name: str, table: object, origin: str) -> VariantSpec:
     except TypeError as exc:
         raise HarnessError(f"{where}: {error_line(exc)}") from None
 
+
+def reference_order(specs: dict[str, VariantSpec]) -> list[VariantSpec]:
+    """The file's specs, each after the variant it references (a reference cycle is refused)."""
+    ordered: list[VariantSpec] = []
+    remaining = dict(specs)
+    while remaining:
+        ready = [s for s in remaining.values() if s.reference not in remaining]
+        if not ready:
+            raise HarnessError(f"{next(iter(remaining.values())).origin}: references form a cycle: "
+                               f"{', '.join(f'{s.name} -> {s.reference}' for s in remaining.values())}")
+        for spec_ in ready:
+            ordered.append(spec_)
+            del remaining[spec_.name]
+    return ordered
