@@ -46,6 +46,7 @@ from harness.rawnet2.layouts import (
 )
 from harness.rawnet2.registry import SUBJECTS, VariantSpec, resolve, spec
 from harness.rawnet2.transfer import copy_weights
+from harness.rawnet2.variants import without_shared_skip
 
 # The ``X as X`` imports above: conversion's public names, still importable from this module.
 
@@ -101,7 +102,7 @@ def get_audio_model(
 def _runnable(model: nn.Module, target: VariantSpec) -> nn.Module:
     """The legacy layout's effective form (``skip = None``): the only one whose forward runs."""
     if target.layout == "legacy":
-        model.skip = None
+        without_shared_skip(model)
     return model
 
 
@@ -160,7 +161,7 @@ def load_into(target: VariantSpec, state: Mapping[str, torch.Tensor], *, policy:
         check_fits(converted, target.layout)
         model = target.build(num_classes=num_classes_of(converted))
         if target.layout == "legacy" and not any(k.startswith("skip.") for k in converted):
-            model.skip = None  # a 95-key legacy checkpoint: the model as its forward left it
+            without_shared_skip(model)  # a 95-key legacy checkpoint: the model as its forward left it
         model.load_state_dict(converted, strict=True)
         return _runnable(model, target), report.lines()
     canonical, report = convert_state_dict(state, CANONICAL_LAYOUT, source=found, policy=policy)

@@ -25,8 +25,8 @@ from harness.core.fileio import check_not_read, check_output_path
 from harness.core.loading import parse_kwargs
 from harness.core.onnx import OPSET, ExportedModel, VerifyInput, export_onnx, verification_inputs
 from harness.rawnet2.inputs import NUM_SAMPLES
-from harness.rawnet2.registry import _FAMILY_CONTRACT as _FAMILY_SPEC_FIELDS
 from harness.rawnet2.registry import VariantSpec, resolve
+from harness.rawnet2.variants import FAMILY_CONTRACT as _FAMILY_SPEC_FIELDS
 
 # The contract used when no variant is named: the family's [B, 1, T]; a caller with a spec passes it.
 _FAMILY_CONTRACT = InputContract(_FAMILY_SPEC_FIELDS["input_shape"], _FAMILY_SPEC_FIELDS["min_length"])
