@@ -210,9 +210,9 @@ def _raise(exc: BaseException):
 
 
 @pytest.mark.parametrize("verb, module, attr, argv", [
-    ("export", "harness.rawnet2.deploy", "cli_export", ["export", "skip_modules", "out.onnx"]),
-    ("audit", "harness.rawnet2.audits", "cli_audit", ["audit", "skip_modules"]),
-    ("migrate", "harness.rawnet2.checkpoints", "cli_migrate", ["migrate", "a.pt", "b.pt", "--to", "legacy"]),
+    ("export", "harness.cli.export", "run", ["export", "skip_modules", "out.onnx"]),
+    ("audit", "harness.cli.audit", "run", ["audit", "skip_modules"]),
+    ("migrate", "harness.cli.migrate", "run", ["migrate", "a.pt", "b.pt", "--to", "legacy"]),
 ])
 def test_an_unexpected_exception_is_exit_2_in_one_line(verb: str, module: str, attr: str, argv: list[str],
                                                       workdir: Path, capfd: pytest.CaptureFixture,
@@ -228,7 +228,7 @@ def test_an_unexpected_exception_is_exit_2_in_one_line(verb: str, module: str, a
 
 def test_ctrl_c_in_any_verb_is_exit_130(workdir: Path, capfd: pytest.CaptureFixture,
                                         monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr("harness.rawnet2.audits.cli_audit", _raise(KeyboardInterrupt()))
+    monkeypatch.setattr("harness.cli.audit.run", _raise(KeyboardInterrupt()))
     code, err = run_in_process(["audit", "skip_modules"], capfd)
     assert code == INTERRUPTED_EXIT
     assert err == "error: interrupted (Ctrl-C) during audit\n"
@@ -238,10 +238,10 @@ def test_the_guard_holds_in_a_real_process(workdir: Path):
     """The process's own exit status and stderr, as a script calling the CLI sees them: a bug is one
     line and exit 2; then stdout's reader gone (``| head``) is exit 141 with nothing more on stderr
     (not "internal error", not the interpreter's "Exception ignored" at exit). One process for both."""
-    script = ("import sys, harness.rawnet2.deploy as deploy, harness.rawnet2.audits as audits\n"
+    script = ("import sys, harness.cli.export as export, harness.cli.audit as audit\n"
               "def broken(args):\n    raise KeyError('out')\n"
               "def chatty(args):\n    print('finding\\n' * 100_000)\n    return 0\n"
-              "deploy.cli_export, audits.cli_audit = broken, chatty\n"
+              "export.run, audit.run = broken, chatty\n"
               "from harness.__main__ import main\n"
               "print(f'export: {main([\"export\", \"skip_modules\", \"out.onnx\"])}', file=sys.stderr)\n"
               "sys.exit(main(['audit', 'skip_modules']))\n")

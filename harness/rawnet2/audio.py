@@ -14,7 +14,6 @@ clips is ``harness.rawnet2.scoring``; the ``score`` command, ``harness.rawnet2.s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -274,11 +273,3 @@ def __getattr__(name: str) -> object:
 
         return getattr(scoring, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def cli_score(args: argparse.Namespace) -> int:
-    """``python -m harness score`` (``harness.rawnet2.score_command.cli_score``; named here for
-    ``harness.__main__``'s handler table)."""
-    from harness.rawnet2.score_command import cli_score as run
-
-    return run(args)

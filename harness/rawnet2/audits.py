@@ -1,14 +1,12 @@
 """The audits on a registered variant: ``CHECKS`` is ``GENERIC_CHECKS``, run with the spec's own
 output kind, score transform and input rules (``audit_spec``).
 
-``audit`` is ``harness.core.audits.audit`` over ``CHECKS``; ``cli_audit`` is
-``python -m harness audit``.
+``audit`` is ``harness.core.audits.audit`` over ``CHECKS``; ``python -m harness audit`` is
+``harness.cli.audit``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
@@ -17,7 +15,6 @@ import torch.nn as nn
 
 from harness.core import audits as core_audits
 from harness.core.audits import (
-    BUILD_SEED,
     GENERIC_CHECKS,
     NOT_APPLICABLE,
     AuditContext,
@@ -25,14 +22,13 @@ from harness.core.audits import (
     CheckTable,
     ModelFailure,
     matches_declaration,
-    parse_shape,
     resolve_checks,
 )
 from harness.core.errors import HarnessError, error_line
 from harness.core.introspect import Cycle, cycles
-from harness.core.loading import UserCodeExit, call_user_code, parse_kwargs
+from harness.core.loading import UserCodeExit, call_user_code
 from harness.rawnet2.inputs import train_length_problem
-from harness.rawnet2.registry import NOT_APPLICABLE_PREFIX, SUBJECTS, VariantSpec, in_family, resolve
+from harness.rawnet2.registry import NOT_APPLICABLE_PREFIX, VariantSpec, in_family
 
 # Every check the harness runs on a RawNet2 variant, in report order.
 CHECKS: CheckTable = GENERIC_CHECKS
@@ -155,39 +151,7 @@ def _recursion_is_a_finding(check: Callable[[AuditContext], list], loop: Cycle,
     return guarded
 
 
-def cli_audit(args: argparse.Namespace) -> int:
-    """``python -m harness audit MODEL``: 0 only when every check ran and passed (or does not apply),
-    1 on findings, 2 when the model cannot even be built."""
-    if bool(args.target) == bool(args.variant):
-        raise HarnessError("give either MODEL (a registered name or MODULE:ATTR) or --variant NAME "
-                           "(one of them)")
-    if args.variant and args.variant not in SUBJECTS:
-        raise HarnessError(f"unknown variant {args.variant!r}; known: {', '.join(SUBJECTS)}")
-    checks = [c.strip() for c in args.checks.split(",") if c.strip()] if args.checks else None
-    names = resolve_checks(checks, CHECKS)
-    spec = resolve(args.variant or args.target, kwargs=parse_kwargs(args.kwargs) if args.kwargs else None,
-                   weights=args.weights, output=args.output)
-    shape = parse_shape(args.input_shape) if args.input_shape else spec.input_contract().batch_shape(2)
-    registered = spec.name in SUBJECTS
-    declared = declared_results(spec.expected_defects, names) if registered else None
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(BUILD_SEED))
-    report = audit_spec(spec, example, checks=names)
-    mismatched = [c for c, r in report.results.items() if declared and not _matches(r, declared[c])]
-    if args.format == "json":
-        data = report.as_json()
-        data.update(model=spec.name, output=spec.output, input_shape=list(shape))
-        if declared is not None:
-            data.update(declared=declared, matches_declaration=not mismatched)
-        print(json.dumps(data, indent=2))
-    else:
-        title = f"audit of {spec.name}" + (f" ({spec.source})" if registered else "")
-        print(report.render(f"{title}, input {list(shape)}, output {spec.output}", declared), end="")
-        if declared is not None:
-            print(f"\n{'differs from' if mismatched else 'matches'} the declared expected defects"
-                  f"{': ' + ', '.join(mismatched) if mismatched else ''}")
-    return 0 if report.ok else 1
-
-
-def _matches(result: str, expected: str) -> bool:
-    # A declared n/a must not apply; otherwise the core's rule (declared failures fail).
+def matches_expected(result: str, expected: str) -> bool:
+    """Whether a check's result is what the variant declares: a declared n/a must not apply; otherwise
+    the core's rule (declared failures fail)."""
     return result == NOT_APPLICABLE if expected == NOT_APPLICABLE else matches_declaration(result, expected)

@@ -6,16 +6,13 @@
   strictly: a declared layout's by conversion (``harness.rawnet2.conversion``), any
   registered variant's own state_dict by proven structural matching
   (``harness.rawnet2.transfer``).
-* ``save_checkpoint`` writes atomically; ``cli_migrate`` is ``python -m harness migrate``.
+* ``save_checkpoint`` writes atomically; ``python -m harness migrate`` is ``harness.cli.migrate``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -24,12 +21,9 @@ from harness.core.checkpoints import (
     StateDict,
     as_state_dict,
     load_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
 )
+from harness.core.checkpoints import save_checkpoint as save_checkpoint
 from harness.core.errors import HarnessError
-from harness.core.fileio import check_output_path
-from harness.core.loading import parse_kwargs
 from harness.rawnet2.conversion import DEFAULT_POLICY, convert_state_dict
 from harness.rawnet2.conversion import FRESH_INIT_SEED as FRESH_INIT_SEED
 from harness.rawnet2.conversion import POLICIES as POLICIES
@@ -37,18 +31,18 @@ from harness.rawnet2.conversion import ConversionReport as ConversionReport
 from harness.rawnet2.layouts import (
     CANONICAL_LAYOUT,
     check_fits,
-    declared_layouts,
     detect_layout,
     num_classes_of,
     own_shapes,
     state_dict_layout,
     variant_of_state,
 )
-from harness.rawnet2.registry import SUBJECTS, VariantSpec, resolve, spec
+from harness.rawnet2.registry import VariantSpec, resolve, spec
 from harness.rawnet2.transfer import copy_weights
 from harness.rawnet2.variants import without_shared_skip
 
-# The ``X as X`` imports above: conversion's public names, still importable from this module.
+# The ``X as X`` imports above: conversion's public names and save_checkpoint, still importable from
+# this module.
 
 # --- models --------------------------------------------------------------------------------
 
@@ -94,7 +88,7 @@ def get_audio_model(
             state = load_checkpoint(checkpoint)
         else:
             state, _ = as_state_dict(checkpoint, label)
-        with _about(label):
+        with about_file(label):
             model, _ = load_into(target, state, policy=policy)
     return _runnable(model, target).to(device).eval()
 
@@ -198,7 +192,7 @@ def _matched_line(name: str, target: VariantSpec, keys: int) -> str:
             "bit-identical in train and eval mode")
 
 
-class _about:
+class about_file:
     """Prefix a ``HarnessError`` raised inside with what it is about (a file name)."""
 
     def __init__(self, label: str) -> None:
@@ -210,79 +204,3 @@ class _about:
     def __exit__(self, exc_type, exc, tb) -> None:
         if isinstance(exc, HarnessError):
             raise HarnessError(f"{self.label}: {exc}", exit_code=exc.exit_code) from None
-
-
-# --- CLI -----------------------------------------------------------------------------------
-
-
-def cli_migrate(args: argparse.Namespace) -> int:
-    """``python -m harness migrate SRC DST --to TARGET [--from SOURCE]``: convert, report, write atomically.
-
-    TARGET is a declared layout (``convert_state_dict``), or any registered variant or
-    ``MODULE:ATTR``: then the checkpoint is loaded into that model (``load_into``, the
-    pairing proven) and its own state_dict is written. SOURCE (default: detected, the
-    detected variant named on stderr) is a declared layout or a variant whose own
-    state_dict SRC holds. DST is never a file the run reads.
-    """
-    src, dst = Path(args.src), Path(args.dst)
-    kwargs = parse_kwargs(args.kwargs) if args.kwargs else None
-    to_layout = args.to in declared_layouts() or ":" not in args.to and args.to not in SUBJECTS
-    target = None if to_layout else resolve(args.to, kwargs=kwargs)
-    named = None if args.source == "auto" else resolve(args.source)
-    reads = [("the source checkpoint", src), *_files_read(target), *_files_read(named)]
-    registry = getattr(args, "registry", None) or Path.cwd() / "pyproject.toml"  # load_project_registry's
-    reads += [("the registry", Path(registry))]
-    reads += [("the --kwargs file", Path(args.kwargs[1:]))] if args.kwargs and args.kwargs[:1] == "@" else []
-    _refuse_overwriting(dst, reads)
-    # Before reading anything: DST must be a new path or a regular file (--force), never a
-    # directory, device, FIFO or socket, nor a symlink without --force (the raw spelling, so
-    # that a trailing separator still names a directory).
-    check_output_path(args.dst, force=args.force, overwrite=False)
-    state, notes = read_checkpoint(src)
-    with _about(str(src)):
-        source = named
-        if source is None and (target is None or target.layout is not None or
-                               own_shapes(target.build().state_dict()) != own_shapes(state)):
-            found = detect_source(state)
-            if isinstance(found, VariantSpec):
-                _refuse_overwriting(dst, _files_read(found))
-                print(f"{src}: its keys are {found.name}'s own state_dict (detected; --from {found.name} "
-                      "says so)", file=sys.stderr)
-                source = found
-        if target is None:
-            layout = None if source is None else source.layout or CANONICAL_LAYOUT
-            if source is not None and source.layout is None:
-                state = in_declared_layout(source, state)
-            converted, report = convert_state_dict(state, args.to, source=layout, policy=args.policy)
-            lines = report.lines()
-        else:
-            model, lines = load_into(target, state, policy=args.policy, source=source)
-            converted = {k: v.detach() for k, v in model.state_dict().items()}
-    save_checkpoint(converted, args.dst, force=args.force)
-    for note in notes:
-        print(f"{src}: {note}")
-    print("\n".join(lines))
-    print(f"wrote {dst} ({len(converted)} keys)")
-    return 0
-
-
-def _files_read(variant: VariantSpec | None) -> list[tuple[str, Path]]:
-    paths = [] if variant is None else variant.files_read()
-    return [(f"a file {variant.name} is built from", path) for path in paths]
-
-
-def _refuse_overwriting(dst: Path, reads: list[tuple[str, Path]]) -> None:
-    """Refuse a DST that is any file the run reads, in any spelling (``_same_file``), even with --force."""
-    for what, path in reads:
-        if _same_file(path, dst):
-            raise HarnessError(f"{dst}: is {what} {path}; write the migration to a new file")
-
-
-def _same_file(src: Path, dst: Path) -> bool:
-    """True for the same path in any spelling, through symlinks, or a hard link to it."""
-    if os.path.realpath(src) == os.path.realpath(dst):
-        return True
-    try:
-        return os.path.samefile(src, dst)
-    except OSError:
-        return False

@@ -3,13 +3,12 @@
 The export itself (verified with ``onnx.checker`` and ONNX Runtime vs eager before anything
 is written) is generic: ``harness.core.onnx``. Here: which inputs a variant is exported
 with and verified on (its own input contract, up to the clip length ``score`` feeds it),
-and the command line. ``score``'s ONNX Runtime form is kept in the export cache
+and the forms ``score`` runs in. ``score``'s ONNX Runtime form is kept in the export cache
 (``harness.core.export_cache``): a run pays for the export and its verification once.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -21,11 +20,10 @@ import harness.core.onnx as onnx_module
 from harness.core.contract import InputContract
 from harness.core.errors import HarnessError, error_line
 from harness.core.export_cache import ExportCache, cache_key, export_key_parts, file_sha256, state_dict_sha256
-from harness.core.fileio import check_not_read, check_output_path
-from harness.core.loading import parse_kwargs
+from harness.core.fileio import check_output_path
 from harness.core.onnx import OPSET, ExportedModel, VerifyInput, export_onnx, verification_inputs
 from harness.rawnet2.inputs import NUM_SAMPLES
-from harness.rawnet2.registry import VariantSpec, resolve
+from harness.rawnet2.registry import VariantSpec
 from harness.rawnet2.variants import FAMILY_CONTRACT as _FAMILY_SPEC_FIELDS
 
 # The contract used when no variant is named: the family's [B, 1, T]; a caller with a spec passes it.
@@ -57,25 +55,6 @@ def export_variant(target: VariantSpec, path: str | os.PathLike | None = None, *
     model = target.build_or_refuse()
     example, verify = _inputs(target)
     return export_onnx(model, example, verify, path=path, force=force, opset=opset)
-
-
-def cli_export(args: argparse.Namespace) -> int:
-    """``python -m harness export MODEL OUT.onnx``: 0 written and verified, 2 refused (nothing written)."""
-    target = resolve(args.model, kwargs=parse_kwargs(args.kwargs) if args.kwargs else None,
-                     weights=args.weights)
-    # OUT is never what the export reads: the weights, the registry, the factory's source, --kwargs @FILE.
-    reads = [(f"a file {target.name} is built from", path) for path in target.files_read()]
-    reads += [("the --registry file", args.registry)] if getattr(args, "registry", None) else []
-    reads += [("the --kwargs file", args.kwargs[1:])] if (args.kwargs or "").startswith("@") else []
-    check_not_read(args.out, reads)
-    exported = export_variant(target, args.out, force=args.force, opset=args.opset)
-    for check in exported.checks:
-        print(f"  input {list(check.input_shape)} ({check.label}): ONNX Runtime vs eager max abs diff "
-              f"{check.max_abs_diff:.3g}")
-    print(f"wrote {args.out} ({len(exported.onnx_bytes):,} bytes, opset {exported.opset}, dynamic batch "
-          "and time axes): onnx.checker passed, no tracer warning, ONNX Runtime matches eager within "
-          "DEPLOYMENT_TOLERANCES['onnxruntime'] on every input above")
-    return 0
 
 
 # --- the form score runs ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 * ``compare_variants`` measures the differences the report prints and the tests bound, the
   weights shared through ``harness.rawnet2.transfer`` or ``harness.rawnet2.conversion``.
-* ``compare_specs`` / ``cli_compare`` compare any two registered models by structure.
+* ``compare_specs`` compares any two registered models by structure (``python -m harness compare``).
 
 Every input made here comes from a variant's input contract (``VariantSpec.example``),
 never a hard-coded shape.
@@ -10,8 +10,6 @@ never a hard-coded shape.
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +19,11 @@ from harness.core.audits import parse_shape
 from harness.core.contract import check_size
 from harness.core.errors import HarnessError
 from harness.core.forms import max_differences
-from harness.core.loading import parse_kwargs
 from harness.core.matching import Comparison, compare_models, pair_weights
-from harness.core.tolerances import EXACT, Tolerance, tolerance_named
+from harness.core.tolerances import EXACT, Tolerance
 from harness.rawnet2.conversion import convert_state_dict
 from harness.rawnet2.layouts import canonical_modules, has_guide_layout
-from harness.rawnet2.registry import MODES, VariantSpec, resolve, spec
+from harness.rawnet2.registry import MODES, VariantSpec, spec
 from harness.rawnet2.transfer import MATCHING_BATCH as MATCHING_BATCH
 from harness.rawnet2.transfer import copy_canonical, matching_input, seed_weights
 from harness.rawnet2.transfer import copy_weights as copy_weights
@@ -132,28 +129,3 @@ def compare_input(ref: VariantSpec, input_shape: str | None, seed: int = 0) -> t
     if ref.input_shape is not None and (problem := ref.input_contract().fits(shape)):
         raise HarnessError(f"--input-shape {input_shape} does not fit {ref.name}: {problem}")
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
-def cli_compare(args: argparse.Namespace) -> int:
-    """``python -m harness compare REF OTHER``: 0 equivalent, 1 they differ, 2 cannot compare."""
-    ref = resolve(args.ref, kwargs=parse_kwargs(args.ref_kwargs) if args.ref_kwargs else None,
-                  weights=args.weights)
-    other = resolve(args.other, kwargs=parse_kwargs(args.other_kwargs) if args.other_kwargs else None)
-    modes = MODES if args.mode == "both" else (args.mode,)
-    tolerance = tolerance_named(args.tolerance)
-    x = compare_input(ref, args.input_shape)
-    shape = tuple(x.shape)
-    result = compare_specs(ref, other, x, modes=modes, tolerance=tolerance)
-    if args.format == "json":
-        print(json.dumps(result.as_json(), indent=2, allow_nan=False))
-    else:
-        weights = f"{ref.weights}" if ref.weights else "seeded random weights"
-        print(f"compare {ref.name} (reference, {weights}) with {other.name}: input {list(shape)}, "
-              f"tolerance {args.tolerance} ({tolerance.reason})")
-        print(f"weights: {len(result.mapping)} tensors paired by structure")
-        for row in result.modes:
-            verdict = "equivalent" if row.equivalent else "DIFFERENT"
-            where = f"; first divergence: {row.first_divergence}" if row.first_divergence else ""
-            print(f"  {row.mode:5}  max abs diff {row.max_abs_diff:.3g}  {verdict}{where}")
-        print("equivalent" if result.equivalent else "not equivalent")
-    return 0 if result.equivalent else 1

@@ -18,20 +18,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
 
 from harness.core.errors import HarnessError
-from harness.core.fileio import check_output_path
 from harness.core.mutation import (
     Contract,
     Equivalence,
     MutationRun,
-    ReportWriter,
     read_source,
     relative_path,
-    render_summary,
-    run_mutation,
     stage_outside_file,
 )
 from harness.core.mutation.attribution import ANY
@@ -196,17 +191,6 @@ def load_equivalences(path: str | os.PathLike) -> list[Equivalence]:
 # --- the command -------------------------------------------------------------------------------------
 
 
-def _never_an_input(output: Path, inputs: list[Path]) -> None:
-    """The report is never written over a file the run reads (the model, the registry, equivalences)."""
-    for read in inputs:
-        try:
-            same = output.exists() and read.exists() and os.path.samefile(output, read)
-        except OSError:
-            same = False
-        if same or output.resolve() == read.resolve():
-            raise HarnessError(f"{output}: is {read}, which the run reads; give another --output")
-
-
 def model_file(path: str | os.PathLike, *, root: Path) -> Path:
     """``path`` resolved, if it is a readable Python file that parses (else one line: file, line, why)."""
     full = (root / path).resolve()
@@ -245,41 +229,3 @@ def plan_run(path: str, *, root: Path, tests: str | None, registry: str | None, 
                        copied=staged.copied, linked=staged.linked, shown_path=str(full),
                        equivalences=[*equivalences, *own],
                        **common)
-
-
-def cli_mutate(args) -> int:
-    """``python -m harness mutate``: summary on stdout, JSON report (partial while it runs); 1 when a
-    score is under --fail-under; 130 on Ctrl-C (the partial report kept)."""
-    root = Path.cwd().resolve()
-    output = check_output_path(args.output)
-    registry = getattr(args, "registry", None)
-    _never_an_input(output, [Path(p) for p in args.paths] + [Path(p) for p in (registry, args.equivalences)
-                                                             if p is not None])
-    workers = args.workers or os.cpu_count() or 1
-    equivalences = [*EQUIVALENCES, *(load_equivalences(args.equivalences) if args.equivalences else [])]
-    for path in args.paths:  # every file checked (a syntax error named file:line) before any run
-        model_file(path, root=root)
-    writer = ReportWriter(output)
-    for path in args.paths:
-        run = plan_run(path, root=root, tests=args.tests, registry=registry, workers=workers,
-                       timeout_factor=args.timeout_factor, equivalences=equivalences,
-                       max_mutants=getattr(args, "max_mutants", None),
-                       time_budget_s=getattr(args, "time_budget", None))
-        run.on_update = writer.write
-        try:
-            section = run_mutation(run)
-        except KeyboardInterrupt:
-            print(f"interrupted: the partial report is {output}", file=sys.stderr)
-            return 130
-        writer.finish_file(section)
-    status = "complete" if all(s["status"] == "complete" for s in writer.done) else "partial"
-    report = writer.write(status=status)
-    print(render_summary(report))
-    print(f"report: {output}")
-    sys.stdout.flush()
-    low = [s["path"] for s in report["files"]
-           if args.fail_under is not None and (s["summary"]["score"] or 0.0) < args.fail_under]
-    if low:
-        print(f"score under {args.fail_under:g} %: {', '.join(low)}", file=sys.stderr)
-        return 1
-    return 0

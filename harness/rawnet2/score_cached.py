@@ -5,7 +5,7 @@ A ``score`` run that scored with ONNX Runtime leaves a *request record* in the e
 the registry file's and checkpoint's bytes, the options that change a score, the harness's
 source and the versions), it holds the key of the verified export, the hashes of every other
 file the model was built from, and what the run needs to score and print (the transform,
-the input contract, the score log's fingerprint). ``score_from_cache(args)`` finds it, checks
+the input contract, the score log's fingerprint). ``score_from_cache(request)`` finds it, checks
 every recorded file is unchanged and the export entry whole, and runs the same loop as the
 model path (``harness.rawnet2.score_run``); anything missing or changed is a miss, and the
 model path runs instead (None). The export was verified against eager when it was made, and
@@ -14,7 +14,6 @@ the run that made it checked its first batch too; a run from the record checks n
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -31,6 +30,7 @@ from harness.core.errors import HarnessError
 from harness.core.export_cache import ExportCache, cache_key, file_sha256, open_cache, versions
 from harness.core.fileio import check_not_read
 from harness.rawnet2.audio import SAMPLE_RATE, UnusableAudio, load_clip_checked
+from harness.rawnet2.score_request import ScoreRequest
 from harness.rawnet2.score_results import FileScore
 from harness.rawnet2.score_run import ScoreRun, sigterm_raises
 from harness.rawnet2.scorelog import ScoreLog, fingerprint
@@ -57,33 +57,31 @@ def _file_identity(path: str | None) -> dict | None:
     return {"path": os.path.abspath(path), "sha256": file_sha256(path)}
 
 
-def request_parts(args: argparse.Namespace) -> dict | None:
-    """What decides this command's scores, as far as the command line says (None: a run that never
+def request_parts(request: ScoreRequest) -> dict | None:
+    """What decides this request's scores, as far as the command line says (None: a run that never
     uses the cache: another form or device, ``--no-cache``)."""
-    form, device = getattr(args, "form", "auto"), getattr(args, "device", "cpu")
-    if form not in ("auto", "onnxruntime") or device != "cpu" or getattr(args, "no_cache", False):
+    form, device = request.form, request.device
+    if form not in ("auto", "onnxruntime") or device != "cpu" or request.no_cache:
         return None
-    kwargs = getattr(args, "kwargs", None)
-    registry = getattr(args, "registry", None)
+    registry = request.registry
     if registry is None and os.path.isfile("pyproject.toml"):  # the default project registry
         registry = "pyproject.toml"
-    checkpoint = getattr(args, "checkpoint", None)
+    kwargs_file = request.kwargs_file
     return {
-        "kind": "score request", "format": REQUEST_FORMAT, "variant": args.variant,
-        "kwargs": _file_identity(kwargs[1:]) if kwargs and kwargs.startswith("@") else kwargs,
-        "registry": _file_identity(registry), "cwd": os.getcwd(), "checkpoint": _file_identity(checkpoint),
-        "policy": getattr(args, "policy", None), "form": form, "device": device,
-        "input_shape": getattr(args, "input_shape", None), "score": getattr(args, "score", None),
-        "score_means": getattr(args, "score_means", None), "sources": sources_sha256(),
-        "versions": versions(),
+        "kind": "score request", "format": REQUEST_FORMAT, "variant": request.variant,
+        "kwargs": _file_identity(kwargs_file) if kwargs_file is not None else request.kwargs_text,
+        "registry": _file_identity(registry), "cwd": os.getcwd(),
+        "checkpoint": _file_identity(request.checkpoint), "policy": request.policy, "form": form,
+        "device": device, "input_shape": request.input_shape, "score": request.score,
+        "score_means": request.score_means, "sources": sources_sha256(), "versions": versions(),
     }
 
 
-def remember(cache: ExportCache, args: argparse.Namespace, *, export_key: str, reads: Sequence[str],
+def remember(cache: ExportCache, request: ScoreRequest, *, export_key: str, reads: Sequence[str],
              name: str, factory: str, kwargs: Mapping[str, object], weights: str | None, ran: str,
              transform: ScoreTransform, contract: InputContract, warnings: Sequence[str] = ()) -> None:
     """Record what a later run of the same command needs to score from the cache without torch."""
-    parts = request_parts(args)
+    parts = request_parts(request)
     if parts is None:
         return
     record = {"export_key": export_key, "reads": {os.path.abspath(p): file_sha256(p) for p in reads},
@@ -111,15 +109,16 @@ def _record(cache: ExportCache, parts: dict) -> dict | None:
     return record
 
 
-def score_from_cache(args: argparse.Namespace) -> int | None:
+def score_from_cache(request: ScoreRequest) -> int | None:
     """The run's exit code when the cache holds this command's export, else None (and nothing done)."""
-    parts = request_parts(args)
-    output = getattr(args, "output", None)
-    misused = (output is None and (args.resume or args.force)) or (output is not None and args.format)
-    if parts is None or args.batch_size < 1 or misused:  # the model path refuses it in its words
+    parts = request_parts(request)
+    output = request.output
+    misused = ((output is None and (request.resume or request.force)) or
+               (output is not None and request.format))
+    if parts is None or request.batch_size < 1 or misused:  # the model path refuses it in its words
         return None
     try:
-        cache = open_cache(getattr(args, "cache_dir", None), warn=lambda line: None)
+        cache = open_cache(request.cache_dir, warn=lambda line: None)
         if cache is None:
             return None
         record = _record(cache, parts)
@@ -128,40 +127,41 @@ def score_from_cache(args: argparse.Namespace) -> int | None:
         return None
     if record is None or onnx is None:
         return None
-    return _run(args, record, onnx, parts)
+    return _run(request, record, onnx, parts)
 
 
-def _run(args: argparse.Namespace, record: dict, onnx: bytes, parts: dict) -> int:
+def _run(request: ScoreRequest, record: dict, onnx: bytes, parts: dict) -> int:
     from harness.core.ort import inference_session
 
     transform = ScoreTransform.parse(record["score"], record["score_means"])
     contract = InputContract(tuple(record["input_shape"]), record["min_length"])
-    output = getattr(args, "output", None)
+    output = request.output
     log = None
     if output is not None:
-        reads = [("the input file", f) for f in args.files] + [("a file the model is built from", p)
+        reads = [("the input file", f) for f in request.files] + [("a file the model is built from", p)
                                                               for p in record["reads"]]
-        if args.checkpoint is not None:
-            reads.append(("the checkpoint", args.checkpoint))
+        if request.checkpoint is not None:
+            reads.append(("the checkpoint", request.checkpoint))
         check_not_read(output, reads)
-        options = {"batch_size": args.batch_size, "policy": args.policy, "input_shape": list(contract.shape)}
+        options = {"batch_size": request.batch_size, "policy": request.policy,
+                   "input_shape": list(contract.shape)}
         print_ = fingerprint(variant=record["name"], factory=record["factory"], kwargs=record["kwargs"],
-                             checkpoint=args.checkpoint, weights=record["weights"], form=args.form,
-                             device=args.device, length=contract.length, sample_rate=SAMPLE_RATE,
+                             checkpoint=request.checkpoint, weights=record["weights"], form=request.form,
+                             device=request.device, length=contract.length, sample_rate=SAMPLE_RATE,
                              transform=transform, options=options)
-        log = ScoreLog.open(output, print_, resume=args.resume, force=args.force)
+        log = ScoreLog.open(output, print_, resume=request.resume, force=request.force)
     session = inference_session(onnx)
     for line in record.get("warnings", []):
         print(line, file=sys.stderr)
     print(f"score: {record['name']} as {record['ran']} (from the cache, without torch)", file=sys.stderr)
-    chunks = functools.partial(_chunks, session, batch_size=args.batch_size, contract=contract,
+    chunks = functools.partial(_chunks, session, batch_size=request.batch_size, contract=contract,
                                transform=transform)
-    run = ScoreRun(args.files, record["name"], transform, args.format, chunks)
+    run = ScoreRun(request.files, record["name"], transform, request.format, chunks)
     if log is None:
         with sigterm_raises():
             return run.to_stdout()
     with log, sigterm_raises():
-        return run.to_log(log, log.todo(args.files))
+        return run.to_log(log, log.todo(request.files))
 
 
 def _chunks(session: object, files: Sequence[str], *, batch_size: int, contract: InputContract,

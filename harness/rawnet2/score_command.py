@@ -15,7 +15,6 @@ source) may be its output. The ONNX Runtime form's verified export is kept in th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import os
@@ -29,13 +28,13 @@ from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError, error_line
 from harness.core.export_cache import ExportCache, cache_key, open_cache
 from harness.core.fileio import check_not_read, check_regular_input
-from harness.core.loading import parse_kwargs
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, Tolerance, all_close, max_abs_diff
 from harness.rawnet2.audio import NUM_SAMPLES, SAMPLE_RATE
 from harness.rawnet2.checkpoints import get_audio_model
 from harness.rawnet2.deploy import CACHED_EXPORT, export_cache_parts, factory_name, weights_identity
 from harness.rawnet2.registry import VariantSpec, in_family, resolve
 from harness.rawnet2.score_cached import remember
+from harness.rawnet2.score_request import ScoreRequest
 from harness.rawnet2.score_results import RANDOM_WEIGHTS_SEED, random_weights_warning
 from harness.rawnet2.score_run import ScoreRun, sigterm_raises
 from harness.rawnet2.scorelog import ScoreLog, fingerprint
@@ -54,17 +53,16 @@ LOUD_PEAK = 4.0
 # --- what is scored, and how -------------------------------------------------------------------------
 
 
-def score_target(args: argparse.Namespace) -> VariantSpec:
-    """``--variant`` with ``--kwargs``, ``--score``/``--score-means`` and ``--input-shape`` applied."""
-    kwargs = parse_kwargs(args.kwargs) if getattr(args, "kwargs", None) else None
-    target = resolve(args.variant, kwargs=kwargs)
+def score_target(request: ScoreRequest) -> VariantSpec:
+    """The variant with the request's kwargs, score transform, score meaning and input shape applied."""
+    target = resolve(request.variant, kwargs=request.kwargs)
     changes: dict[str, object] = {}
-    if getattr(args, "score", None) is not None:
-        changes["score"] = args.score
-    if getattr(args, "score_means", None) is not None:
-        changes["score_means"] = args.score_means
-    if getattr(args, "input_shape", None) is not None:
-        changes["input_shape"] = parse_clip_shape(args.input_shape)
+    if request.score is not None:
+        changes["score"] = request.score
+    if request.score_means is not None:
+        changes["score_means"] = request.score_means
+    if request.input_shape is not None:
+        changes["input_shape"] = parse_clip_shape(request.input_shape)
     return target.replace(**changes) if changes else target
 
 
@@ -101,14 +99,13 @@ def scoring_contract(target: VariantSpec) -> InputContract:
 # --- what the run reads is never its output ---------------------------------------------------------
 
 
-def files_read(args: argparse.Namespace, target: VariantSpec) -> list[tuple[str, str]]:
+def files_read(request: ScoreRequest, target: VariantSpec) -> list[tuple[str, str]]:
     """``(what, path)`` for every file the run reads."""
-    reads = [("the input file", f) for f in args.files]
-    if args.checkpoint is not None:
-        reads.append(("the checkpoint", args.checkpoint))
-    kwargs = getattr(args, "kwargs", None)
-    if kwargs and kwargs.startswith("@"):
-        reads.append(("the --kwargs file", kwargs[1:]))
+    reads = [("the input file", f) for f in request.files]
+    if request.checkpoint is not None:
+        reads.append(("the checkpoint", request.checkpoint))
+    if request.kwargs_file is not None:
+        reads.append(("the --kwargs file", request.kwargs_file))
     for path in target.files_read():
         what = ("the registered weights" if path == target.weights_path else
                 "the registry file" if str(path) == target.origin else "the factory's source")
@@ -119,19 +116,19 @@ def files_read(args: argparse.Namespace, target: VariantSpec) -> list[tuple[str,
 # --- the model -----------------------------------------------------------------------------------------
 
 
-def build_score_model(args: argparse.Namespace, target: VariantSpec) -> nn.Module:
-    """The eager model: ``target`` holding ``--checkpoint``, else its registered weights, else seeded
-    random weights (with a warning: only then has it none)."""
-    kwargs = parse_kwargs(args.kwargs) if getattr(args, "kwargs", None) else None
+def build_score_model(request: ScoreRequest, target: VariantSpec) -> nn.Module:
+    """The eager model: ``target`` holding the request's checkpoint, else its registered weights, else
+    seeded random weights (with a warning: only then has it none)."""
     try:
         with torch.random.fork_rng():
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = get_audio_model(args.variant, args.checkpoint, policy=args.policy, kwargs=kwargs)
+            model = get_audio_model(request.variant, request.checkpoint, policy=request.policy,
+                                    kwargs=request.kwargs)
     except HarnessError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's factory: a model that cannot be built is refused
         raise HarnessError(f"cannot build {target.name}: {error_line(exc)}") from None
-    if args.checkpoint is None and target.weights is None and any(True for _ in model.parameters()):
+    if request.checkpoint is None and target.weights is None and any(True for _ in model.parameters()):
         print(random_weights_warning(target.name), file=sys.stderr)
     return model
 
@@ -254,66 +251,67 @@ def scoring_model(eager: nn.Module, target: VariantSpec, form: str, device: str,
 # --- the command --------------------------------------------------------------------------------------
 
 
-def cli_score(args: argparse.Namespace) -> int:
+def run_score(request: ScoreRequest) -> int:
     """``python -m harness score``: exit 0 when every file scored, 1 when any failed, 2 refused."""
-    if args.batch_size < 1:
-        raise HarnessError(f"--batch-size must be at least 1, got {args.batch_size}")
-    output = getattr(args, "output", None)
-    resume, force = getattr(args, "resume", False), getattr(args, "force", False)
+    if request.batch_size < 1:
+        raise HarnessError(f"--batch-size must be at least 1, got {request.batch_size}")
+    output, resume, force = request.output, request.resume, request.force
     if output is None and (resume or force):
         flag = "--resume" if resume else "--force"
         raise HarnessError(f"{flag} applies to --output PATH, and none was given")
-    if output is not None and args.format is not None:
+    if output is not None and request.format is not None:
         raise HarnessError("--format is for stdout; --output always writes JSON Lines (stdout stays empty)")
-    target = score_target(args)
+    target = score_target(request)
     transform = score_transform(target)
     if output is not None:  # before any work: a run never writes over what it reads
-        check_not_read(output, files_read(args, target))
+        check_not_read(output, files_read(request, target))
     contract = scoring_contract(target)
-    form, device = getattr(args, "form", "eager"), getattr(args, "device", "cpu")
+    form, device = request.form, request.device
     log = None
     if output is not None:  # before the model loads: a bad path, a locked or foreign log stops the run here
-        if args.checkpoint is not None:
-            check_regular_input(args.checkpoint)
-        options = {"batch_size": args.batch_size, "policy": args.policy, "input_shape": list(contract.shape)}
+        if request.checkpoint is not None:
+            check_regular_input(request.checkpoint)
+        options = {"batch_size": request.batch_size, "policy": request.policy,
+                   "input_shape": list(contract.shape)}
         print_ = fingerprint(
             variant=target.name, factory=factory_name(target), kwargs=target.kwargs,
-            checkpoint=args.checkpoint, weights=target.weights_path, form=form, device=device,
+            checkpoint=request.checkpoint, weights=target.weights_path, form=form, device=device,
             length=contract.length, sample_rate=SAMPLE_RATE, transform=transform, options=options)
         log = ScoreLog.open(output, print_, resume=resume, force=force)
-    cache = score_cache(args, form, device)  # before the model loads: a --cache-dir refused stops it here
+    cache = score_cache(request, form, device)  # before the model loads: a --cache-dir refused stops it here
     with log if log is not None else contextlib.nullcontext():
-        todo = log.todo(args.files) if log is not None else list(args.files)
-        model = build_score_model(args, target)
+        todo = log.todo(request.files) if log is not None else list(request.files)
+        model = build_score_model(request, target)
         try:
             check_scorable(model, target, contract, transform)
             weights = None if cache is None else weights_identity(
-                model, checkpoint=args.checkpoint, policy=args.policy, registered=target.weights_path)
+                model, checkpoint=request.checkpoint, policy=request.policy, registered=target.weights_path)
             scorer, ran = scoring_model(model, target, form, device,
                                         say=lambda line: print(line, file=sys.stderr, flush=True),
                                         cache=cache, weights=weights)
             print(f"score: {target.name} as {ran}", file=sys.stderr)
             if cache is not None and ran.startswith("onnxruntime"):  # the next run needs no torch
-                remember(cache, args, export_key=cache_key(export_cache_parts(target, weights)),
-                         reads=[path for what, path in files_read(args, target) if what != "the input file"],
+                remember(cache, request, export_key=cache_key(export_cache_parts(target, weights)),
+                         reads=[path for what, path in files_read(request, target)
+                                if what != "the input file"],
                          name=target.name, factory=factory_name(target), kwargs=target.kwargs,
                          weights=None if target.weights_path is None else os.fspath(target.weights_path),
                          ran=ran, transform=transform, contract=contract,
-                         warnings=[random_weights_warning(target.name)] if args.checkpoint is None
+                         warnings=[random_weights_warning(target.name)] if request.checkpoint is None
                          and target.weights is None and any(True for _ in model.parameters()) else [])
-            run = ScoreRun(args.files, target.name, transform, args.format, functools.partial(
-                iter_scores, scorer, batch_size=args.batch_size, contract=contract, transform=transform))
+            run = ScoreRun(request.files, target.name, transform, request.format, functools.partial(
+                iter_scores, scorer, batch_size=request.batch_size, contract=contract, transform=transform))
             with sigterm_raises():
                 if log is None:
                     return run.to_stdout()
                 return run.to_log(log, todo)
         except ForwardFailed as exc:
-            raise ForwardFailed(f"variant {args.variant!r} cannot score audio: {exc}") from None
+            raise ForwardFailed(f"variant {request.variant!r} cannot score audio: {exc}") from None
 
 
-def score_cache(args: argparse.Namespace, form: str, device: str) -> ExportCache | None:
+def score_cache(request: ScoreRequest, form: str, device: str) -> ExportCache | None:
     """The export cache this run uses: only a form that exports (ONNX Runtime, on the CPU) opens one;
     ``--no-cache`` none; ``--cache-dir`` (else the default location) the one named."""
     if form not in ("auto", "onnxruntime") or device != "cpu":
         return None
-    return open_cache(getattr(args, "cache_dir", None), enabled=not getattr(args, "no_cache", False))
+    return open_cache(request.cache_dir, enabled=not request.no_cache)
