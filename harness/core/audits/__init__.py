@@ -8,7 +8,7 @@ tensor or any tuple, list, dict, namedtuple or dataclass of them; checks work le
 
 The modules: ``results`` (what an audit returns), ``context`` (what a check is handed),
 ``outputs`` (a forward's tensor leaves, ``OUTPUT_KINDS``), ``naming`` (paths in messages),
-``module_checks`` and ``forward_checks`` (the checks), ``runner`` (``audit``,
+``module_checks``, ``forward_checks`` and ``skip_wiring`` (the checks), ``runner`` (``audit``,
 ``GENERIC_CHECKS``), ``cli_support`` (``--input-shape``).
 """
 
@@ -37,8 +37,8 @@ from harness.core.audits.module_checks import (
 from harness.core.audits.outputs import OUTPUT_KINDS, SCORE_KEYS, Outputs
 from harness.core.audits.results import FAIL, NOT_APPLICABLE, PASS, AuditReport, Finding, matches_declaration
 from harness.core.audits.runner import GENERIC_CHECKS, audit, declared_results, resolve_checks
+from harness.core.audits.skip_wiring import check_skip_wiring
 from harness.core.loading import load_attr, load_factory  # importing MODULE:ATTR, as the audit verb does
-from harness.core.wiring import check_skip_wiring
 
 __all__ = [
     "BUILD_SEED",

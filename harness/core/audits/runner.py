@@ -15,10 +15,10 @@ from harness.core.audits import forward_checks, module_checks
 from harness.core.audits.context import BUILD_SEED, AuditContext, CheckTable, ModelFailure, NotApplicable
 from harness.core.audits.outputs import OUTPUT_KINDS
 from harness.core.audits.results import FAIL, NOT_APPLICABLE, PASS, AuditReport
+from harness.core.audits.skip_wiring import check_skip_wiring
 from harness.core.contract import ScoreTransform
 from harness.core.errors import HarnessError
 from harness.core.loading import exit_error
-from harness.core.wiring import check_skip_wiring
 
 # The checks that apply to any model, in report order. skip_wiring finds residual blocks by
 # dataflow (harness.core.residuals), so it applies to any model too (n/a where none are found).
