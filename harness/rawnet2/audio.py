@@ -15,6 +15,7 @@ clips is ``harness.rawnet2.scoring``; the ``score`` command, ``harness.rawnet2.s
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import stat
@@ -268,8 +269,6 @@ _MOVED_TO_SCORING = ("FileScore", "ForwardFailed", "Progress", "iter_scores", "s
 
 
 def __getattr__(name: str) -> object:
-    if name in _MOVED_TO_SCORING:
-        from harness.rawnet2 import scoring
-
-        return getattr(scoring, name)
+    if name in _MOVED_TO_SCORING:  # by name: an alias for old scripts, not a dependency of decoding
+        return getattr(importlib.import_module("harness.rawnet2.scoring"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

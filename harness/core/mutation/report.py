@@ -19,7 +19,7 @@ from harness.core.mutation.attribution import attribute
 from harness.core.mutation.mutants import TOOL, Mutant, equivalence_of
 
 if TYPE_CHECKING:
-    from harness.core.mutation.engine import MutationRun
+    from harness.core.mutation.config import MutationRun
 
 # What the report says of a mutant. Detected: the gate notices it.
 DETECTED = ("killed", "timeout", "crashed")
