@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -22,6 +22,7 @@ from harness.core.errors import HarnessError, error_line
 from harness.core.export_cache import ExportCache, cache_key, export_key_parts, file_sha256, state_dict_sha256
 from harness.core.fileio import check_output_path
 from harness.core.onnx import OPSET, ExportedModel, VerifyInput, export_onnx, verification_inputs
+from harness.rawnet2.corpus import BUNDLED_AUDIO
 from harness.rawnet2.inputs import NUM_SAMPLES
 from harness.rawnet2.registry import VariantSpec
 from harness.rawnet2.variants import FAMILY_CONTRACT as _FAMILY_SPEC_FIELDS
@@ -59,7 +60,13 @@ def export_variant(target: VariantSpec, path: str | os.PathLike | None = None, *
 
 # --- the form score runs ----------------------------------------------------------------------
 
-SCORE_FORMS = ("auto", "eager", "optimized", "onnxruntime")
+# The int8 form changes scores (it is judged by decisions): `auto` never picks it.
+INT8_FORM = "onnxruntime-int8"
+SCORE_FORMS = ("auto", "eager", "optimized", "onnxruntime", INT8_FORM)
+# Without --calibrate-on the int8 form is calibrated on the bundled recordings (harness.rawnet2.corpus's
+# BUNDLED_AUDIO: four files; harness.core.quantize.calibration_set makes CALIBRATION_CLIPS clips of them).
+# Calibration batches: each is one float forward of the export while ranges are collected.
+CALIBRATION_BATCH = 4
 
 
 class _Unavailable(Exception):
@@ -140,17 +147,79 @@ def _onnxruntime_form(model: torch.nn.Module, target: VariantSpec, device: str, 
 
 
 def _cache_key(model: torch.nn.Module, target: VariantSpec, cache: ExportCache | None,
-               weights: Mapping[str, object] | None) -> tuple[str | None, dict[str, object] | None]:
+               weights: Mapping[str, object] | None, *, form: str = "onnxruntime",
+               settings: Mapping[str, object] | None = None) -> tuple[str | None, dict[str, object] | None]:
     """The export's cache key and parts; (None, None) without a cache, or when ``target`` has no
     plain-JSON identity (a kwarg that is an object: its repr could name two models alike)."""
     if cache is None:
         return None, None
     try:
-        parts = export_cache_parts(target, weights if weights is not None else weights_identity(model))
+        parts = export_cache_parts(target, weights if weights is not None else weights_identity(model),
+                                   form=form, settings=settings)
         return cache_key(parts), parts
     except HarnessError as exc:
         print(f"warning: {target.name}'s export is not cached: {exc}", file=sys.stderr)
         return None, None
+
+
+def calibration_clips(target: VariantSpec, files: Sequence[str | os.PathLike] | None = None) -> list:
+    """The int8 form's calibration clips: ``files`` (--calibrate-on) or the bundled recordings, decoded
+    and fitted to the clip length score feeds (``NUM_SAMPLES``), in ``target``'s input layout, made up
+    to ``CALIBRATION_CLIPS`` by ``calibration_set``."""
+    from harness.core.quantize import calibration_set
+    from harness.rawnet2.audio import load_clip
+
+    bundled = sorted(BUNDLED_AUDIO.glob("*.wav")) + sorted(BUNDLED_AUDIO.glob("*.flac"))
+    paths = list(files) if files else bundled
+    if not paths:
+        raise HarnessError(f"--form {INT8_FORM}: no calibration audio: {BUNDLED_AUDIO} holds none (an "
+                           "installed package ships no test data); give --calibrate-on FILES")
+    example_shape = target.input_contract().batch_shape(1, NUM_SAMPLES)[1:]
+    clips = []
+    for path in paths:
+        try:
+            clips.append(load_clip(path).reshape(example_shape))
+        except HarnessError as exc:  # UnusableAudio names no path and exits 1: here it is a usage error
+            raise HarnessError(f"--calibrate-on {os.fspath(path)!r}: {exc}") from None
+    return calibration_set(clips)
+
+
+def _onnxruntime_int8_form(model: torch.nn.Module, target: VariantSpec, device: str, *,
+                           cache: ExportCache | None = None, weights: Mapping[str, object] | None = None,
+                           calibrate_on: Sequence[str | os.PathLike] | None = None) -> tuple[object, str]:
+    from harness.core.onnx import OnnxRuntimeSession, onnx_missing
+    from harness.core.quantize import INT8_SETTINGS, calibration_batches, calibration_digest, quantize_int8
+
+    if missing := onnx_missing():
+        raise _Unavailable(missing)
+    if "onnxruntime" not in target.forms:
+        raise _Unavailable(f"{target.name} does not list onnxruntime among its forms (the int8 form "
+                           "quantizes that export)")
+    if device != "cpu":
+        raise _Unavailable("ONNX Runtime runs on the CPU here (the wheel has no GPU provider)")
+    import onnxruntime
+
+    clips = calibration_clips(target, calibrate_on)  # a file that does not decode: the user's error, exit 2
+    batches = calibration_batches(clips, CALIBRATION_BATCH)
+    settings = {**INT8_SETTINGS, "calibration_sha256": calibration_digest(batches)}
+    ran = (INT8_FORM + " ({how}; static int8 QDQ calibrated on " + str(len(clips)) + " clips; scores differ "
+           "from eager: judge it by decisions; onnxruntime " + onnxruntime.__version__ + ") on cpu")
+    key, parts = _cache_key(model, target, cache, weights, form=INT8_FORM, settings=settings)
+    if key is not None and (cached := cache.get(key)) is not None:
+        try:
+            return OnnxRuntimeSession(cached), ran.format(how=CACHED_EXPORT)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's failure types: rebuilt, the entry replaced
+            print(f"warning: export cache entry {key[:12]}... does not load in ONNX Runtime "
+                  f"({error_line(exc)}): exporting again", file=sys.stderr)
+    example, verify = _inputs(target)
+    try:
+        exported = export_onnx(model, example, verify[-1:])  # the float32 graph, verified as onnxruntime's
+        quantized = quantize_int8(exported.onnx_bytes, batches)
+    except HarnessError as exc:
+        raise _Unavailable(str(exc)) from None
+    if key is not None:
+        cache.put(key, quantized, parts)
+    return OnnxRuntimeSession(quantized), ran.format(how="exported, verified in float32, quantized")
 
 
 def _optimized_form(model: torch.nn.Module, target: VariantSpec, device: str) -> tuple[object, str]:
@@ -170,12 +239,14 @@ def _eager_form(model: torch.nn.Module, target: VariantSpec, device: str) -> tup
     return model, f"eager on {device}"
 
 
-_FORM_BUILDERS = {"onnxruntime": _onnxruntime_form, "optimized": _optimized_form, "eager": _eager_form}
+_FORM_BUILDERS = {"onnxruntime": _onnxruntime_form, INT8_FORM: _onnxruntime_int8_form,
+                  "optimized": _optimized_form, "eager": _eager_form}
 
 
 def deployment_model(model: torch.nn.Module, target: VariantSpec, form: str = "auto",
                      device: str = "cpu", *, cache: ExportCache | None = None,
-                     weights: Mapping[str, object] | None = None) -> tuple[object, str]:
+                     weights: Mapping[str, object] | None = None,
+                     calibrate_on: Sequence[str | os.PathLike] | None = None) -> tuple[object, str]:
     """``model`` (weights loaded) in the deployment form that scores audio, and what ran.
 
     ``auto`` takes the fastest form the machine and the spec allow: on the CPU ONNX Runtime
@@ -194,7 +265,9 @@ def deployment_model(model: torch.nn.Module, target: VariantSpec, form: str = "a
     model = model.to(device).eval()
     order = ["onnxruntime", "optimized", "eager"] if form == "auto" else [form]
     builders = {**_FORM_BUILDERS,
-                "onnxruntime": functools.partial(_onnxruntime_form, cache=cache, weights=weights)}
+                "onnxruntime": functools.partial(_onnxruntime_form, cache=cache, weights=weights),
+                INT8_FORM: functools.partial(_onnxruntime_int8_form, cache=cache, weights=weights,
+                                             calibrate_on=calibrate_on)}
     passed_over = []
     for candidate in order:
         try:

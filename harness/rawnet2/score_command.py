@@ -19,7 +19,7 @@ import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,7 +31,13 @@ from harness.core.fileio import check_not_read, check_regular_input
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, Tolerance, all_close, max_abs_diff
 from harness.rawnet2.audio import NUM_SAMPLES, SAMPLE_RATE
 from harness.rawnet2.checkpoints import get_audio_model
-from harness.rawnet2.deploy import CACHED_EXPORT, export_cache_parts, factory_name, weights_identity
+from harness.rawnet2.deploy import (
+    CACHED_EXPORT,
+    INT8_FORM,
+    export_cache_parts,
+    factory_name,
+    weights_identity,
+)
 from harness.rawnet2.registry import VariantSpec, in_family, resolve
 from harness.rawnet2.score_cached import remember
 from harness.rawnet2.score_request import ScoreRequest
@@ -150,7 +156,10 @@ def check_scorable(model: nn.Module, target: VariantSpec, contract: InputContrac
 
 
 def form_tolerance(built: object, ran: str) -> tuple[str, Tolerance] | None:
-    """The tolerance the form that ran is held to against eager (None: it is eager)."""
+    """The tolerance the form that ran is held to against eager (None: it is eager, or the int8 form,
+    which changes scores by design and is judged by its decisions, not by a float tolerance)."""
+    if ran.startswith(INT8_FORM):
+        return None
     if ran.startswith("onnxruntime"):
         return "onnxruntime", DEPLOYMENT_TOLERANCES["onnxruntime"]
     if ran.startswith("optimized"):
@@ -220,6 +229,7 @@ class VerifiedForm:
 def scoring_model(eager: nn.Module, target: VariantSpec, form: str, device: str,
                   say: Callable[[str], None], *, cache: ExportCache | None = None,
                   weights: Mapping[str, object] | None = None,
+                  calibrate_on: Sequence[str | os.PathLike] | None = None,
                   ) -> tuple[Callable[[torch.Tensor], object], str]:
     """The form that scores (verified on the first batch unless it is eager) and what ran.
 
@@ -228,7 +238,8 @@ def scoring_model(eager: nn.Module, target: VariantSpec, form: str, device: str,
     from harness.rawnet2.deploy import deployment_model
 
     try:
-        built, ran = deployment_model(eager, target, form, device, cache=cache, weights=weights)
+        built, ran = deployment_model(eager, target, form, device, cache=cache, weights=weights,
+                                      calibrate_on=calibrate_on)
     except HarnessError:
         raise
     except Exception as exc:  # noqa: BLE001 - building a form runs the exporter and the user's model
