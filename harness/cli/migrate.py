@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.cli.options import MODEL_HELP, POLICIES, add_model_options, kwargs_file_read, resolve_model
 from harness.core.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.rawnet2.registry import VariantSpec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _files_read(variant) -> list[tuple[str, Path]]:
+def _files_read(variant: VariantSpec | None) -> list[tuple[str, Path]]:
     paths = [] if variant is None else variant.files_read()
     return [(f"a file {variant.name} is built from", path) for path in paths]
 

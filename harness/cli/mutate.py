@@ -59,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
         model_file(path, root=root)
     writer = ReportWriter(output)
     for path in args.paths:
-        run = plan_run(path, root=root, tests=args.tests, registry=registry, workers=workers,
-                       timeout_factor=args.timeout_factor, equivalences=equivalences,
-                       max_mutants=args.max_mutants, time_budget_s=args.time_budget)
-        run.on_update = writer.write
+        planned = plan_run(path, root=root, tests=args.tests, registry=registry, workers=workers,
+                           timeout_factor=args.timeout_factor, equivalences=equivalences,
+                           max_mutants=args.max_mutants, time_budget_s=args.time_budget)
+        planned.on_update = writer.write
         try:
-            section = run_mutation(run)
+            section = run_mutation(planned)
         except KeyboardInterrupt:
             print(f"interrupted: the partial report is {output}", file=sys.stderr)
             return INTERRUPTED_EXIT

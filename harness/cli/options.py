@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from harness.core.loading import parse_kwargs
+
+if TYPE_CHECKING:
+    from harness.rawnet2.registry import VariantSpec
 
 MODEL_HELP = "a registered variant name or MODULE:ATTR (a class or function building the model)"
 KWARGS_HELP = "constructor arguments as a JSON object, or @FILE holding one"
@@ -43,7 +47,7 @@ def kwargs_file_read(given: Kwargs | None) -> list[tuple[str, str]]:
     return [("the --kwargs file", given.file)] if given is not None and given.file is not None else []
 
 
-def resolve_model(target: str, given: Kwargs | None = None, **fields: object):
+def resolve_model(target: str, given: Kwargs | None = None, **fields: object) -> VariantSpec:
     """``harness.rawnet2.registry.resolve`` of a MODEL argument with its ``--kwargs``."""
     from harness.rawnet2.registry import resolve  # here: the parser is built without torch
 

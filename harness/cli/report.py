@@ -6,9 +6,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.cli.options import MODEL_HELP
 from harness.core.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.report.build import Progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stderr_progress():
+def _stderr_progress() -> Progress:
     """Progress lines on stderr, each with the seconds since the run began."""
     start = time.monotonic()
 

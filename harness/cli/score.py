@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from harness.cli.options import MODEL_HELP, POLICIES, SCORE_FORMS, add_model_options
+
+if TYPE_CHECKING:
+    from harness.rawnet2.score_request import ScoreRequest
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def score_request(args: argparse.Namespace):
+def score_request(args: argparse.Namespace) -> ScoreRequest:
     """The parsed command line as a ``harness.rawnet2.score_request.ScoreRequest``."""
     from harness.rawnet2.score_request import ScoreRequest
 
