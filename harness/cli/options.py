@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from harness.core.loading import parse_kwargs
+from harness.rawnet2.score_request import SCORE_FORMS  # noqa: F401 - the verbs' --form choices
 
 if TYPE_CHECKING:
     from harness.rawnet2.registry import VariantSpec
@@ -21,8 +22,6 @@ MODEL_HELP = "a registered variant name or MODULE:ATTR (a class or function buil
 KWARGS_HELP = "constructor arguments as a JSON object, or @FILE holding one"
 # harness.rawnet2.conversion.POLICIES, spelled here so that the parser is built without importing torch.
 POLICIES = ("preserve-function", "preserve-weights")
-# harness.rawnet2.deploy.SCORE_FORMS (what ``--form`` takes), spelled here for the same reason.
-SCORE_FORMS = ("auto", "eager", "optimized", "onnxruntime")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(onnxruntime, else optimized, else eager), verified against eager on the first "
                         "batch (auto falls back to eager on a difference, a named form is refused); stderr "
                         "names the one that ran")
+    p.add_argument("--calibrate-on", nargs="+", metavar="FILE",
+                   help="--form onnxruntime-int8 only: the audio its activation ranges are calibrated on "
+                        "(default: the bundled recordings); the int8 form changes scores, so judge it by "
+                        "its decisions (evaluate), and auto never picks it")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, default=8, help="usable files per forward (default 8)")
     p.add_argument("--format", choices=("table", "json"),
@@ -67,7 +71,8 @@ def score_request(args: argparse.Namespace) -> ScoreRequest:
         kwargs=args.kwargs.value if args.kwargs is not None else None,
         kwargs_text=args.kwargs.text if args.kwargs is not None else None, score=args.score,
         score_means=args.score_means, input_shape=args.input_shape, form=args.form, device=args.device,
-        batch_size=args.batch_size, format=args.format, output=args.output, resume=args.resume,
+        calibrate_on=args.calibrate_on, batch_size=args.batch_size, format=args.format, output=args.output,
+        resume=args.resume,
         force=args.force, cache_dir=args.cache_dir, no_cache=args.no_cache, registry=args.registry)
 
 

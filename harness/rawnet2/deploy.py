@@ -25,6 +25,7 @@ from harness.core.onnx import OPSET, ExportedModel, VerifyInput, export_onnx, ve
 from harness.rawnet2.corpus import BUNDLED_AUDIO
 from harness.rawnet2.inputs import NUM_SAMPLES
 from harness.rawnet2.registry import VariantSpec
+from harness.rawnet2.score_request import INT8_FORM, SCORE_FORMS
 from harness.rawnet2.variants import FAMILY_CONTRACT as _FAMILY_SPEC_FIELDS
 
 # The contract used when no variant is named: the family's [B, 1, T]; a caller with a spec passes it.
@@ -60,9 +61,6 @@ def export_variant(target: VariantSpec, path: str | os.PathLike | None = None, *
 
 # --- the form score runs ----------------------------------------------------------------------
 
-# The int8 form changes scores (it is judged by decisions): `auto` never picks it.
-INT8_FORM = "onnxruntime-int8"
-SCORE_FORMS = ("auto", "eager", "optimized", "onnxruntime", INT8_FORM)
 # Without --calibrate-on the int8 form is calibrated on the bundled recordings (harness.rawnet2.corpus's
 # BUNDLED_AUDIO: four files; harness.core.quantize.calibration_set makes CALIBRATION_CLIPS clips of them).
 # Calibration batches: each is one float forward of the export while ranges are collected.

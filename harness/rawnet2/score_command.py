@@ -112,6 +112,7 @@ def files_read(request: ScoreRequest, target: VariantSpec) -> list[tuple[str, st
         reads.append(("the checkpoint", request.checkpoint))
     if request.kwargs_file is not None:
         reads.append(("the --kwargs file", request.kwargs_file))
+    reads += [("a --calibrate-on file", f) for f in request.calibrate_on or ()]
     for path in target.files_read():
         what = ("the registered weights" if path == target.weights_path else
                 "the registry file" if str(path) == target.origin else "the factory's source")
@@ -299,9 +300,10 @@ def run_score(request: ScoreRequest) -> int:
                 model, checkpoint=request.checkpoint, policy=request.policy, registered=target.weights_path)
             scorer, ran = scoring_model(model, target, form, device,
                                         say=lambda line: print(line, file=sys.stderr, flush=True),
-                                        cache=cache, weights=weights)
+                                        cache=cache, weights=weights, calibrate_on=request.calibrate_on)
             print(f"score: {target.name} as {ran}", file=sys.stderr)
-            if cache is not None and ran.startswith("onnxruntime"):  # the next run needs no torch
+            if cache is not None and ran.startswith("onnxruntime") and not ran.startswith(INT8_FORM):
+                # the next run of this command needs no torch
                 remember(cache, request, export_key=cache_key(export_cache_parts(target, weights)),
                          reads=[path for what, path in files_read(request, target)
                                 if what != "the input file"],
@@ -323,6 +325,6 @@ def run_score(request: ScoreRequest) -> int:
 def score_cache(request: ScoreRequest, form: str, device: str) -> ExportCache | None:
     """The export cache this run uses: only a form that exports (ONNX Runtime, on the CPU) opens one;
     ``--no-cache`` none; ``--cache-dir`` (else the default location) the one named."""
-    if form not in ("auto", "onnxruntime") or device != "cpu":
+    if form not in ("auto", "onnxruntime", INT8_FORM) or device != "cpu":
         return None
     return open_cache(request.cache_dir, enabled=not request.no_cache)

@@ -8,6 +8,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+# The int8 form changes scores (it is judged by decisions): ``auto`` never picks it.
+INT8_FORM = "onnxruntime-int8"
+# What ``--form`` takes (harness.rawnet2.deploy builds each; spelled here, where no torch is needed).
+SCORE_FORMS = ("auto", "eager", "optimized", "onnxruntime", INT8_FORM)
+
 
 @dataclass(frozen=True)
 class ScoreRequest:
@@ -30,6 +35,7 @@ class ScoreRequest:
     cache_dir: str | None = None
     no_cache: bool = False
     registry: str | None = None  # the --registry file the variant may come from
+    calibrate_on: Sequence[str] | None = None  # the int8 form's calibration files (default: bundled audio)
 
     @property
     def kwargs_file(self) -> str | None:
