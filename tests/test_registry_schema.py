@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from harness.__main__ import main
 from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError
 from harness.rawnet2.registry import MAX_REGISTRY_BYTES, SPEC_KEYS, SUBJECTS, VariantSpec, load_registry_file
 from tests.helpers import restored_registry
 
-ROOT = Path(__file__).resolve().parents[1]
 TABLE = "[tool.rawnet2-harness.variants.x]\nfactory = 'fixed.skip_modules:RawNet2'\n"
 
 
@@ -132,11 +130,25 @@ def test_dev_zero_as_registry_is_refused_at_once():
         load_registry_file("/dev/zero")
 
 
-def test_a_bad_default_pyproject_is_exit_2_with_one_line_for_every_command(tmp_path: Path):
+# In-process: main() reads ./pyproject.toml on every call, as a fresh process does (a real process per
+# verb costs a torch import; the audit verb's own real process: test_hostile_models).
+BAD_DEFAULT_PYPROJECT_ARGV = {
+    "audit": ["audit", "skip_modules"],
+    "compare": ["compare", "skip_modules", "basic_blocks"],
+    "migrate": ["migrate", "in.pt", "out.pt", "--to", "skip_modules"],
+    "report": ["report", "--quick"],
+}
+
+
+@pytest.mark.parametrize("command", list(BAD_DEFAULT_PYPROJECT_ARGV))
+def test_a_bad_default_pyproject_is_exit_2_with_one_line_for_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, command: str
+):
     (tmp_path / "pyproject.toml").write_text("tool = 5\n")
-    run = subprocess.run([sys.executable, "-m", "harness", "audit", "skip_modules"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert run.returncode == 2, run.stderr
-    assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: ")
-    assert "must be a table" in run.stderr
+    monkeypatch.chdir(tmp_path)
+    before = dict(SUBJECTS)
+    assert main(BAD_DEFAULT_PYPROJECT_ARGV[command]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "must be a table" in err
+    assert dict(SUBJECTS) == before and sorted(p.name for p in tmp_path.iterdir()) == ["pyproject.toml"]
