@@ -40,10 +40,12 @@ REQUIRES = {"optimized": "folded", "onnxruntime": "onnxruntime"}
 
 
 def scores(model: object, name: str) -> torch.Tensor:
-    """The fixtures' scores, each variant fed its own contract and read through its own transform."""
+    """The fixtures' scores, each variant fed its own contract and read through its own transform.
+    Decoded in this process: worker processes give the same clips (test_score_cli) and cost a fork
+    per call; what is compared here is the forms."""
     spec = SUBJECTS[name]
     results = score_files(model, FILES, batch_size=3, contract=scoring_contract(spec),
-                          transform=score_transform(spec))
+                          transform=score_transform(spec), workers=0)
     return torch.tensor([r.score for r in results])
 
 
