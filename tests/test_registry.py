@@ -378,8 +378,9 @@ def test_a_team_registry_runs_the_whole_suite_on_its_model(tmp_path):
 
 def test_score_takes_a_module_attr_with_kwargs(team, capsys):
     wav = str(ROOT / "tests" / "data" / "audio" / "hello.wav")
+    # eager: the factory's kwargs are what is under test; the forms are test_score_forms'
     argv = ["score", wav, "--variant", "team_prod:ProdDetector", "--kwargs", '{"num_classes": 1}',
-            "--score", "probability", "--format", "json"]
+            "--score", "probability", "--form", "eager", "--format", "json"]
     assert main(argv) == 0
     [row] = json.loads(capsys.readouterr().out)["results"]
     assert row["file"] == wav and 0.0 < row["score"] < 1.0
