@@ -102,7 +102,7 @@ def _weighted_models(specs: Sequence[VariantSpec], plan: ScoringPlan,
             model, lines = load_into(first, state, policy=plan.policy)
         except HarnessError as exc:
             raise HarnessError(f"{first.name}: cannot load {plan.checkpoint}: {exc}") from None
-        models = [(model.eval(), f"weights from {plan.checkpoint} ({'; '.join(lines)})")]
+        models = [(model.eval(), f"weights from {plan.checkpoint} ({lines[0]})")]
     else:
         with torch.random.fork_rng():
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
@@ -132,7 +132,7 @@ def _weights_for(target: VariantSpec, loaded: list[tuple[str, nn.Module]],
     if plan.checkpoint is not None:
         try:
             model, lines = load_into(target, load_checkpoint(plan.checkpoint), policy=plan.policy)
-            return model.eval(), f"weights from {plan.checkpoint} ({'; '.join(lines)})"
+            return model.eval(), f"weights from {plan.checkpoint} ({lines[0]})"
         except HarnessError as exc:
             why = f" (the checkpoint does not load into it: {exc})"
     sources = list(loaded)
