@@ -101,9 +101,6 @@ def blocks_of(name: str) -> tuple[Block, ...]:
     return tuple(find_blocks(spec.build().eval(), spec.example(2)))
 
 
-# Found by dataflow, never by name: every runnable variant with residual blocks, a team's included.
-WIRED = [name for name in variants("runnable_name") if blocks_of(name)]
-
 
 # --- shapes ---------------------------------------------------------------------------------------
 
@@ -235,10 +232,14 @@ def last_normalisation_onwards(block: Block) -> list[nn.Module]:
 
 
 @few
-@pytest.mark.parametrize("name", WIRED)
 @given(seed=seeds, batch=st.integers(2, 4), extra=st.integers(0, 1023), train=st.booleans())
-def test_zeroing_each_last_batchnorm_leaves_a_pure_shortcut(name: str, seed: int, batch: int, extra: int,
-                                                           train: bool):
+def test_zeroing_each_last_batchnorm_leaves_a_pure_shortcut(runnable_name: str, seed: int, batch: int,
+                                                           extra: int, train: bool):
+    # Blocks found by dataflow, never by name (a team's model included); found here, not at collection:
+    # a forward per variant while collecting cost every run seconds, and every xdist worker its share.
+    name = runnable_name
+    if not blocks_of(name):
+        pytest.skip(f"{name}: dataflow finds no residual blocks")
     model = randomized(name, seed).train(train)
     x = example(name, seed, batch, extra, above="min_length")
     with torch.no_grad():
@@ -272,4 +273,5 @@ def test_the_guide_functions_wire_projections_exactly_on_the_projection_blocks()
     assert [i for i, k in function_of("legacy_effective").shortcuts.items() if k == NONE] == \
         list(PROJECTION_BLOCKS)
     assert function_of("basic_blocks") == function_of("skip_modules")
-    assert set(WIRED) >= {"tuple_blocks", "skip_modules", "basic_blocks", "legacy_effective"}
+    assert all(blocks_of(name) for name in ("tuple_blocks", "skip_modules", "basic_blocks",
+                                            "legacy_effective"))
