@@ -49,7 +49,7 @@ from importlib import metadata
 from pathlib import Path
 
 from harness.core.errors import HarnessError
-from harness.core.fileio import file_kind, fsync_directory
+from harness.core.fileio import file_kind, file_sha256, fsync_directory  # noqa: F401 - file_sha256 re-exported
 
 # Bumped whenever what an entry holds or how its key is made changes: older entries then miss.
 CACHE_FORMAT = 1
@@ -96,18 +96,6 @@ def canonical_json(parts: Mapping[str, object]) -> str:
 def cache_key(parts: Mapping[str, object]) -> str:
     """The SHA-256 (hex) of ``parts``' canonical JSON: equal parts, equal key."""
     return hashlib.sha256(canonical_json(parts).encode("ascii")).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 (hex) of a file's bytes: a checkpoint's identity, whatever its name."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    except OSError as exc:
-        raise HarnessError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
 def state_dict_sha256(model: object) -> str:

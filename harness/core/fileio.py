@@ -11,7 +11,9 @@ Output (checkpoints, reports, golden files) goes only to a regular file or a new
 * ``write_atomically`` checks the same, writes a temp file in the target directory (O_EXCL,
   so a link planted at the temp name is never followed), flush, fsync, checks the target
   again, ``os.replace`` (which replaces a directory entry, never writes through it), then
-  fsync of the directory; the temp file is removed on failure. Nothing is ever opened for
+  fsync of the directory; the temp file is removed on failure. ``durable=False`` leaves out
+  both fsyncs (a file rebuilt in a moment, e.g. a test fixture: still never half-written
+  under its own name, only not guaranteed to survive a power cut). Nothing is ever opened for
   writing at the destination itself. A regular file replaced keeps its permission bits (a
   ``chmod 600`` checkpoint stays private) and, where the process may, its owner and group;
   a new file gets the umask's default.
@@ -22,12 +24,14 @@ spelling, or by inode (a hard link).
 
 Input: ``check_regular_input(path)`` is the stat that refuses what is not a readable
 regular file (a symlink loop, a broken link, a directory, a FIFO or device) in one line;
-``describe_unreadable(path, exc)`` is the line for an ``OSError`` met while reading.
+``describe_unreadable(path, exc)`` is the line for an ``OSError`` met while reading;
+``file_sha256(path)`` is a file's content hash (a checkpoint's identity, whatever its name).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import stat
@@ -101,6 +105,18 @@ def check_regular_input(path: PathLike) -> os.stat_result:
     if not stat.S_ISREG(info.st_mode):
         raise HarnessError(f"{path}: is {file_kind(info.st_mode)}, not a regular file")
     return info
+
+
+def file_sha256(path: PathLike) -> str:
+    """The SHA-256 (hex) of a file's bytes: a checkpoint's identity, whatever its name."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    except OSError as exc:
+        raise HarnessError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return digest.hexdigest()
 
 
 # --- where output may go ---------------------------------------------------------------------------
@@ -212,10 +228,12 @@ def _recheck(target: Path, *, force: bool, overwrite: bool) -> None:
 
 
 def write_atomically(path: PathLike, write: Callable[[BinaryIO], None], *, force: bool = False,
-                     overwrite: bool = True) -> None:
+                     overwrite: bool = True, durable: bool = True) -> None:
     """Call ``write(f)`` on a temp file beside ``path``, then move it into place atomically.
 
-    ``force`` and ``overwrite`` as in ``check_output_path``, which runs first.
+    ``force`` and ``overwrite`` as in ``check_output_path``, which runs first. ``durable``: fsync
+    the file before the rename and the directory after it; without it the rename is still atomic
+    (no reader sees a half-written file) but may not survive a crash.
     """
     target = check_output_path(path, force=force, overwrite=overwrite)
     tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
@@ -228,7 +246,8 @@ def write_atomically(path: PathLike, write: Callable[[BinaryIO], None], *, force
             _keep_owner_and_mode(target, f.fileno())  # before any byte is written: never more readable
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         _recheck(target, force=force, overwrite=overwrite)
         os.replace(tmp, target)
     except BaseException as exc:
@@ -237,7 +256,8 @@ def write_atomically(path: PathLike, write: Callable[[BinaryIO], None], *, force
         if isinstance(exc, OSError):
             raise HarnessError(f"{target}: cannot write: {exc.strerror or exc}") from None
         raise
-    fsync_directory(target.parent)
+    if durable:
+        fsync_directory(target.parent)
 
 
 def _keep_owner_and_mode(target: Path, fd: int) -> None:

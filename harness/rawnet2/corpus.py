@@ -32,6 +32,7 @@ import numpy as np
 
 import harness
 from harness.core.errors import HarnessError
+from harness.core.fileio import write_atomically
 from harness.rawnet2.audio import decode
 from harness.rawnet2.inputs import SAMPLE_RATE
 
@@ -219,21 +220,6 @@ def _check_empty_directory(directory: Path) -> None:
 
 
 def _write(path: Path, data: bytes) -> None:
-    """``data`` under a temporary name beside ``path`` (``O_EXCL``: never through a planted link), then
-    renamed into place: no clip is ever half-written under its own name. Unlike
-    ``harness.core.fileio.write_atomically`` nothing is fsync'ed: a fixture is rebuilt in a moment,
-    and 66 fsyncs would take most of the build's time."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    created = False
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        created = True
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if created:  # never a file someone else put at the temporary name
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise HarnessError(f"{path}: cannot write: {exc.strerror or exc}") from None
-        raise
+    # Atomic (no clip is ever half-written under its own name) but not durable: a fixture is
+    # rebuilt in a moment, and an fsync per clip would take most of the build's time.
+    write_atomically(path, lambda f: f.write(data), durable=False)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import secrets
@@ -35,7 +34,7 @@ from pathlib import Path
 
 from harness.core.contract import ScoreTransform
 from harness.core.errors import HarnessError
-from harness.core.fileio import check_output_path, fsync_directory
+from harness.core.fileio import check_output_path, file_sha256, fsync_directory
 from harness.rawnet2.score_results import FileScore
 
 LOG_FORMAT = 1
@@ -45,18 +44,6 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BOMS = {b"\xef\xbb\xbf": "a UTF-8 byte-order mark", b"\xff\xfe": "UTF-16 (little-endian byte-order mark)",
          b"\xfe\xff": "UTF-16 (big-endian byte-order mark)"}
 _RECORD = 'a score record ({"file": PATH, "score": NUMBER} or {"file": PATH, "error": TEXT})'
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes (hex): a checkpoint's identity, whatever its name."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    except OSError as exc:
-        raise HarnessError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
