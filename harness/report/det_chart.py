@@ -4,12 +4,12 @@ external assets, every user string escaped (``markup_text``)."""
 
 from __future__ import annotations
 
-import html
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+
+from harness.report.html_page import markup_text
 
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
 
@@ -27,14 +27,7 @@ DET_UPPER, DET_UPPER_WIDE = 0.6, 0.95
 DET_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6)
 DET_TICKS_WIDE = (0.8, 0.9)
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _STANDARD_NORMAL = NormalDist()
-
-
-def markup_text(text: object) -> str:
-    """``text`` safe inside HTML and SVG (XML) text and attributes: escaped, and the control
-    characters XML 1.0 cannot hold shown as U+FFFD."""
-    return html.escape(_CONTROL.sub("\ufffd", str(text)))
 
 
 def _shortened(text: str, limit: int) -> str:

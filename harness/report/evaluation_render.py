@@ -8,8 +8,9 @@ import json
 import re
 
 from harness.core.errors import HarnessError
-from harness.report.det_chart import det_svg, histogram_svg, markup_text
+from harness.report.det_chart import det_svg, histogram_svg
 from harness.report.evaluation_schema import validate_evaluation
+from harness.report.html_page import markup_text, page
 from harness.report.render import Table
 
 EVALUATION_FORMATS = ("markdown", "json", "html")
@@ -171,16 +172,10 @@ def render_json(doc: dict) -> str:
 
 # --------------------------------------------------------------------------- HTML
 
-_HTML_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 90rem; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
-td.number { white-space: nowrap; text-align: right; }
+_HTML_STYLE = """td.number { white-space: nowrap; text-align: right; }
 td.long { max-width: 24rem; min-width: 10rem; overflow-wrap: anywhere; }
-th { background: #f0f0f0; }
 p.gate { font-size: 1.2rem; font-weight: bold; padding: 0.5rem 0.75rem; display: inline-block; }
 p.passed { background: #e3f6e3; } p.failed { background: #fde2e2; }
-p.note { color: #555; font-size: 0.85rem; }
 figure { margin: 0.5rem 1rem 1rem 0; display: inline-block; vertical-align: top; }
 figcaption { color: #555; font-size: 0.85rem; }
 figure.det { width: 640px; } figure.histogram { width: 460px; }
@@ -228,9 +223,7 @@ def render_html(doc: dict) -> str:
     """One self-contained page: inline CSS and SVG, no scripts, no external assets."""
     gate = doc["gate"]
     verdict = "passed" if gate["passed"] else "failed"
-    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-             "<title>rawnet2-harness evaluate</title>", f"<style>{_HTML_STYLE}</style>", "</head>", "<body>",
-             "<h1>Decisions on a labelled protocol</h1>",
+    parts = ["<h1>Decisions on a labelled protocol</h1>",
              f'<p class="gate {verdict}">{markup_text(_gate_line(doc))}</p>']
     if gate["reasons"]:
         parts += ["<ul>", *(f"<li>{markup_text(r)}</li>" for r in gate["reasons"]), "</ul>"]
@@ -242,8 +235,7 @@ def render_html(doc: dict) -> str:
     parts += _html_table(_attack_table(doc)) + _html_table(_pairs_table(doc))
     for table in _flip_tables(doc):
         parts += _html_table(table, "h3")
-    parts += ["</body>", "</html>", ""]
-    return "\n".join(parts)
+    return page("rawnet2-harness evaluate", parts, extra_style=_HTML_STYLE)
 
 
 _RENDERERS = {"markdown": render_markdown, "json": render_json, "html": render_html}

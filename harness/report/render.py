@@ -3,13 +3,13 @@ itself) and HTML (one self-contained page, no scripts)."""
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from harness.core.audits import FAIL
 from harness.core.text import first_few
+from harness.report.html_page import markup_text, page
 
 # --------------------------------------------------------------------------- rendering
 
@@ -203,13 +203,7 @@ def render_json(report: dict) -> str:
     return json.dumps(report, indent=2, allow_nan=False) + "\n"
 
 
-_HTML_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 90rem; }
-table { border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; }
-td.fail { background: #fde2e2; } td.pass { background: #e3f6e3; }
-p.note { color: #555; font-size: 0.85rem; }
+_HTML_STYLE = """td.fail { background: #fde2e2; } td.pass { background: #e3f6e3; }
 """
 
 
@@ -217,7 +211,7 @@ def _html_cell(text: str) -> str:
     head = text.split(" ", 1)[0].rstrip(":")
     css = {"fail": "fail", "refused": "fail", "no": "fail", "do": "fail",
            "pass": "pass", "ship": "pass", "yes": "pass", "loads,": "pass"}.get(head)
-    return f"<td class=\"{css}\">{html.escape(text)}</td>" if css else f"<td>{html.escape(text)}</td>"
+    return f"<td class=\"{css}\">{markup_text(text)}</td>" if css else f"<td>{markup_text(text)}</td>"
 
 
 def _static_svg(chart: object) -> str:
@@ -278,27 +272,23 @@ def _svg_charts(report: dict) -> list[tuple[str, str, str]]:
 
 def render_html(report: dict) -> str:
     """One self-contained page: inline CSS and SVG charts, no scripts, no external assets."""
-    title = html.escape(_title(report))
     charts: dict[str, list[tuple[str, str]]] = {}
     for section, caption, svg in _svg_charts(report):
         charts.setdefault(section, []).append((caption, svg))
-    parts = ["<!DOCTYPE html>", "<html lang=\"en\">", "<head>", "<meta charset=\"utf-8\">",
-             f"<title>{title}</title>", f"<style>{_HTML_STYLE}</style>", "</head>", "<body>",
-             f"<h1>{title}</h1>",
-             f"<p class=\"note\">Generated {html.escape(report['meta']['generated_utc'])} by "
+    parts = [f"<h1>{markup_text(_title(report))}</h1>",
+             f"<p class=\"note\">Generated {markup_text(report['meta']['generated_utc'])} by "
              "<code>python -m harness report</code>.</p>"]
     for table in tables(report):
-        parts.append(f"<h2>{html.escape(table.title)}</h2>")
-        parts += [f"<p>{html.escape(line)}</p>" for line in table.intro]
+        parts.append(f"<h2>{markup_text(table.title)}</h2>")
+        parts += [f"<p>{markup_text(line)}</p>" for line in table.intro]
         for caption, svg in charts.get(table.title, ()):
-            parts.append(f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts.append(f"<figure>{svg}<figcaption>{markup_text(caption)}</figcaption></figure>")
         parts.append("<table>")
-        parts.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in table.header) + "</tr>")
+        parts.append("<tr>" + "".join(f"<th>{markup_text(h)}</th>" for h in table.header) + "</tr>")
         parts += ["<tr>" + "".join(_html_cell(cell) for cell in row) + "</tr>" for row in table.rows]
         parts.append("</table>")
-        parts += [f"<p class=\"note\">{html.escape(note)}</p>" for note in table.notes]
-    parts += ["</body>", "</html>", ""]
-    return "\n".join(parts)
+        parts += [f"<p class=\"note\">{markup_text(note)}</p>" for note in table.notes]
+    return page(_title(report), parts, extra_style=_HTML_STYLE)
 
 
 RENDERERS: Mapping[str, Callable[[dict], str]] = {
