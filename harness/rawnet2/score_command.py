@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from harness.core.audits.cli_support import parse_positive_ints
 from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError, error_line
 from harness.core.export_cache import ExportCache, cache_key, open_cache
@@ -72,16 +73,13 @@ def score_target(request: ScoreRequest) -> VariantSpec:
     return target.replace(**changes) if changes else target
 
 
+_CLIP_SHAPE_REFUSAL = ("--input-shape {text!r}: expected positive integers separated by commas, one clip's "
+                       "input without the batch axis (1,64600 for [B, 1, T]; 64600 for [B, T])")
+
+
 def parse_clip_shape(text: str) -> tuple[int, ...]:
     """``"1,64600"`` -> ``(1, 64600)``: one clip's input without the batch axis."""
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or any(n < 1 for n in shape):
-        raise HarnessError(f"--input-shape {text!r}: expected positive integers separated by commas, one "
-                           "clip's input without the batch axis (1,64600 for [B, 1, T]; 64600 for [B, T])")
-    return shape
+    return parse_positive_ints(text, _CLIP_SHAPE_REFUSAL)
 
 
 def score_transform(target: VariantSpec) -> ScoreTransform:
