@@ -23,6 +23,7 @@ import torch
 
 from harness.core.errors import HarnessError
 from harness.core.fileio import check_regular_input, describe_unreadable, write_atomically
+from harness.core.text import counted, first_few
 
 WRAPPER_KEYS = ("state_dict", "model")
 # Prefix added by nn.DataParallel / DistributedDataParallel.
@@ -207,10 +208,9 @@ def check_dtypes(state: Mapping[str, torch.Tensor], label: str = "checkpoint", *
               or key.rpartition(".")[2] not in INTEGER_BUFFERS):
             bad.append(f"{key!r} ({_dtype_name(tensor.dtype)})")
     if bad:
-        shown = ", ".join(bad[:_MAX_LISTED]) + (f" (+{len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED
-                                                 else "")
+        shown = first_few(bad, _MAX_LISTED, more=" (+{} more)")
         raise HarnessError(
-            f"{label}: {len(bad)} tensor{'s' * (len(bad) != 1)} of a dtype the model cannot hold as weights: "
+            f"{label}: {counted(len(bad), 'tensor')} of a dtype the model cannot hold as weights: "
             f"{shown}; weights must be floating point (float16, bfloat16, float32, float64), integers only "
             "where the model itself keeps integers (e.g. BatchNorm's num_batches_tracked)")
 

@@ -24,6 +24,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from harness.core.errors import HarnessError
 from harness.core.introspect import batchnorms
+from harness.core.text import first_few
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, Tolerance, abs_diff, all_close
 
 # --- inference form ------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def optimize_for_inference(
     """
     hidden = [h.path for h in batchnorms(model) if not h.registered]
     if hidden:
-        shown = ", ".join(hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
+        shown = first_few(hidden, 3)
         raise HarnessError(
             f"cannot optimize for inference: {len(hidden)} BatchNorms ({shown}) are held outside "
             "nn.Module registration, so eval() leaves them in training mode and the model's eval "

@@ -37,6 +37,7 @@ from harness.core.errors import HarnessError, error_line
 from harness.core.fileio import write_atomically
 from harness.core.introspect import held_modules
 from harness.core.loading import UserCodeExit, call_user_code
+from harness.core.text import counted, first_few
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, all_close, max_abs_diff
 
 # The opset every export names: 17 has every op these models use (BatchNormalization,
@@ -159,7 +160,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor,
         raise HarnessError(f"cannot export: opset {opset!r} is not one the exporter writes ({low} to {high}; "
                            f"default {OPSET})")
     if hidden := unreachable_by_eval(model):
-        shown = ", ".join(hidden[:3]) + (f" and {len(hidden) - 3} more" if len(hidden) > 3 else "")
+        shown = first_few(hidden, 3)
         raise HarnessError(
             f"cannot export: {len(hidden)} modules ({shown}) are held outside nn.Module registration, "
             "so eval() leaves them in training mode and the exporter would bake training behaviour into "
@@ -292,9 +293,9 @@ def _export_bytes(model: nn.Module, example_input: torch.Tensor, n_outputs: int,
         first = traced[0]
         raise HarnessError(
             f"cannot export: the trace is not the model's function: {_first_line(first.message)} "
-            f"({os.path.basename(first.filename)}:{first.lineno}; {len(traced)} tracer warning"
-            f"{'s' * (len(traced) != 1)}): a Python branch or value taken from a tensor is frozen at the "
-            "example input's value; nothing written")
+            f"({os.path.basename(first.filename)}:{first.lineno}; {counted(len(traced), 'tracer warning')}): "
+            "a Python branch or value taken from a tensor is frozen at the example input's value; nothing "
+            "written")
     return buffer.getvalue()
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from harness.core.errors import HarnessError
 from harness.core.fileio import PathLike, check_regular_input, describe_unreadable
-from harness.core.text import first_few
+from harness.core.text import counted, first_few
 
 # 1 GiB: ASVspoof 2021 DF's key (611,829 lines) is 21 MB and PA's (about 940,000) under 60 MB; a
 # larger "protocol" is the wrong file, and reading it whole would hold gigabytes of strings.
@@ -223,7 +223,7 @@ def _shape(name: str, row: list[str], number: int) -> tuple[str, int, tuple[int,
     if width >= 8 and is_key(5):  # DF: the LA columns, then vocoder, task, team, gender pair, language
         df = width > 8 or row[1].startswith("DF_")
         return (KIND_2021_DF if df else KIND_2021), 5, (4,)
-    raise ProtocolError(f"{name}: line {number} has {width} column{'s' if width != 1 else ''}; {EXPECTED}")
+    raise ProtocolError(f"{name}: line {number} has {counted(width, 'column')}; {EXPECTED}")
 
 
 def _read_csv(name: str, lines: list[str]) -> Protocol:

@@ -22,6 +22,7 @@ import numpy as np
 from harness.core.errors import HarnessError
 from harness.core.fileio import PathLike
 from harness.core.protocols import KEYS, file_stem, first_duplicate, gc_paused, read_text_lines, split_rows
+from harness.core.text import counted
 
 SCORE_MEANINGS = ("spoof", "bonafide")
 KIND_LOG = "JSON Lines score log"
@@ -182,7 +183,7 @@ def _from_columns(name: str, lines: list[str]) -> ScoreFile:
     elif width == 2:
         kind = KIND_TWO_COLUMNS
     else:
-        raise ScoreFileError(f"{name}: line {numbers[0]} has {width} column{'s' if width != 1 else ''}; "
+        raise ScoreFileError(f"{name}: line {numbers[0]} has {counted(width, 'column')}; "
                              f"{EXPECTED}")
     if len(set(map(len, rows))) > 1:
         index = next(i for i, row in enumerate(rows) if len(row) != width)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from harness.core.errors import HarnessError
+from harness.core.text import first_few
 
 if TYPE_CHECKING:
     from harness.rawnet2.registry import VariantSpec
@@ -278,8 +279,7 @@ def check_fits(state_dict: Mapping[str, torch.Tensor], layout: str) -> None:
 
 
 def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+    return first_few(items, _MAX_LISTED, more=" (+{} more)")
 
 
 # --- a registered variant's own state_dict --------------------------------------------------

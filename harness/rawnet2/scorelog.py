@@ -35,6 +35,7 @@ from pathlib import Path
 from harness.core.contract import ScoreTransform
 from harness.core.errors import HarnessError
 from harness.core.fileio import check_output_path, file_sha256, fsync_directory
+from harness.core.text import first_few
 from harness.rawnet2.score_results import FileScore
 
 LOG_FORMAT = 1
@@ -290,10 +291,10 @@ class ScoreLog:
         for number, (record, _) in zip(self._numbers, self._lines, strict=False):
             lines.setdefault(record.file, []).append(number)
         if extra := [f for f in lines if f not in given]:
-            shown = ", ".join(f"{f!r} (line {', '.join(map(str, lines[f]))})" for f in extra[:5])
-            more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
-            raise HarnessError(f"{self.path}: records {len(extra)} file(s) not given this time: {shown}"
-                               f"{more}; give the same files to resume it, or --force to start over")
+            shown = first_few([f"{f!r} (line {', '.join(map(str, lines[f]))})" for f in extra[:5]],
+                              total=len(extra))
+            raise HarnessError(f"{self.path}: records {len(extra)} file(s) not given this time: {shown}; "
+                               "give the same files to resume it, or --force to start over")
         for name, numbers in lines.items():
             if len(numbers) > given[name]:
                 raise HarnessError(f"{self.path}: {name!r} is recorded {len(numbers)} times (lines "

@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from harness.core.audits.naming import counted
 from harness.core.audits.outputs import Outputs, flatten_output
 from harness.core.audits.results import Finding
 from harness.core.contract import ScoreTransform
 from harness.core.errors import HarnessError, error_line
 from harness.core.introspect import Held, used_tensors
 from harness.core.loading import UserCodeExit, call_user_code
+from harness.core.text import counted
 
 # Seeds of the two instances state_dict_roundtrip compares; every other check uses the first.
 BUILD_SEED, OTHER_SEED = 0, 1

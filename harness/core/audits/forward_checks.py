@@ -8,12 +8,13 @@ import torch
 import torch.nn as nn
 
 from harness.core.audits.context import BUILD_SEED, AuditContext, ModelFailure, NotApplicable
-from harness.core.audits.naming import by_container, compact, counted, value_count
+from harness.core.audits.naming import by_container, compact, value_count
 from harness.core.audits.outputs import describe_leaves, leaf_name, leaf_prefix, scores_leaf
 from harness.core.audits.results import Finding
 from harness.core.errors import error_line
 from harness.core.introspect import held_tensors
 from harness.core.loading import UserCodeExit, call_user_code
+from harness.core.text import counted
 from harness.core.tolerances import BATCHING, EXACT, all_close, close_elements, max_abs_diff
 
 

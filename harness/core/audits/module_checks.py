@@ -14,12 +14,13 @@ import torch.nn as nn
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from harness.core.audits.context import BUILD_SEED, OTHER_SEED, AuditContext, ModelFailure, NotApplicable
-from harness.core.audits.naming import by_container, compact, counted, outermost, value_count
+from harness.core.audits.naming import by_container, compact, outermost, value_count
 from harness.core.audits.outputs import describe_leaves, leaf_prefix
 from harness.core.audits.results import Finding
 from harness.core.errors import error_line
 from harness.core.introspect import Held, cycles, held, held_modules, held_tensors
 from harness.core.loading import UserCodeExit, call_user_code
+from harness.core.text import counted
 from harness.core.tolerances import EXACT, all_close, max_abs_diff
 
 

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
+from harness.core.text import counted  # noqa: F401 - re-exported: importable from here as before
+
 _FIRST_TOKEN = re.compile(r"[^.\[]+")
 
 
@@ -55,11 +57,6 @@ def outermost(paths: list[str]) -> list[str]:
     """The paths not below another path of the list (``a[0]`` hides ``a[0].1``)."""
     chosen = set(paths)
     return [p for p in paths if not any(p != q and p.startswith((q + ".", q + "[")) for q in chosen)]
-
-
-def counted(n: int, noun: str) -> str:
-    """``1 tensor``, ``3 tensors``."""
-    return f"{n} {noun}{'s' * (n != 1)}"
 
 
 def value_count(tensors: Iterable[torch.Tensor]) -> int:

@@ -8,6 +8,8 @@ import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from harness.core.text import counted
+
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "n/a"
 
 
@@ -80,7 +82,7 @@ class AuditReport:
                 mark = "" if matches_declaration(result, expected) else " !"
                 row += f"  {expected + mark:<8}"
             count = len(self.messages(check))
-            detail = f"{count} finding{'s' * (count != 1)}" if count else self.notes.get(check, "")
+            detail = counted(count, "finding") if count else self.notes.get(check, "")
             lines.append(f"{row}  {_shorten(detail)}")
         if self.findings:
             lines += ["", "findings:"]

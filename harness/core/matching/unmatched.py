@@ -10,6 +10,7 @@ import torch
 from harness.core.matching.leaves import Leaf, Signature
 from harness.core.matching.results import MatchError
 from harness.core.matching.text import SHOWN, path_text, shape_text
+from harness.core.text import counted, first_few
 
 
 def _short(leaf: Leaf) -> str:
@@ -60,8 +61,7 @@ def no_fit(left: list[Leaf], right: list[Leaf], names: tuple[str, str]) -> Match
             return f"{role} has none"
         shown = [f"{path_text(x.path)} {_long(x) if _short(x) in clash else _short(x)}"
                  for x in leaves[:SHOWN]]
-        more = f", and {len(leaves) - SHOWN} more" if len(leaves) > SHOWN else ""
-        noun = "module" if len(leaves) == 1 else "modules"
-        return f"{role} has {len(leaves)} {noun} with no counterpart ({', '.join(shown)}{more})"
+        listed = first_few(shown, SHOWN, total=len(leaves), more=", and {} more")
+        return f"{role} has {counted(len(leaves), 'module')} with no counterpart ({listed})"
 
     return MatchError(f"no pairing fits: {side(names[0], only_left)}; {side(names[1], only_right)}")

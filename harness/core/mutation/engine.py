@@ -56,6 +56,7 @@ from harness.core.mutation.workspace import (
     prepare_workspace,
     project_entries,
 )
+from harness.core.text import first_few
 
 RECORDS = "mutation-runs.jsonl"  # what the plugin records of each mutant's test run
 CLEAN = "mutation-clean.jsonl"  # what the plugin records of the clean run, test by test
@@ -119,8 +120,7 @@ def check_clean(run: MutationRun, workspace: Path, env: Mapping[str, str], clock
     failing = list(failures)
     if failing:
         first = f"{failing[0]} ({failures[failing[0]]})" if failures[failing[0]] else failing[0]
-        shown_tests = ", ".join([first, *failing[1:8]]) + (
-            f" and {len(failing) - 8} more" if len(failing) > 8 else "")
+        shown_tests = first_few([first, *failing[1:8]], 8, total=len(failing))
         raise HarnessError(f"{len(failing)} selected test(s) fail on the unmutated {shown}, so no mutant can "
                            f"be judged: {shown_tests}; fix them or choose the tests with --tests")
     if done.returncode == 5:
