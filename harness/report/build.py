@@ -66,7 +66,7 @@ class Plan:
 FULL = Plan(audit_batch=2, compare_batch=3, lengths=(16_000, NUM_SAMPLES),
             batches=(1, 8), warmup=1, min_repeats=3, max_repeats=15, budget_s=2.5,
             peak_size=2048, peak_min_run_time=1.0, compile=True)
-QUICK = Plan(audit_batch=2, compare_batch=2, lengths=(2000,), batches=(1, 4),
+QUICK = Plan(audit_batch=2, compare_batch=2, lengths=(2000,), batches=(1,),
              warmup=1, min_repeats=3, max_repeats=3, budget_s=0.0, peak_size=512, peak_min_run_time=0.05,
              compile=False)
 
@@ -351,12 +351,16 @@ def _timing_section(subjects: list[str], plan: Plan, device: str,
     timed = [form for form in rawnet2_bench.timed_forms()
              if form.subject in subjects and not (form.onnxruntime and device != "cpu")]
     rows = []
+    per_example: dict[tuple[str, tuple[int, ...]], int] = {}  # one example's FLOPs: they scale with the batch
     for i, (batch, length) in enumerate(configs, 1):
         # Each form at its own input contract, at this length or its declared one where that is longer
         # (a model is not timed on inputs shorter than it declares: a GRU would see a step or two).
         inputs = {s: spec(s).input_contract().example(batch, max(length, spec(s).input_contract().length))
                   .to(device) for s in dict.fromkeys(form.subject for form in timed)}
-        flops = {subject: bench.flops(build(subject), x.shape) for subject, x in inputs.items()}
+        for subject, x in inputs.items():
+            if (subject, x.shape[1:]) not in per_example:
+                per_example[subject, x.shape[1:]] = bench.flops(build(subject), (1, *x.shape[1:]))
+        flops = {subject: batch * per_example[subject, x.shape[1:]] for subject, x in inputs.items()}
         progress(f"timing batch {batch} x {length} on {device} ({i}/{len(configs)}): "
                  f"{', '.join(form.name for form in timed)}, interleaved")
         models = {}
