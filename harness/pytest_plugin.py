@@ -3,7 +3,7 @@
 ``--registry FILE`` puts a team's TOML registry under the gate, from any directory and in
 either spelling (``--registry FILE`` or ``--registry=FILE``): an option that only a
 ``conftest.py`` declares is unknown while pytest looks for its rootdir, so a FILE outside the
-checkout was taken for a test path. ``--variant NAME`` (repeatable) runs exactly the contract
+checkout would be taken for a test path. ``--variant NAME`` (repeatable) runs exactly the contract
 tests parametrized with that registered name: ``-k`` matches substrings, so ``-k asv`` also
 selects ``asv_refactor``.
 """

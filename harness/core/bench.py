@@ -3,11 +3,11 @@
 ``flops(model, input_shape)`` counts the multiply-accumulates of every
 convolution and linear layer the forward calls (2 FLOPs each), from the shapes
 those layers see. The shapes come from a forward on the ``meta`` device over a
-copy of the model, so counting 8 x 64600 samples costs milliseconds and the
-model is not touched. Every module the model holds is hooked, registered or not,
-so ``tuple_blocks``' tuple members are counted too. Element-wise work (BatchNorm,
-LeakyReLU, residual adds, pooling) is not counted: it is memory-bound and under 1%
-of the arithmetic here.
+copy of the model, so nothing is computed and the model is not touched. Every
+module the model holds is hooked, registered or not, so modules kept in a plain
+tuple are counted too. Element-wise work (normalisation, activations, residual
+adds, pooling) is not counted: it is memory-bound and a small share of a
+convolutional model's arithmetic (docs/benchmarks.md has the figure).
 
 The same timed forms, inputs and throughput figures serve the report
 (``harness.report``) and the pytest-benchmark suite (``tests/benchmarks``).
@@ -83,7 +83,7 @@ def flop_breakdown(model: nn.Module, input_shape: Iterable[int]) -> list[LayerFl
             calls.append(LayerFlops(paths.get(id(module), type(module).__name__), type(module).__name__,
                                     tuple(inputs[0].shape), tuple(output.shape), cost))
 
-    # Hook every held module, not just the registered ones (tuple_blocks' blocks).
+    # Hook every held module, not just the registered ones (blocks kept in a tuple).
     modules = [shadow, *(h.obj for h in held_modules(shadow))]
     handles = [m.register_forward_hook(record) for m in modules]
     try:
@@ -207,9 +207,9 @@ def throughput(*, model_flops: int, batch: int, length: int, seconds: float, sam
 def place_for_inference(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Put every module ``model`` holds, registered or not, in eval mode on ``device``.
 
-    ``tuple_blocks``' own ``.eval()`` and ``.to()`` miss its 15 tuple-held
-    BatchNorms and convolutions (the audits report that). Timing compares compute,
-    so every form is prepared completely, by hand, the same way.
+    A model's own ``.eval()`` and ``.to()`` miss the modules it holds outside registration
+    (in a plain tuple, say; the audits report that). Timing compares compute, so every
+    form is prepared completely, by hand, the same way.
     """
     for module in (model, *(h.obj for h in held_modules(model))):
         module.eval()

@@ -207,8 +207,8 @@ def optimize_for_inference(
     fails at the first call (e.g. no C++ compiler for inductor) the folded eager model
     is used from then on, with a ``RuntimeWarning``; ``result.info`` records the form.
 
-    Refuses a model that holds BatchNorms outside ``nn.Module`` registration (as
-    tuple_blocks does): ``eval()`` cannot reach them, so the model's eval output uses
+    Refuses a model that holds BatchNorms outside ``nn.Module`` registration (in a plain
+    tuple, say): ``eval()`` cannot reach them, so the model's eval output uses
     batch statistics, which no folded model computes.
     """
     hidden = [h.path for h in batchnorms(model) if not h.registered]
@@ -217,8 +217,8 @@ def optimize_for_inference(
         raise HarnessError(
             f"cannot optimize for inference: {len(hidden)} BatchNorms ({shown}) are held outside "
             "nn.Module registration, so eval() leaves them in training mode and the model's eval "
-            "output uses batch statistics, which no folded model computes; copy the weights into "
-            "skip_modules with copy_weights first"
+            "output uses batch statistics, which no folded model computes; register them as submodules "
+            "(an nn.ModuleList, not a tuple) or copy the weights into a model that does"
         )
     folded_model = copy.deepcopy(model).eval()
     folded_model.requires_grad_(False)

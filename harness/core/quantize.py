@@ -5,11 +5,10 @@ inference and graph optimisation), then ``quantize_static`` in QDQ format: per-c
 weights, uint8 activations whose ranges are calibrated by running the float graph on the
 ``calibration`` batches. The result is ONNX bytes that ``harness.core.onnx.OnnxRuntimeSession``
 runs like the float32 export. ``INT8_SETTINGS`` is the recipe: plain JSON values, so it can
-be part of a cache key. Any model with one float32 input works; nothing here knows RawNet2.
+be part of a cache key. Any model with one float32 input works; nothing here knows a model family.
 
-The quantized graph changes scores (by ~1.5e-4 on RawNet2 with seeded random weights, on
-speech): judge it by its decisions, not by a float tolerance. onnx and onnxruntime are the
-optional ``[onnx]`` extra.
+The quantized graph changes scores (docs/deployment.md has a measured figure): judge it by its
+decisions, not by a float tolerance. onnx and onnxruntime are the optional ``[onnx]`` extra.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance, m
     )
 
 
-# --- audio front end (harness.rawnet2.audio) ------------------------------------------------------
+# --- audio front end (decoding and resampling) ----------------------------------------------------
 # One 16-bit utterance brought to 16 kHz by two resampling paths (sox to 44.1 or 16 kHz and
 # back to 16-bit, then soxr; vs soxr alone). Samples in [-1, 1): each path requantizes to
 # 16 bits once (1 LSB = 3.1e-5) and the filters' passband ripple differs slightly; measured
@@ -54,15 +54,15 @@ RESAMPLING_PATHS = Tolerance(
 )
 
 
-# --- equivalence and golden outputs (harness.rawnet2.equivalence, harness.rawnet2.golden) ------------------
-# All compare sigmoid scores in (0, 1). torch.testing.assert_close's float32 default
+# --- equivalence, deployment forms and golden outputs -----------------------------------------------
+# All compare a detector's scores (sigmoid outputs in (0, 1)). torch.testing.assert_close's float32 default
 # (rtol 1.3e-6, atol 1e-5) fits every float32 comparison: the largest float32 reordering
 # measured on these outputs is 1.8e-7, 50x inside atol, while any wiring change moves
 # scores by more than 1e-3.
 _FLOAT32_DEFAULT = {"rtol": 1.3e-6, "atol": 1e-5}
 
-# One table, keyed by harness.rawnet2.equivalence.DEPLOYMENT_FORMS: each form's output vs the
-# float32 eager CPU output of the same eval-mode model.
+# One table, keyed by harness.core.forms.DEPLOYMENT_FORMS: each form's output vs the float32
+# eager CPU output of the same eval-mode model.
 DEPLOYMENT_TOLERANCES = MappingProxyType({
     "folded": Tolerance(**_FLOAT32_DEFAULT, reason=(
         "folding precomputes the conv weight and bias scaled by weight/sqrt(var+eps) once in float32: "
@@ -74,9 +74,10 @@ DEPLOYMENT_TOLERANCES = MappingProxyType({
         "the float64 run is the more exact one: the difference is the float32 eager run's own "
         "rounding; torch's float32 default (measured max 1.8e-7)")),
     "bfloat16_autocast": Tolerance(rtol=0.0, atol=1e-2, reason=(
-        "autocast runs all 16 convs and 2 linears with bfloat16 operands (8-bit mantissa) and the errors "
-        "chain: torch's single-op bfloat16 default (rtol 1.6e-2, atol 1e-5) failed 1 of 600 random "
-        "models and inputs (max rel 1.9e-2); scores within 0.01, twice the largest measured 4.8e-3")),
+        "autocast runs every convolution and linear layer with bfloat16 operands (8-bit mantissa) and "
+        "the errors chain through them: torch's single-op bfloat16 default (rtol 1.6e-2, atol 1e-5) "
+        "failed 1 of 600 random models and inputs (max rel 1.9e-2); scores within 0.01, twice the "
+        "largest measured 4.8e-3")),
     "cuda": Tolerance(**_FLOAT32_DEFAULT, reason=(
         "the same float32 function on cuDNN/cuBLAS, which sum in another order than oneDNN; torch's "
         "float32 default, with TF32 switched off for the comparison (TF32 rounds operands to 10 "
@@ -91,8 +92,9 @@ DEPLOYMENT_TOLERANCES = MappingProxyType({
 # builds pick other conv kernels and so reorder float32 sums; torch's float32 default.
 GOLDEN = Tolerance(**_FLOAT32_DEFAULT, reason="float32 reordering across CPUs and torch builds")
 
-# harness.rawnet2.golden.reference_forward re-implements the forward with the same functional ops,
-# but mean() and adaptive_avg_pool1d may sum in different orders (bit-equal on this CPU).
+# A functional reference forward (a model family's golden reference) re-implements the forward with
+# the same functional ops, but mean() and adaptive_avg_pool1d may sum in different orders (bit-equal
+# on this CPU).
 REFERENCE_FORWARD = Tolerance(**_FLOAT32_DEFAULT, reason="same ops; pooling may sum in another order")
 
 

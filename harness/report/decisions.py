@@ -3,8 +3,8 @@
 On a labelled corpus (the bundled fixture corpus, ``harness.rawnet2.corpus``, or a team's
 ``--protocol``/``--audio-root``) each variant is scored next to its reference holding the same
 weights, and each deployment form next to its eager form; the decisions are taken at the
-first one's EER threshold on that corpus (``harness.core.decisions``), so "max abs diff
-3.9e-3" reads next to "0 of N decisions flip".
+first one's EER threshold on that corpus (``harness.core.decisions``), so a form's max abs
+score difference reads next to how many decisions it flips.
 """
 
 from __future__ import annotations
