@@ -263,7 +263,7 @@ def out_of_range(peak: float) -> str | None:
     return f"peak {peak:.4g} is outside [-1, 1] (float samples beyond full scale); scored as it is"
 
 
-# Scoring lived here before harness.rawnet2.scoring: its names still resolve from here (scripts import them).
+# Scoring's names (their home is harness.rawnet2.scoring) also resolve from here: scripts import them so.
 _MOVED_TO_SCORING = ("FileScore", "ForwardFailed", "Progress", "iter_scores", "score_files",
                      "score_waveforms")
 

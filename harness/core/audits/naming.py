@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from harness.core.text import counted  # noqa: F401 - re-exported: importable from here as before
+from harness.core.text import counted  # noqa: F401 - re-exported with the naming helpers
 
 _FIRST_TOKEN = re.compile(r"[^.\[]+")
 

@@ -148,7 +148,7 @@ def unregister_module(node: cst.Assign) -> Iterator[cst.Expr]:
 
     The module still runs in the forward, but ``nn.Module`` never registers it: its
     parameters, buffers and submodules are out of ``parameters()``, ``state_dict()``,
-    ``.to()`` and ``eval()``/``train()`` (what the tuple_blocks defect looks like).
+    ``.to()`` and ``eval()``/``train()`` (what a model that keeps blocks in a plain tuple looks like).
     """
     if len(node.targets) != 1 or not isinstance(node.value, cst.Call):
         return
