@@ -16,6 +16,7 @@ import torch.nn as nn
 from harness.core.bench import place_for_inference
 from harness.core.errors import HarnessError
 from harness.rawnet2.registry import SUBJECTS, build
+from harness.rawnet2.score_request import INT8_FORM
 
 # The deployment form (VariantSpec.forms) a spec must list to be timed optimized: the
 # optimized form folds every BatchNorm, which a model whose eval() misses some cannot take.
@@ -23,6 +24,7 @@ OPTIMIZED_NEEDS_FORM = "folded"
 OPTIMIZED_SUFFIX = "_optimized"
 ONNXRUNTIME_FORM = "onnxruntime"
 ONNXRUNTIME_SUFFIX = "_onnxruntime"
+INT8_SUFFIX = "_onnxruntime_int8"
 # The batch the ONNX form is exported with, at the variant's input contract (batch and time stay dynamic).
 ONNX_EXPORT_BATCH = 2
 
@@ -35,19 +37,25 @@ class TimedForm:
     subject: str  # the harness.rawnet2.registry.SUBJECTS entry it is built from
     optimized: bool = False  # passed through harness.core.forms.optimize_for_inference
     onnxruntime: bool = False  # exported to ONNX and run by ONNX Runtime (harness.core.onnx)
+    int8: bool = False  # that export quantized to int8 (harness.rawnet2.deploy's onnxruntime-int8 form)
 
     @property
     def kind(self) -> str:
+        if self.int8:
+            return INT8_FORM
         return "optimized" if self.optimized else ONNXRUNTIME_FORM if self.onnxruntime else "eager"
 
 
-def timed_forms() -> tuple[TimedForm, ...]:
+def timed_forms(*, int8: bool = False) -> tuple[TimedForm, ...]:
     """Every runnable subject's eager form, each followed by its optimized form where its spec
     lists ``"folded"`` among its deployment forms and its ONNX Runtime form where it lists
-    ``"onnxruntime"`` and onnxruntime is installed; in registry order, read at call time."""
+    ``"onnxruntime"`` and onnxruntime is installed (with ``int8``, also that export quantized:
+    seconds of quantizing each, so only where asked); in registry order, read at call time."""
     from harness.core.onnx import onnx_missing
+    from harness.core.quantize import quantize_missing
 
     onnx = onnx_missing() is None
+    int8 = int8 and quantize_missing() is None
     forms: list[TimedForm] = []
     for name, spec in SUBJECTS.items():
         if not spec.runs:
@@ -57,6 +65,8 @@ def timed_forms() -> tuple[TimedForm, ...]:
             forms.append(TimedForm(f"{name}{OPTIMIZED_SUFFIX}", name, optimized=True))
         if onnx and ONNXRUNTIME_FORM in spec.forms:
             forms.append(TimedForm(f"{name}{ONNXRUNTIME_SUFFIX}", name, onnxruntime=True))
+            if int8:
+                forms.append(TimedForm(f"{name}{INT8_SUFFIX}", name, onnxruntime=True, int8=True))
     return tuple(forms)
 
 
@@ -67,6 +77,12 @@ def build_timed(form: TimedForm, device: torch.device | str, *, compile: bool = 
     folded, eager): compiling costs 5-15 s per input shape on 2 cores, too much for
     a smoke run or ``--quick``. The ONNX Runtime form runs on the CPU only.
     """
+    if form.int8:
+        from harness.rawnet2.deploy import deployment_model
+
+        if torch.device(device).type != "cpu":
+            raise HarnessError(f"{form.name}: the int8 form runs on the CPU (ONNX Runtime's CPU kernels)")
+        return deployment_model(build(form.subject), SUBJECTS[form.subject], INT8_FORM, "cpu")[0]
     if form.onnxruntime:
         from harness.core.onnx import OnnxRuntimeSession, export_onnx
 

@@ -61,14 +61,15 @@ class Plan:
     peak_size: int  # matmul side for the peak measurement
     peak_min_run_time: float
     compile: bool  # time and compare the torch.compile'd form (5-15 s of compiling per shape)
+    int8: bool  # time the int8 form and take its decisions (seconds of quantizing per variant)
 
 
 FULL = Plan(audit_batch=2, compare_batch=3, lengths=(16_000, NUM_SAMPLES),
             batches=(1, 8), warmup=1, min_repeats=3, max_repeats=15, budget_s=2.5,
-            peak_size=2048, peak_min_run_time=1.0, compile=True)
+            peak_size=2048, peak_min_run_time=1.0, compile=True, int8=True)
 QUICK = Plan(audit_batch=2, compare_batch=2, lengths=(2000,), batches=(1,),
              warmup=1, min_repeats=3, max_repeats=3, budget_s=0.0, peak_size=512, peak_min_run_time=0.05,
-             compile=False)
+             compile=False, int8=False)
 
 NOISE_CAVEAT = ("Timings are wall-clock medians and share the machine with whatever else runs: on a "
                 "busy 2-core CPU they move by tens of percent, and multi-threaded runs can slow down "
@@ -348,7 +349,7 @@ def _timing_section(subjects: list[str], plan: Plan, device: str,
     peak = bench.matmul_peak(device, size=plan.peak_size, min_run_time=plan.peak_min_run_time)
     configs = [(batch, length) for length in plan.lengths for batch in plan.batches]
     # The ONNX Runtime form runs on the CPU: a cuda report times the torch forms only.
-    timed = [form for form in rawnet2_bench.timed_forms()
+    timed = [form for form in rawnet2_bench.timed_forms(int8=plan.int8)
              if form.subject in subjects and not (form.onnxruntime and device != "cpu")]
     rows = []
     per_example: dict[tuple[str, tuple[int, ...]], int] = {}  # one example's FLOPs: they scale with the batch
@@ -416,7 +417,7 @@ def _ratios(rows: list[dict]) -> list[dict]:
     for row in rows:
         by_config.setdefault((row["batch"], row["length"]), {})[row["variant"]] = row["median_ms"]
     out = []
-    forms = {form.name: form for form in rawnet2_bench.timed_forms()}
+    forms = {form.name: form for form in rawnet2_bench.timed_forms(int8=True)}
     for (batch, length), medians in by_config.items():
         for name, median in medians.items():
             form = forms[name]
@@ -466,7 +467,7 @@ def build_report(*, quick: bool = False, device: str = "cpu", progress: Progress
     checkpoints = _checkpoints_section(subjects, plan, say)
     forms, _ = _deployment_forms(plan, device)
     decisions = decisions_section(subjects, quick=quick, forms=[f for f in forms if f != "cuda"],
-                                  progress=say, protocol=protocol, audio_root=audio_root)
+                                  progress=say, protocol=protocol, audio_root=audio_root, int8=plan.int8)
     benchmarks, timing = _timing_section(subjects, plan, device, say)
     return {
         "variants": variant_rows,

@@ -27,9 +27,11 @@ from harness.core.protocols import Protocol, audio_files, read_protocol
 from harness.core.weights import seed_weights as seed_any
 from harness.rawnet2.audio import load_clip
 from harness.rawnet2.corpus import BUNDLED_AUDIO, build_corpus
+from harness.rawnet2.deploy import deployment_model
 from harness.rawnet2.equivalence import copy_weights, seed_weights, shared_weights
 from harness.rawnet2.registry import VariantSpec, in_family, spec
 from harness.rawnet2.score_command import scoring_contract
+from harness.rawnet2.score_request import INT8_FORM
 
 Progress = Callable[[str], None]
 # Bona fide clips (and as many of each attack) in the bundled corpus the report builds (--quick: fewer).
@@ -67,9 +69,10 @@ def team_corpus(protocol_path: str, audio_root: str | None, *, name: str | None 
 
 def decisions_section(subjects: Sequence[str], *, quick: bool, forms: Sequence[str],
                       progress: Progress, protocol: str | None = None, audio_root: str | None = None,
-                      compile_backend: str = "inductor") -> dict:
+                      compile_backend: str = "inductor", int8: bool = False) -> dict:
     """``{"corpus", "n", "rows", "not_run"}``: flips of each variant vs its reference and of each of
-    ``forms`` vs eager, per runnable subject with a score transform."""
+    ``forms`` vs eager (with ``int8``, the onnxruntime-int8 form's too), per runnable subject with a
+    score transform."""
     with tempfile.TemporaryDirectory(prefix="harness-corpus-") as tmp:
         audio = (team_corpus(protocol, audio_root) if protocol is not None
                  else bundled_corpus(Path(tmp) / "corpus",
@@ -79,14 +82,14 @@ def decisions_section(subjects: Sequence[str], *, quick: bool, forms: Sequence[s
             variant = spec(name)
             if not variant.runs or variant.score_transform is None:
                 continue
-            x = _clips(variant, audio, quick)
+            x = corpus_clips(variant, audio, quick)
             pair = _reference_pair(variant)
             if pair is not None:
                 progress(f"decisions: {name} vs {pair[0]}")
                 try:
                     ref_model, model, how = _paired_models(pair[0], name, next(iter(x)))
-                    rows.append(_row(pair[0], name, "variant", how, ref_model, model, spec(pair[0]), variant,
-                                     x, audio))
+                    rows.append(flips_between(pair[0], name, "variant", how, ref_model, model, spec(pair[0]),
+                                              variant, x, audio))
                 except HarnessError as exc:
                     not_run.append(f"decisions {name} vs {pair[0]}: {exc}")
             model = seed_weights(variant.build_or_refuse(), 0).eval()
@@ -99,6 +102,17 @@ def decisions_section(subjects: Sequence[str], *, quick: bool, forms: Sequence[s
                     rows.append(_form_row(name, form, model, variant, x, audio, compile_backend))
                 except Exception as exc:  # noqa: BLE001 - a form that fails is reported, not fatal here
                     not_run.append(f"decisions {name} {form}: {error_line(exc)}")
+            if "onnxruntime" in variant.forms:
+                if not int8:
+                    not_run.append(f"decisions {name} {INT8_FORM} (--quick: quantizing takes seconds)")
+                    continue
+                progress(f"decisions: {name} eager vs its {INT8_FORM} form")
+                try:
+                    session, _ = deployment_model(model, variant, INT8_FORM, "cpu")
+                    rows.append(flips_between(name, f"{name} ({INT8_FORM})", "form", INT8_FORM, model,
+                                              session, variant, variant, x, audio))
+                except Exception as exc:  # noqa: BLE001 - as above
+                    not_run.append(f"decisions {name} {INT8_FORM}: {error_line(exc)}")
     return {"corpus": audio.name, "n": len(audio.files), "n_bonafide": int(audio.is_bonafide.sum()),
             "n_spoof": int((~audio.is_bonafide).sum()), "quick": quick, "rows": rows, "not_run": not_run}
 
@@ -142,7 +156,7 @@ class _Clips:
             yield clips.reshape(self.contract.batch_shape(len(chunk), self.length))
 
 
-def _clips(variant: VariantSpec, audio: LabelledAudio, quick: bool) -> _Clips:
+def corpus_clips(variant: VariantSpec, audio: LabelledAudio, quick: bool) -> _Clips:
     """Every clip at the variant's scoring length (its declared one under --quick), in its layout."""
     contract = scoring_contract(variant)
     length = variant.input_contract().length if quick else contract.length
@@ -155,8 +169,10 @@ def _oriented(output: object, variant: VariantSpec) -> np.ndarray:
     return -scores if transform.means == "spoof" else scores
 
 
-def _row(a: str, b: str, kind: str, how: str, model_a: Callable, model_b: Callable, spec_a: VariantSpec,
-         spec_b: VariantSpec, x: _Clips, audio: LabelledAudio) -> dict:
+def flips_between(a: str, b: str, kind: str, how: str, model_a: Callable, model_b: Callable,
+                  spec_a: VariantSpec, spec_b: VariantSpec, x: _Clips, audio: LabelledAudio) -> dict:
+    """``a`` and ``b`` (models or forms, each scored through its spec's transform) on every clip of
+    ``x``: the report's row, flips at ``a``'s EER threshold on ``audio`` moved clear of its scores."""
     parts_a, parts_b = [], []
     with torch.no_grad():
         for batch in x:

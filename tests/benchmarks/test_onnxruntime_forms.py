@@ -13,7 +13,9 @@ group per (batch, length):
   ``calibration_set``), in ``OnnxRuntimeSession``.
 
 The input is held out from calibration: the bundled recordings at other gains and offsets.
-``extra_info``: each form's ``max_abs_diff`` vs eager on that input, and once a group's peer
+``extra_info``: each form's ``max_abs_diff`` vs eager on that input, its decisions vs eager's on
+the labelled fixture corpus (``corpus_decision_flips`` of ``corpus_decisions``, at eager's EER
+threshold, ``harness.report.decisions``), and once a group's peer
 has been timed, ``median_vs_plain`` (the form's median over the plain session's) and
 ``median_vs_float32`` (int8's median over the float32 form's).
 
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,11 +40,11 @@ from harness.rawnet2.audio import load_clip
 from harness.rawnet2.bench import ONNX_EXPORT_BATCH, timed_forms
 from harness.rawnet2.inputs import NUM_SAMPLES
 from harness.rawnet2.registry import SUBJECTS, build
+from tests.helpers import AUDIO
 
 CONFIGS = ((1, NUM_SAMPLES), (8, NUM_SAMPLES))
 PEERS = ("onnxruntime", "plain_onnxruntime", "onnxruntime_int8")
 PLAIN, FLOAT32, INT8 = "plain_onnxruntime", "onnxruntime", "onnxruntime_int8"
-AUDIO = Path(__file__).parents[1] / "data" / "audio"
 # Held-out inputs: gains and circular offsets (fractions of the length) that calibration_set's
 # copies (gain 0.5 ** k, offset 1 / (k + 1)) do not use.
 HELD_OUT = ((0.7, 1 / 5), (0.35, 1 / 7), (0.9, 2 / 3))
@@ -104,6 +105,21 @@ def eager_output(subject: str, batch: int, length: int) -> torch.Tensor:
         return peers(subject).eager(held_out(subject, batch, length))
 
 
+@functools.cache
+def corpus_flips(subject: str, peer: str, protocol: str, audio_root: str) -> dict[str, object]:
+    """The peer's decisions vs eager's on the labelled fixture corpus, at eager's EER threshold
+    (moved clear of its scores): the int8 form is judged by these, not by a float tolerance."""
+    from harness.report.decisions import corpus_clips, flips_between, team_corpus
+
+    spec = SUBJECTS[subject]
+    audio = team_corpus(protocol, audio_root)
+    forms = peers(subject)
+    row = flips_between(subject, f"{subject}_{peer}", "form", peer, forms.eager, forms.calls[peer], spec,
+                        spec, corpus_clips(spec, audio, quick=False), audio)
+    return {"corpus_decision_flips": row["flips"], "corpus_decisions": row["n"],
+            "corpus_max_abs_score_diff": row["max_abs_score_diff"], "corpus_flipped": row["flipped"]}
+
+
 @pytest.fixture(scope="session")
 def group_medians() -> dict[str, dict[str, tuple[float, dict]]]:
     """Group -> peer -> (median seconds, its extra_info): ratios are filled in when both are known."""
@@ -125,8 +141,8 @@ def _fill_ratios(timed: dict[str, tuple[float, dict]]) -> None:
 @pytest.mark.parametrize(("batch", "length"), CONFIGS)
 @pytest.mark.parametrize(("subject", "peer"), [pytest.param(subject, peer, id=f"{subject}_{peer}")
                                                for subject in _subjects() for peer in PEERS])
-def test_onnxruntime_form(benchmark, group_medians: dict, subject: str, peer: str, batch: int,
-                          length: int) -> None:
+def test_onnxruntime_form(benchmark, group_medians: dict, fixture_corpus, subject: str, peer: str,
+                          batch: int, length: int) -> None:
     if benchmark.disabled:
         pytest.skip("timed only (--benchmark-enable): exporting and quantizing cost ~10 s per subject")
     call = peers(subject).calls[peer]
@@ -143,6 +159,9 @@ def test_onnxruntime_form(benchmark, group_medians: dict, subject: str, peer: st
     if spec.score_transform is not None:
         assert spec.score_transform.output_problem(out) is None
     benchmark.extra_info["max_abs_diff"] = max_abs_diff(out, eager_output(subject, batch, length))
+    if spec.score_transform is not None:
+        benchmark.extra_info.update(corpus_flips(subject, peer, str(fixture_corpus.protocol),
+                                                 str(fixture_corpus.directory)))
     timed = group_medians.setdefault(f"{group} {subject}", {})
     timed[peer] = (benchmark.stats.stats.median, benchmark.extra_info)
     _fill_ratios(timed)
