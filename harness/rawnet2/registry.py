@@ -17,6 +17,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from harness.core.errors import HarnessError
+from harness.core.loading import load_attr  # noqa: F401 - importable from here as before
 from harness.rawnet2.registry_toml import (
     MAX_REGISTRY_BYTES,
     SPEC_KEYS,
