@@ -15,5 +15,5 @@ from harness.report.build import FULL, QUICK, Plan, Progress, Verdict, build_rep
 from harness.report.render import RENDERERS, Table, render_html, render_json, render_markdown, tables
 from harness.report.schema import REPORT_SCHEMA, validate
 
-__all__ = ["FULL", "QUICK", "REPORT_SCHEMA", "RENDERERS", "Plan", "Progress", "Table", "Verdict", "build_report",
-           "render_html", "render_json", "render_markdown", "tables", "validate", "verdict"]
+__all__ = ["FULL", "QUICK", "REPORT_SCHEMA", "RENDERERS", "Plan", "Progress", "Table", "Verdict",
+           "build_report", "render_html", "render_json", "render_markdown", "tables", "validate", "verdict"]
