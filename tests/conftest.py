@@ -9,37 +9,20 @@ runnable RawNet2-family variant: the family's facts apply), ``scored_name`` (its
 output turns into a detection score). Every input a generic contract feeds a variant
 comes from its spec (``spec.example(batch, length)``, ``spec.input_contract()``). Test ids carry the
 variant's name, so ``pytest -k prod`` runs every contract on a variant called prod.
-``tests/test_registry.py`` fails when a registered variant is left out of a contract.
+``tests/test_registry.py`` fails when a registered variant is left out of a contract. The
+predicates live in ``tests.helpers.VARIANT_FIXTURES``; the fixtures several modules share live here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+import torch
 
 from harness.rawnet2.corpus import Corpus, build_corpus
-from harness.rawnet2.registry import SUBJECTS, VariantSpec, in_family, load_registry_file
-from tests.helpers import TEAM_REGISTRY, restored_registry
-
-# fixture name -> which specs it is parametrized over
-VARIANT_FIXTURES: dict[str, Callable[[VariantSpec], bool]] = {
-    "variant_name": lambda spec: True,
-    "runnable_name": lambda spec: spec.runs,
-    "referenced_name": lambda spec: spec.reference is not None,
-    "golden_name": lambda spec: bool(spec.golden_modes),
-    "layout_name": lambda spec: spec.layout is not None,
-    "foldable_name": lambda spec: spec.runs and bool(spec.forms),
-    # The RawNet2 family's own facts (num_classes, [B, 1, T] rules, the guide's layouts) apply only here.
-    "family_name": lambda spec: spec.runs and in_family(spec),
-    # Its output turns into a detection score (spec.score_transform): score and evaluate take it.
-    "scored_name": lambda spec: spec.runs and spec.score_transform is not None,
-}
-
-
-def variants(fixture: str) -> list[str]:
-    """The registered names a registry fixture runs over (for hypothesis strategies and loops)."""
-    return [name for name, spec in SUBJECTS.items() if VARIANT_FIXTURES[fixture](spec)]
+from harness.rawnet2.registry import SUBJECTS, load_registry_file, unregister
+from tests.helpers import TEAM_REGISTRY, VARIANT_FIXTURES, restored_registry, variants
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,6 +57,28 @@ def fixture_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     """The labelled fixture corpus (``harness.rawnet2.corpus``), built once per run: read it, never
     write into it."""
     return build_corpus(tmp_path_factory.mktemp("fixture_corpus"))
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the test: on a busy 2-core machine, two threads' barriers stall each
+    small op (many tiny forwards, or the quick report, run many times slower); such a test checks data,
+    not speed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def team_scored() -> Iterator[list[str]]:
+    """The team registry's variants whose output turns into a score, registered for the module."""
+    already = set(SUBJECTS)
+    specs = load_registry_file(TEAM_REGISTRY)
+    yield [spec.name for spec in specs if spec.runs and spec.score_transform is not None]
+    for spec in specs:
+        if spec.name not in already:
+            unregister(spec.name)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

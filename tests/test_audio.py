@@ -13,7 +13,6 @@ import io
 import json
 import os
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +38,11 @@ from harness.rawnet2.audio import (
     resample,
 )
 from harness.rawnet2.checkpoints import get_audio_model
-from harness.rawnet2.registry import SUBJECTS, load_registry_file, unregister
+from harness.rawnet2.registry import SUBJECTS
 from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED, scoring_contract
 from harness.rawnet2.scoring import score_waveforms
-from tests.helpers import TEAM_REGISTRY
+from tests.helpers import AUDIO
 
-AUDIO = Path(__file__).parent / "data" / "audio"
 # file -> (sample rate, channels, frames), as soxi reports them
 FIXTURES = {
     "hello.wav": (22_050, 1, 21_289),
@@ -343,17 +341,6 @@ def test_integer_pcm_cannot_exceed_full_scale_so_never_warns():
 
 # --- every scored variant on real audio: its contract in, its transform out ------------------------
 
-
-
-@pytest.fixture(scope="module")
-def team_scored() -> Iterator[list[str]]:
-    """The team registry's variants whose output turns into a score, registered for the module."""
-    already = set(SUBJECTS)
-    specs = load_registry_file(TEAM_REGISTRY)
-    yield [spec.name for spec in specs if spec.runs and spec.score_transform is not None]
-    for spec in specs:
-        if spec.name not in already:
-            unregister(spec.name)
 
 
 def scores_real_audio(name: str, capsys: pytest.CaptureFixture) -> None:

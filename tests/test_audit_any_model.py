@@ -39,6 +39,7 @@ from harness.core.loading import (
     parse_kwargs,
 )
 from harness.core.tolerances import EXACT, assert_close
+from tests.helpers import paths_of
 
 CONFIG = {"channels": 3, "hidden": 4, "classes": 2}
 DEAD_BRANCH = ("auxiliary.weight", "auxiliary.bias")
@@ -87,10 +88,6 @@ def waves(seed: int, batch: int = 3, length: int = 48) -> torch.Tensor:
 
 
 WAVES = waves(0)
-
-
-def paths_of(report: AuditReport, check: str) -> set[str]:
-    return {p for f in report.findings if f.check == check for p in f.paths}
 
 
 def only_dead_branch(report: AuditReport) -> None:

@@ -21,6 +21,7 @@ from harness.core.wiring import NO_RESIDUALS
 from harness.rawnet2.audits import CHECKS, audit_spec, declared_results
 from harness.rawnet2.layouts import PROJECTION_BLOCKS, residual_blocks
 from harness.rawnet2.registry import in_family
+from tests.helpers import paths_of
 
 # Short waveform, two distinct rows: every check applies and the audit stays fast.
 EXAMPLE = torch.randn(2, 1, 256, generator=torch.Generator().manual_seed(1))
@@ -87,10 +88,6 @@ def tuple_member_paths(kind: str) -> set[str]:
             else:
                 paths |= {f"{path}.{n}" for n in module.state_dict()}
     return paths
-
-
-def paths_of(report: AuditReport, check: str) -> set[str]:
-    return {p for f in report.findings if f.check == check for p in f.paths}
 
 
 def test_tuple_blocks_findings_name_every_block_member():

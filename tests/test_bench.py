@@ -30,7 +30,7 @@ from harness.core.introspect import batchnorms
 from harness.rawnet2.bench import TimedForm, build_timed, timed_forms
 from harness.rawnet2.inputs import SAMPLE_RATE
 from harness.rawnet2.registry import SUBJECTS, build
-from tests.conftest import variants
+from tests.helpers import variants
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from harness.__main__ import main
 from harness.core.weights import seed_weights
 from harness.rawnet2.checkpoints import get_audio_model, load_checkpoint, save_checkpoint
 from harness.rawnet2.registry import load_weights
+from tests.helpers import snapshot
 
 MARKER = "pwned"  # the file a malicious pickle's payload would create
 
@@ -185,16 +186,6 @@ UNREADABLE = [
     name for name in CORPUS
     if name not in ("foreign_model", "mixed_layouts", "misshaped", "missing_keys", "tuple_blocks")
 ]
-
-
-def snapshot(directory: Path) -> dict[str, tuple]:
-    """Every entry in ``directory``: its bytes (files) and stat times; a FIFO or folder by its mode."""
-    out = {}
-    for entry in sorted(directory.iterdir()):
-        info = entry.lstat()
-        content = entry.read_bytes() if stat.S_ISREG(info.st_mode) else stat.S_IFMT(info.st_mode)
-        out[entry.name] = (content, info.st_mtime_ns, info.st_size)
-    return out
 
 
 @pytest.fixture

@@ -42,10 +42,9 @@ from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
 from harness.rawnet2.registry import load_registry_file
 from harness.rawnet2.score_command import scoring_contract
 from harness.rawnet2.scoring import score_files
-from tests.helpers import TEAM_MODELS, restored_registry
+from tests.helpers import CORPUS_REGISTRY, restored_registry
 from tests.team_models import band_detector
 
-CORPUS_REGISTRY = TEAM_MODELS / "corpus.toml"
 STAND_IN = "band_energy"
 # The stand-in's score order on the corpus, lowest group first, as band_detector.py argues it.
 SCORE_ORDER = (("LP", "TL"), (NO_ATTACK,), ("NZ",))

@@ -37,8 +37,7 @@ from harness.rawnet2.equivalence import COMPARE_BATCH, compare_input, compare_va
 from harness.rawnet2.golden import first_divergence
 from harness.rawnet2.layouts import canonical_modules
 from harness.rawnet2.registry import SUBJECTS, spec
-from tests.conftest import variants
-from tests.helpers import TEAM_REGISTRY
+from tests.helpers import TEAM_REGISTRY, variants
 
 SEEDS = st.integers(0, 2**32 - 1)
 BLOCK_MODULES = [f"res_block{i}" for i in range(1, 7)] + ["skip2", "skip4", "skip6"]

@@ -19,7 +19,7 @@ from harness.__main__ import main
 from harness.core.contract import InputContract
 from harness.core.metrics import asv_error_rates, compute_eer, min_tdcf
 from harness.report.evaluation_schema import validate_evaluation
-from tests.helpers import TEAM_MODELS
+from tests.helpers import CORPUS_REGISTRY, needs_onnx, restored_registry
 
 # A protocol of 6 bona fide and 9 spoofs (3 attacks) with scores where higher = bona fide.
 BONA = [f"LA_E_B{i}" for i in range(6)]
@@ -161,10 +161,8 @@ def test_markdown_and_html_outputs_name_the_verdict(files, tmp_path, capsys, fmt
 
 @pytest.fixture()
 def band_registry():
-    from tests.helpers import restored_registry
-
     with restored_registry():
-        yield str(TEAM_MODELS / "corpus.toml")
+        yield str(CORPUS_REGISTRY)
 
 
 def test_a_variant_is_scored_on_the_corpus_and_a_killed_run_resumes_from_its_logs(
@@ -248,8 +246,7 @@ def test_legacy_checkpoint_gives_skip_modules_the_same_decisions_and_tuple_block
     assert pairs["legacy", "tuple_blocks"]["max_abs_score_diff"] > 0
 
 
-@pytest.mark.skipif(__import__("harness.core.onnx", fromlist=["onnx_missing"]).onnx_missing() is not None,
-                    reason="the ONNX Runtime form needs onnx and onnxruntime")
+@needs_onnx
 def test_forms_of_one_variant_are_systems_and_their_decisions_compared(
         fixture_corpus, band_registry, tmp_path, capsys) -> None:
     protocol = _few_lines(fixture_corpus.protocol, tmp_path, 4)

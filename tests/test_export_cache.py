@@ -2,8 +2,8 @@
 for an export once (``harness.core.export_cache``, used by ``harness.rawnet2.deploy``).
 
 Every test runs with its own temporary cache directory (``RAWNET2_HARNESS_CACHE_DIR``), so
-nothing here reads or writes the user's cache. Score runs use ``TinyDetector``: its export
-costs a fraction of a second where a RawNet2's costs seconds.
+nothing here reads or writes the user's cache. Score runs use ``tests.helpers.TinyDetector``: its
+export costs a fraction of a second where a RawNet2's costs seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,25 +31,8 @@ from harness.core.export_cache import (
     open_cache,
     state_dict_sha256,
 )
-from harness.core.onnx import export_onnx, onnx_missing
-
-AUDIO = Path(__file__).parent / "data" / "audio"
-FILES = [str(AUDIO / "hello.wav"), str(AUDIO / "numbers.wav")]
-TINY = f"{__name__}:TinyDetector"
-SCORE_TINY = ["score", *FILES, "--variant", TINY, "--score", "probability", "--form", "onnxruntime"]
-needs_onnx = pytest.mark.skipif(onnx_missing() is not None, reason=f"ONNX form unavailable: {onnx_missing()}")
-
-
-class TinyDetector(nn.Module):
-    """A [B, 1, T] detector giving a probability [B, 1], cheap to export and to run."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv1d(1, 2, kernel_size=64, stride=64)
-        self.head = nn.Linear(2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.head(self.conv(x).mean(dim=-1)))
+from harness.core.onnx import export_onnx
+from tests.helpers import SCORE_TINY, TINY, TINY_FILES, TinyDetector, needs_onnx
 
 
 @pytest.fixture(autouse=True)
@@ -387,5 +369,5 @@ def test_a_cache_dir_that_is_a_file_refuses_the_run(tmp_path: Path, capsys):
 
 
 def test_an_eager_run_opens_no_cache(cache_dir: Path, capsys):
-    assert main(["score", *FILES, "--variant", TINY, "--score", "probability", "--form", "eager"]) == 0
+    assert main(["score", *TINY_FILES, "--variant", TINY, "--score", "probability", "--form", "eager"]) == 0
     assert not cache_dir.exists()

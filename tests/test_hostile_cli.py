@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from harness.__main__ import INTERNAL_ERROR_EXIT, INTERRUPTED_EXIT, STDOUT_CLOSED_EXIT, main
 from harness.core.contract import MAX_INPUT_VALUES
+from tests.helpers import assert_one_error_line, snapshot
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -122,29 +123,6 @@ CASES: dict[str, tuple[list[str], int, str]] = {
     "mutate-inf-fail-under": (["mutate", "fixed/skip_modules.py", "--fail-under", "inf"], 2,
                               "argument --fail-under: expected a finite number, got 'inf'"),
 }
-
-
-def snapshot(directory: Path) -> dict[str, tuple]:
-    """Every entry below ``directory``: its kind, size, mtime and bytes (links not followed)."""
-    out = {}
-    for root, dirs, files in os.walk(directory):
-        for name in [*dirs, *files]:
-            path = Path(root) / name
-            info = os.lstat(path)
-            content = path.read_bytes() if path.is_file() and not path.is_symlink() else None
-            out[str(path.relative_to(directory))] = (info.st_mode, info.st_size, info.st_mtime_ns, content)
-    return out
-
-
-def assert_one_error_line(err: str, expected: str) -> None:
-    """stderr is the one ``error:`` line, after argparse's usage block where argparse refused."""
-    lines = err.splitlines()
-    if lines and lines[0].startswith("usage:"):
-        lines = lines[1:]
-        while lines and lines[0].startswith(" "):  # the usage block's continuation lines
-            lines = lines[1:]
-    assert len(lines) == 1 and "error:" in lines[0], err
-    assert expected in lines[0], err
 
 
 @pytest.fixture

@@ -29,12 +29,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness import SUBJECTS, HarnessError
-from harness.__main__ import main
 from harness.core.audits import audit
 from harness.core.introspect import cycles, held, held_tensors
 from harness.rawnet2.audits import audit_spec, check_example_input, in_family
 from harness.rawnet2.inputs import min_train_length
 from harness.rawnet2.registry import resolve
+from tests.helpers import assert_one_error_line, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,19 +139,6 @@ def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     sys.modules.pop("hostile_models", None)
 
 
-def run_audit(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(["audit", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_error_line(err: str, *fragments: str) -> None:
-    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
-
-
 # --- cycles ---------------------------------------------------------------------------------------
 
 
@@ -234,14 +221,14 @@ PLAIN_CYCLES = {"ListHoldingItself": False, "DictHoldingItself": False, "TupleLo
 
 @pytest.mark.parametrize("name", list(PLAIN_CYCLES))
 def test_cli_audit_of_a_plain_cycle_ends_with_findings_or_a_pass_never_a_traceback(models, capsys, name):
-    code, out, err = run_audit(capsys, f"hostile_models:{name}", "--input-shape", "2,4")
+    code, out, err = run_cli(capsys, "audit", f"hostile_models:{name}", "--input-shape", "2,4")
     assert err == ""
     assert "reference cycle:" in out
     assert code == (1 if PLAIN_CYCLES[name] else 0), out
 
 
 def test_cli_audit_of_a_module_registered_inside_itself_fails_every_check_with_a_finding(models, capsys):
-    code, out, err = run_audit(capsys, "hostile_models:RegisteredInsideItself", "--input-shape", "2,4",
+    code, out, err = run_cli(capsys, "audit", "hostile_models:RegisteredInsideItself", "--input-shape", "2,4",
                                "--format", "json")
     assert code == 1 and err == ""
     data = json.loads(out)
@@ -256,7 +243,7 @@ def test_cli_audit_of_a_module_registered_inside_itself_fails_every_check_with_a
 
 
 def test_cli_audit_refuses_an_example_too_short_for_the_family(capsys):
-    code, out, err = run_audit(capsys, "--variant", "skip_modules", "--input-shape", "1,1,1")
+    code, out, err = run_cli(capsys, "audit", "--variant", "skip_modules", "--input-shape", "1,1,1")
     assert code == 2 and out == ""
     minimum = f"use T >= {min_train_length(1)} or a batch of 2 or more"
     assert_one_error_line(err, "error: example input [1, 1, 1]: shape (1, 1, 1) is too short for a "
@@ -272,7 +259,7 @@ def test_every_family_variant_refuses_a_too_short_example_before_building_findin
 
 
 def test_a_too_short_example_is_fine_for_checks_that_run_no_forward(capsys):
-    code, out, err = run_audit(capsys, "--variant", "skip_modules", "--input-shape", "1,1,1",
+    code, out, err = run_cli(capsys, "audit", "--variant", "skip_modules", "--input-shape", "1,1,1",
                                "--checks", "registration")
     assert code == 0 and err == "" and "registration  pass" in out
 
@@ -286,17 +273,17 @@ def test_the_family_minimum_is_the_shortest_example_the_audit_takes():
 
 
 def test_any_model_is_probed_and_a_batch_of_two_named(models, capsys):
-    code, out, err = run_audit(capsys, "hostile_models:Normalised", "--input-shape", "1,4")
+    code, out, err = run_cli(capsys, "audit", "hostile_models:Normalised", "--input-shape", "1,4")
     assert code == 2 and out == ""
     assert_one_error_line(err, "error: example input [1, 4]: too small for a train-mode forward of "
                                "hostile_models:Normalised", "Expected more than 1 value per channel",
                           "use a batch of 2 or more (a batch of 2 works)")
-    code, out, err = run_audit(capsys, "hostile_models:Normalised", "--input-shape", "2,4")
+    code, out, err = run_cli(capsys, "audit", "hostile_models:Normalised", "--input-shape", "2,4")
     assert code == 0 and err == "", out
 
 
 def test_the_probe_runs_only_for_checks_that_train(models, capsys):
-    code, out, err = run_audit(capsys, "hostile_models:Normalised", "--input-shape", "1,4",
+    code, out, err = run_cli(capsys, "audit", "hostile_models:Normalised", "--input-shape", "1,4",
                                "--checks", "registration,determinism,output_contract")
     assert code == 0 and err == "", out
 
@@ -315,7 +302,7 @@ def test_the_family_is_known_through_references():
     ("ExitsWhenWalked", "the model's code called sys.exit(0)"),
 ])
 def test_sys_exit_anywhere_the_audit_runs_user_code_is_exit_2(models, capsys, name, what):
-    code, out, err = run_audit(capsys, f"hostile_models:{name}", "--input-shape", "2,4")
+    code, out, err = run_cli(capsys, "audit", f"hostile_models:{name}", "--input-shape", "2,4")
     assert code == 2 and out == ""
     assert_one_error_line(err, f"error: {what}")
 

@@ -30,7 +30,6 @@ import torch
 
 import harness.report as report_module
 from harness import HarnessError, build
-from harness.__main__ import main
 from harness.core.checkpoints import load_checkpoint, save_checkpoint
 from harness.core.fileio import (
     check_output_path,
@@ -38,6 +37,7 @@ from harness.core.fileio import (
     describe_unreadable,
     write_text_atomically,
 )
+from tests.helpers import assert_one_error_line, replace_build_report, run_cli, snapshot
 
 DEV_NULL = Path("/dev/null")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -46,32 +46,9 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 # --- what must not change -----------------------------------------------------------------------
 
 
-def fingerprint(path: Path) -> tuple:
-    """Everything about one directory entry that a write could change (never following a link)."""
-    info = os.lstat(path)
-    if stat.S_ISREG(info.st_mode):
-        content: object = path.read_bytes()
-    elif stat.S_ISLNK(info.st_mode):
-        content = os.readlink(path)
-    else:
-        content = None
-    return (info.st_mode, info.st_ino, info.st_dev, info.st_rdev, info.st_size, info.st_mtime_ns,
-            info.st_nlink, content)
-
-
-def besides_out(entries: dict[str, tuple]) -> dict[str, tuple]:
-    """Every entry but the destination ``out``: what a write to ``out`` must leave alone."""
-    return {k: v for k, v in entries.items() if k != "out"}
-
-
-def tree(directory: Path) -> dict[str, tuple]:
-    """``fingerprint`` of every entry below ``directory`` (links not followed)."""
-    out = {}
-    for root, dirs, files in os.walk(directory):
-        for name in [*dirs, *files]:
-            path = Path(root) / name
-            out[str(path.relative_to(directory))] = fingerprint(path)
-    return out
+def besides(entries: dict[str, tuple], path: Path) -> dict[str, tuple]:
+    """Every entry but ``path``: what a write to ``path`` must leave alone."""
+    return {k: v for k, v in entries.items() if k != str(path)}
 
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -96,13 +73,6 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(os, "open", spy_os_open)
     monkeypatch.setattr(builtins, "open", spy_open)
     return opened
-
-
-def assert_one_error_line(err: str, *fragments: str) -> None:
-    assert err.startswith("error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 # --- hostile destinations, made in a directory --------------------------------------------------
@@ -162,7 +132,7 @@ def test_writes_refuse_a_hostile_destination_before_opening_anything(kind, force
     make, expected, always = HOSTILE[kind]
     target = short_dir / "out"
     make(target)
-    before = tree(short_dir)
+    before = snapshot(short_dir)
     if always or not force:
         for write in (lambda: write_text_atomically(target, "x", force=force),
                       lambda: save_checkpoint({"w": torch.zeros(1)}, target, force=force)):
@@ -172,12 +142,12 @@ def test_writes_refuse_a_hostile_destination_before_opening_anything(kind, force
             assert message.startswith(f"{target}: ") and expected in message and "\n" not in message
             assert caught.value.exit_code == 2
         assert writes == []
-        assert tree(short_dir) == before
+        assert snapshot(short_dir) == before
     else:  # --force replaces the link itself; what it pointed to is untouched
         write_text_atomically(target, "new", force=True)
         assert not target.is_symlink() and target.read_text() == "new"
-        after = tree(short_dir)
-        assert besides_out(after) == besides_out(before)
+        after = snapshot(short_dir)
+        assert besides(after, target) == besides(before, target)
         assert sorted(after) == sorted(before)  # no temp file left
 
 
@@ -205,14 +175,14 @@ def test_a_character_device_is_refused_even_with_force(writes):
 def test_paths_that_name_no_file_are_refused(tmp_path, writes, spelling, expected):
     (tmp_path / "file.txt").write_text("keep")
     path = spelling.format(d=tmp_path)
-    before = tree(tmp_path)
+    before = snapshot(tmp_path)
     with pytest.raises(HarnessError) as caught:
         check_output_path(path, force=True)
     assert expected in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(HarnessError) as caught:
         write_text_atomically(path, "x", force=True)
     assert expected in str(caught.value)
-    assert writes == [] and tree(tmp_path) == before
+    assert writes == [] and snapshot(tmp_path) == before
 
 
 def unwritable(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
@@ -326,21 +296,8 @@ def test_describe_unreadable_names_a_loop(tmp_path):
 @pytest.fixture
 def no_measuring(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """``build_report`` replaced: records its calls; renders to a fixed text."""
-    calls: list[dict] = []
-
-    def fake_build_report(**kwargs) -> dict:
-        calls.append(kwargs)
-        return {}
-
-    monkeypatch.setattr(report_module, "build_report", fake_build_report)
     monkeypatch.setitem(report_module.RENDERERS, "markdown", lambda report: "# the report\n")
-    return calls
-
-
-def run_report(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(["report", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return replace_build_report(monkeypatch, {})
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["", "force"])
@@ -349,23 +306,23 @@ def test_report_output_to_a_hostile_destination(kind, force, short_dir, no_measu
     make, expected, always = HOSTILE[kind]
     target = short_dir / "out"
     make(target)
-    before = tree(short_dir)
-    code, out, err = run_report(capsys, "--output", str(target), *(["--force"] if force else []))
+    before = snapshot(short_dir)
+    code, out, err = run_cli(capsys, "report", "--output", str(target), *(["--force"] if force else []))
     if always or not force:
         assert code == 2 and out == ""
         assert_one_error_line(err, f"error: {target}: {expected}")
         assert no_measuring == [], "measured before refusing"
-        assert writes == [] and tree(short_dir) == before
+        assert writes == [] and snapshot(short_dir) == before
     else:
         assert code == 0 and out == ""
         assert not target.is_symlink() and target.read_text() == "# the report\n"
-        assert besides_out(tree(short_dir)) == besides_out(before)
+        assert besides(snapshot(short_dir), target) == besides(before, target)
 
 
 def test_report_output_dev_null_is_refused_and_dev_null_stays(no_measuring, writes, capsys):
     with dev_null_untouched():
         for extra in ([], ["--force"]):
-            code, out, err = run_report(capsys, "--output", str(DEV_NULL), *extra)
+            code, out, err = run_cli(capsys, "report", "--output", str(DEV_NULL), *extra)
             assert code == 2 and out == ""
             assert_one_error_line(err, "error: /dev/null: is a character device, not a regular file")
     assert no_measuring == [] and writes == []
@@ -373,7 +330,7 @@ def test_report_output_dev_null_is_refused_and_dev_null_stays(no_measuring, writ
 
 def test_report_output_empty_path_is_refused(no_measuring, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_report(capsys, "--output", "")
+    code, out, err = run_cli(capsys, "report", "--output", "")
     assert code == 2 and out == ""  # not silently printed to stdout
     assert_one_error_line(err, "error: empty path ('') given for the output")
     assert no_measuring == [] and list(tmp_path.iterdir()) == []
@@ -386,17 +343,17 @@ def test_report_output_empty_path_is_refused(no_measuring, capsys, tmp_path, mon
 ], ids=["trailing-separator", "directory", "missing-directory"])
 def test_report_output_that_names_no_file_is_refused(spelling, expected, tmp_path, no_measuring, capsys):
     path = spelling.format(d=tmp_path)
-    before = tree(tmp_path)
-    code, out, err = run_report(capsys, "--output", path)
+    before = snapshot(tmp_path)
+    code, out, err = run_cli(capsys, "report", "--output", path)
     assert code == 2 and out == ""
     assert_one_error_line(err, expected)
-    assert no_measuring == [] and tree(tmp_path) == before
+    assert no_measuring == [] and snapshot(tmp_path) == before
 
 
 def test_report_into_an_unwritable_directory_fails_before_measuring(tmp_path, monkeypatch, no_measuring,
                                                                      capsys):
     unwritable(monkeypatch, tmp_path)
-    code, out, err = run_report(capsys, "--output", str(tmp_path / "r.md"))
+    code, out, err = run_cli(capsys, "report", "--output", str(tmp_path / "r.md"))
     assert code == 2 and out == ""
     assert_one_error_line(err, f"error: {tmp_path}/r.md: directory '{tmp_path}' is not writable")
     assert no_measuring == [] and list(tmp_path.iterdir()) == []
@@ -405,7 +362,7 @@ def test_report_into_an_unwritable_directory_fails_before_measuring(tmp_path, mo
 def test_report_replaces_a_regular_file_without_force(tmp_path, no_measuring, capsys):
     target = tmp_path / "r.md"
     target.write_text("old")
-    code, _, _ = run_report(capsys, "--output", str(target))
+    code, _, _ = run_cli(capsys, "report", "--output", str(target))
     assert code == 0 and target.read_text() == "# the report\n"
     assert [p.name for p in tmp_path.iterdir()] == ["r.md"]
 
@@ -420,12 +377,6 @@ def legacy_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def run_migrate(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(["migrate", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("force", [False, True], ids=["", "force"])
 @pytest.mark.parametrize("kind", list(HOSTILE))
 def test_migrate_to_a_hostile_destination(kind, force, short_dir, legacy_bytes, writes, capsys):
@@ -434,17 +385,17 @@ def test_migrate_to_a_hostile_destination(kind, force, short_dir, legacy_bytes, 
     src.write_bytes(legacy_bytes)
     target = short_dir / "out"
     make(target)
-    before = tree(short_dir)
-    code, out, err = run_migrate(capsys, str(src), str(target), "--to", "skip_modules",
+    before = snapshot(short_dir)
+    code, out, err = run_cli(capsys, "migrate", str(src), str(target), "--to", "skip_modules",
                                  *(["--force"] if force else []))
     if always or not force:
         assert code == 2 and out == ""
         assert_one_error_line(err, f"error: {target}: {expected}")
-        assert writes == [] and tree(short_dir) == before
+        assert writes == [] and snapshot(short_dir) == before
     else:
         assert code == 0 and err == ""
         assert not target.is_symlink() and len(load_checkpoint(target)) == 116
-        assert besides_out(tree(short_dir)) == besides_out(before)
+        assert besides(snapshot(short_dir), target) == besides(before, target)
 
 
 def test_migrate_to_dev_null_is_refused_and_dev_null_stays(tmp_path, legacy_bytes, writes, capsys):
@@ -452,7 +403,8 @@ def test_migrate_to_dev_null_is_refused_and_dev_null_stays(tmp_path, legacy_byte
     src.write_bytes(legacy_bytes)
     with dev_null_untouched():
         for extra in ([], ["--force"]):
-            code, out, err = run_migrate(capsys, str(src), str(DEV_NULL), "--to", "skip_modules", *extra)
+            code, out, err = run_cli(capsys, "migrate", str(src), str(DEV_NULL), "--to", "skip_modules",
+                                     *extra)
             assert code == 2 and out == ""
             assert_one_error_line(err, "error: /dev/null: is a character device, not a regular file")
     assert writes == []
@@ -466,7 +418,7 @@ def test_migrate_force_over_a_private_checkpoint_keeps_it_private(tmp_path, lega
     src.write_bytes(legacy_bytes)
     target.write_bytes(b"old weights")
     os.chmod(target, mode)
-    code, _, err = run_migrate(capsys, str(src), str(target), "--to", "skip_modules", "--force")
+    code, _, err = run_cli(capsys, "migrate", str(src), str(target), "--to", "skip_modules", "--force")
     assert code == 0, err
     assert stat.S_IMODE(os.lstat(target).st_mode) == mode
     assert len(load_checkpoint(target)) == 116

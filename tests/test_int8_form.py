@@ -10,7 +10,7 @@ import pytest
 
 from harness.__main__ import main
 from harness.core.quantize import quantize_missing
-from tests.test_export_cache import FILES, SCORE_TINY
+from tests.helpers import SCORE_TINY, TINY_FILES
 
 pytestmark = pytest.mark.skipif(quantize_missing() is not None, reason=f"int8 needs {quantize_missing()}")
 INT8 = [*SCORE_TINY[:-1], "onnxruntime-int8", "--format", "json"]
@@ -27,7 +27,7 @@ def test_the_int8_form_scores_and_its_quantization_is_cached(cache, capsys) -> N
     first = capsys.readouterr()
     assert "as onnxruntime-int8 (" in first.err and "calibrated on" in first.err
     scores = [r["score"] for r in json.loads(first.out)["results"]]
-    assert len(scores) == len(FILES) and all(0.0 <= s <= 1.0 for s in scores)
+    assert len(scores) == len(TINY_FILES) and all(0.0 <= s <= 1.0 for s in scores)
     assert main(INT8) == 0
     second = capsys.readouterr()
     assert "cached export" in second.err and second.out == first.out
@@ -36,7 +36,7 @@ def test_the_int8_form_scores_and_its_quantization_is_cached(cache, capsys) -> N
 
 
 def test_calibration_files_are_read_never_written(cache, tmp_path, capsys) -> None:
-    assert main([*INT8[:-2], "--calibrate-on", FILES[0], "--output", FILES[0]]) == 2
+    assert main([*INT8[:-2], "--calibrate-on", TINY_FILES[0], "--output", TINY_FILES[0]]) == 2
     assert "which this run reads" in capsys.readouterr().err
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio")

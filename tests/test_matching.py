@@ -34,6 +34,7 @@ from harness.core.matching import (
     pair_weights,
     type_family,
 )
+from harness.core.modes import MODES
 from harness.core.tolerances import EXACT, Tolerance, assert_close
 from harness.core.weights import seed_weights
 from tests.team_models.asv_detector import (
@@ -46,7 +47,6 @@ from tests.team_models.asv_detector import (
 )
 
 X = torch.randn(2, 1, 800, generator=torch.Generator().manual_seed(0))
-MODES = ("train", "eval")
 few = settings(max_examples=max(3, settings.default.max_examples // 10), deadline=None)
 
 

@@ -33,6 +33,7 @@ from harness.rawnet2.checkpoints import POLICIES, detect_layout, load_checkpoint
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.layouts import state_dict_layout
 from harness.rawnet2.registry import spec
+from tests.helpers import TEAM_MODELS, TEAM_REGISTRY
 from tests.team_models.asv_detector import MIN_SAMPLES, AsvDetector, RefactoredDetector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -368,9 +369,6 @@ TestSaveMigrateLoad = SaveMigrateLoad.TestCase
 
 # --- any registered variant: a team's production checkpoint ------------------------------------
 
-TEAM_MODELS = REPO / "tests" / "team_models"
-
-
 def run_main(*argv: str | Path) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -395,7 +393,7 @@ def outputs(model: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
 def test_a_production_checkpoint_migrates_to_the_refactor_with_the_same_function(tmp_path: Path, registered):
     src, dst = tmp_path / "prod.pt", tmp_path / "out.pt"
     state = production_checkpoint(src, seed=21)
-    code, out, err = run_main("--registry", TEAM_MODELS / "correct.toml", "migrate", src, dst,
+    code, out, err = run_main("--registry", TEAM_REGISTRY, "migrate", src, dst,
                               "--to", "asv_refactor")
     assert code == 0, err
     # asv_renamed has asv's keys too, but it is held to asv (its reference): read as asv.

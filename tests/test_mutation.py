@@ -288,15 +288,6 @@ def outputs_and_gradients(model: torch.nn.Module, x: torch.Tensor, train: bool) 
     return [out.detach(), x.grad, *(p.grad for p in model.parameters())]
 
 
-@pytest.fixture
-def one_thread():
-    """Many tiny forwards: one intra-op thread is fastest, and immune to a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def declared_mutants(path: str) -> list[Mutant]:
     declarations = [e for e in EQUIVALENCES if e.path == path]
     mutants = enumerate_mutants(path, root=ROOT, within=[d.span for d in declarations])

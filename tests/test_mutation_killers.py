@@ -18,6 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.core.modes import MODES
 from harness.core.tolerances import EXACT, REFERENCE_FORWARD, assert_close
 from harness.rawnet2.equivalence import copy_weights, seed_weights
 from harness.rawnet2.golden import reference_forward
@@ -25,7 +26,6 @@ from harness.rawnet2.registry import SUBJECTS
 
 SEED = 1234
 BATCH = 3
-MODES = ("train", "eval")
 # The variants the guide's functional reference vouches for (their spec names the function).
 VOUCHED = [name for name, spec in SUBJECTS.items() if spec.runs and spec.architecture is not None]
 # (variant, its reference, a mode where it must compute the reference's function)

@@ -30,15 +30,14 @@ from harness.core.onnx import (
     QUIET_SCALE,
     OnnxRuntimeSession,
     export_onnx,
-    onnx_missing,
     verification_inputs,
 )
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, assert_close
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.registry import SUBJECTS
-from tests.helpers import TEAM_REGISTRY, PeakNormalised
+from tests.helpers import TEAM_REGISTRY, PeakNormalised, needs_onnx
 
-pytestmark = pytest.mark.skipif(onnx_missing() is not None, reason=f"ONNX form unavailable: {onnx_missing()}")
+pytestmark = needs_onnx
 
 EXPORTABLE = [name for name, spec in SUBJECTS.items() if spec.runs and "onnxruntime" in spec.forms]
 

@@ -38,7 +38,7 @@ from harness.rawnet2.audits import audit, declared_results
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.inputs import last_norm_values, min_train_length
 from harness.rawnet2.layouts import PROJECTION_BLOCKS
-from tests.conftest import variants
+from tests.helpers import variants
 
 BATCHNORM_ERROR = "Expected more than 1 value per channel when training"
 
@@ -55,7 +55,7 @@ few = per_variant(max(3, settings.default.max_examples // 2))
 some_of_the_family = per_variant(settings.default.max_examples, "family_name")
 
 
-def randomized(name: str, seed: int, **kwargs: object) -> nn.Module:
+def randomized_variant(name: str, seed: int, **kwargs: object) -> nn.Module:
     """A fresh instance with weights and BatchNorm state drawn under ``seed`` (the library's seeding);
     ``kwargs`` go to the factory (``num_classes`` for the family)."""
     return seed_weights(SUBJECTS[name].build(**kwargs), seed)
@@ -112,7 +112,7 @@ def test_output_is_batch_by_classes_probabilities(family_name: str, batch: int, 
                                                   num_classes: int, train: bool, seed: int):
     name = family_name
     length = runnable_length(name, train, batch, length)
-    model = randomized(name, seed, num_classes=num_classes).train(train)
+    model = randomized_variant(name, seed, num_classes=num_classes).train(train)
     with torch.no_grad():
         out = model(waveform(seed, batch, length))
     assert out.shape == (batch, num_classes)
@@ -129,7 +129,7 @@ def test_output_is_batch_by_classes_probabilities(family_name: str, batch: int, 
 def test_forward_raises_exactly_below_the_batchnorm_boundary(family_name: str, batch: int, length: int,
                                                              train: bool):
     name = family_name
-    model = randomized(name, 0).train(train)
+    model = randomized_variant(name, 0).train(train)
     x = torch.randn(batch, 1, length)
     # The rule written out from the strides, independently of harness.rawnet2.inputs:
     raises = uses_batch_statistics(name, train) and batch * math.ceil(length / 8) == 1
@@ -144,7 +144,7 @@ def test_forward_raises_exactly_below_the_batchnorm_boundary(family_name: str, b
 
 def test_batch_of_one_boundary_is_nine_samples_in_train_mode(family_name: str):
     name = family_name
-    model = randomized(name, 0).train()
+    model = randomized_variant(name, 0).train()
     with torch.no_grad():
         too_short = rf"{BATCHNORM_ERROR}, got input size torch.Size\(\[1, 256, 1\]\)"
         with pytest.raises(ValueError, match=too_short):
@@ -163,7 +163,7 @@ def test_batch_of_one_boundary_is_nine_samples_in_train_mode(family_name: str):
 @given(batch=st.integers(1, 8), length=st.integers(1, 2000))
 def test_last_batchnorm_sees_batch_times_ceil_length_over_8(family_name: str, batch: int, length: int):
     name = family_name
-    model = randomized(name, 0).eval()
+    model = randomized_variant(name, 0).eval()
     seen: list[int] = []
     def record(module: nn.Module, args: tuple) -> None:
         seen.append(args[0].shape[0] * args[0].shape[2])  # values per channel: N * L
@@ -194,7 +194,7 @@ PROPERTY_CHECKS = ("batch_independence", "gradient_coverage", "determinism", "sk
 def test_declared_results_hold_for_random_inputs_and_weights(runnable_name: str, seed: int, batch: int,
                                                              extra: int):
     name = runnable_name
-    report = audit(lambda: randomized(name, seed), example(name, seed + 1, batch, extra),
+    report = audit(lambda: randomized_variant(name, seed), example(name, seed + 1, batch, extra),
                    checks=PROPERTY_CHECKS, output=SUBJECTS[name].output)
     assert report.results == declared_results(SUBJECTS[name].expected_defects, PROPERTY_CHECKS)
     if name == "tuple_blocks":
@@ -240,7 +240,7 @@ def test_zeroing_each_last_batchnorm_leaves_a_pure_shortcut(runnable_name: str, 
     name = runnable_name
     if not blocks_of(name):
         pytest.skip(f"{name}: dataflow finds no residual blocks")
-    model = randomized(name, seed).train(train)
+    model = randomized_variant(name, seed).train(train)
     x = example(name, seed, batch, extra, above="min_length")
     with torch.no_grad():
         for block in find_blocks(model, x):

@@ -23,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.core.errors import HarnessError
-from harness.core.onnx import OnnxRuntimeSession, export_onnx, onnx_missing
+from harness.core.onnx import OnnxRuntimeSession, export_onnx
 from harness.core.quantize import (
     CALIBRATION_CLIPS,
     INT8_SETTINGS,
@@ -35,10 +35,10 @@ from harness.core.quantize import (
     quantize_int8,
     quantize_missing,
 )
+from tests.helpers import AUDIO, needs_onnx
 
-pytestmark = pytest.mark.skipif(onnx_missing() is not None, reason=f"ONNX form unavailable: {onnx_missing()}")
+pytestmark = needs_onnx
 
-AUDIO = Path(__file__).parent / "data" / "audio"
 TINY_LENGTH = 4000
 
 # Sanity bounds, not tolerances (harness.core.tolerances holds those): the int8 form is judged by

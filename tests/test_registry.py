@@ -37,7 +37,7 @@ from harness.rawnet2.registry import (
 )
 from harness.report import verdict
 from harness.report.build import QUICK, _departures, _reference_rows
-from tests.helpers import restored_registry
+from tests.helpers import AUDIO, VARIANT_FIXTURES, restored_registry, variants
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -338,8 +338,6 @@ def test_every_registered_variant_is_covered_by_every_contract_that_applies(requ
     if request.config.getoption("keyword") or request.config.getoption("markexpr") or \
             request.config.getoption("deselect") or request.config.getoption("--variant"):
         pytest.skip("a filtered run collects only part of the suite; coverage is checked on full runs")
-    from tests.conftest import VARIANT_FIXTURES, variants  # the predicates the fixtures parametrize with
-
     seen: dict[tuple[str, str], set[str]] = {}
     for item in request.session.items:
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -377,7 +375,7 @@ def test_a_team_registry_runs_the_whole_suite_on_its_model(tmp_path):
 
 
 def test_score_takes_a_module_attr_with_kwargs(team, capsys):
-    wav = str(ROOT / "tests" / "data" / "audio" / "hello.wav")
+    wav = str(AUDIO / "hello.wav")
     # eager: the factory's kwargs are what is under test; the forms are test_score_forms'
     argv = ["score", wav, "--variant", "team_prod:ProdDetector", "--kwargs", '{"num_classes": 1}',
             "--score", "probability", "--form", "eager", "--format", "json"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 
@@ -12,7 +11,6 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import report as report_module
 from harness.__main__ import main
 from harness.core.audits import FAIL, NOT_APPLICABLE, PASS
 from harness.core.introspect import Structure
@@ -27,6 +25,7 @@ from harness.report import (
     render_markdown,
     verdict,
 )
+from tests.helpers import replace_build_report
 
 SOUND = Structure(registered_parameters=100, used_parameters=100, state_dict_keys=10, batchnorms=2,
                   batchnorms_reached_by_eval=2, forward_error=None)
@@ -71,16 +70,6 @@ def _synthetic_report() -> dict:
 
 
 # --------------------------------------------------------------------------- the real thing, once
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, two threads' barriers stall each small op
-    (the quick report then takes 40 s instead of 4); this test checks data, not speed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_quick_report_json_validates_and_follows_the_declarations(tmp_path, capsys, one_thread) -> None:
@@ -226,15 +215,7 @@ def test_json_refuses_non_finite_numbers() -> None:
 @pytest.fixture
 def synthetic(monkeypatch) -> list[dict]:
     """build_report replaced by the synthetic report; records the arguments of each call."""
-    calls: list[dict] = []
-
-    def fake_build_report(**kwargs) -> dict:
-        calls.append(kwargs)
-        kwargs["progress"]("measuring")
-        return copy.deepcopy(_synthetic_report())
-
-    monkeypatch.setattr(report_module, "build_report", fake_build_report)
-    return calls
+    return replace_build_report(monkeypatch, _synthetic_report())
 
 
 @pytest.mark.parametrize("fmt, marker", [("markdown", "# RawNet2 variants"), ("html", "<!DOCTYPE html>"),

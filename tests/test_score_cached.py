@@ -17,7 +17,7 @@ import pytest
 
 from harness.__main__ import main
 from harness.core.export_cache import CACHE_DIR_ENV
-from tests.test_export_cache import FILES, SCORE_TINY, needs_onnx
+from tests.helpers import SCORE_TINY, TINY_FILES, needs_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs ``python -m harness ARGV`` with torch made unimportable: any import of it fails the run.
@@ -73,7 +73,7 @@ def test_a_changed_factory_source_sends_the_run_back_to_the_model(cache, tmp_pat
     registry = tmp_path / "registry.toml"
     registry.write_text('[tool.rawnet2-harness.variants.tiny]\nfactory = "tinymodel:Tiny"\n'
                         'input_shape = [1, 16000]\nscore = "probability"\n')
-    argv = ["--registry", str(registry), "score", *FILES, "--variant", "tiny", "--form", "onnxruntime"]
+    argv = ["--registry", str(registry), "score", *TINY_FILES, "--variant", "tiny", "--form", "onnxruntime"]
     assert main(argv) == 0
     capsys.readouterr()
     assert FAST in without_torch(argv, cache).stderr

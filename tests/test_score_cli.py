@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import stat
 import subprocess
 import sys
 import time
@@ -46,14 +45,13 @@ from harness.rawnet2.scoring import (
     score_files,
     score_waveforms,
 )
+from tests.helpers import AUDIO, AUDIO_FILES, snapshot
 
 REPO = Path(__file__).resolve().parent.parent
-AUDIO = Path(__file__).parent / "data" / "audio"
-FIXTURES = [str(AUDIO / n) for n in ("hello.wav", "numbers.wav", "hello_44k_stereo.wav", "hello_16k.flac")]
 # Stand-in models (MODULE:ATTR, so nothing declares their contract) count their calls: score them as they
 # are (the deployment forms: test_score_forms.py), as probabilities of [B, 1, 64600] clips.
 EAGER = ("--form", "eager", "--score", "probability", "--input-shape", "1,64600")
-HELLO, NUMBERS = FIXTURES[0], FIXTURES[1]
+HELLO, NUMBERS = AUDIO_FILES[0], AUDIO_FILES[1]
 
 
 def batch_dependence(variant: str) -> str | None:
@@ -94,7 +92,7 @@ def legacy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
             nn.init.uniform_(bn.weight, 0.5, 1.5)
             nn.init.normal_(bn.bias, std=0.1)
         shared_skip, model.skip = model.skip, None  # the only way its forward runs
-        calibrate_batchnorms(model, FIXTURES)
+        calibrate_batchnorms(model, AUDIO_FILES)
         model.skip = shared_skip
     path = tmp_path_factory.mktemp("checkpoints") / "legacy.pt"
     torch.save(model.state_dict(), path)
@@ -148,7 +146,7 @@ class FixtureScores(dict):
             model.eval()
         else:
             model = get_audio_model(form, self.checkpoint, policy="preserve-function")
-        self[form] = model, scores_of(score_files(model, FIXTURES, batch_size=len(FIXTURES)))
+        self[form] = model, scores_of(score_files(model, AUDIO_FILES, batch_size=len(AUDIO_FILES)))
         return self[form]
 
 
@@ -440,23 +438,6 @@ def records(path: Path) -> list[dict]:
     return [json.loads(line) for line in lines]
 
 
-def snapshot(*roots: Path) -> dict[str, tuple]:
-    """Every entry under ``roots``: kind, and bytes, link target or mode; to show what a run changed."""
-    state: dict[str, tuple] = {}
-    for root in roots:
-        for where, dirs, names in os.walk(root):
-            for name in dirs + names:
-                path = os.path.join(where, name)
-                info = os.lstat(path)
-                if stat.S_ISLNK(info.st_mode):
-                    state[path] = ("link", os.readlink(path))
-                elif stat.S_ISREG(info.st_mode):
-                    state[path] = ("file", Path(path).read_bytes(), info.st_mtime_ns)
-                else:
-                    state[path] = ("other", stat.S_IFMT(info.st_mode))
-    return state
-
-
 def test_output_is_json_lines_in_input_order_like_the_json_on_stdout(
     tmp_path: Path, stand_in: str, capsys: pytest.CaptureFixture
 ):
@@ -512,18 +493,18 @@ def test_output_resumed_with_the_real_model_scores_like_the_uninterrupted_run(
     tmp_path: Path, legacy_checkpoint: Path, fixture_scores: FixtureScores, capsys: pytest.CaptureFixture
 ):
     out = tmp_path / "s.jsonl"
-    argv = ["score", *FIXTURES, "--checkpoint", str(legacy_checkpoint), "--batch-size", "2",
+    argv = ["score", *AUDIO_FILES, "--checkpoint", str(legacy_checkpoint), "--batch-size", "2",
             "--form", "eager", "--output", str(out)]
     assert main(argv) == 0
     first = records(out)
-    assert [r["file"] for r in first] == FIXTURES
+    assert [r["file"] for r in first] == AUDIO_FILES
     # the scores the same converted checkpoint gave all four fixtures in one batch
     assert_close(torch.tensor([r["score"] for r in first]), fixture_scores["skip_modules"][1], BATCHING)
     lines = out.read_bytes().splitlines(keepends=True)
     out.write_bytes(lines[0] + lines[1] + lines[2][:20])  # killed while writing the first batch's second line
     assert main([*argv, "--resume"]) == 0
     resumed = records(out)
-    assert [r["file"] for r in resumed] == FIXTURES
+    assert [r["file"] for r in resumed] == AUDIO_FILES
     # fixture 2 is now scored with fixture 3, not 1: its batch mates do not change its score
     assert_close(torch.tensor([r["score"] for r in resumed]), torch.tensor([r["score"] for r in first]),
                  BATCHING, "resumed vs uninterrupted")

@@ -28,11 +28,8 @@ from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.registry import SUBJECTS
 from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED, score_transform, scoring_contract
 from harness.rawnet2.scoring import score_files
-from tests.helpers import PeakNormalised
-from tests.test_audio import team_scored  # noqa: F401 - the fixture: the team registry, loaded for a test
+from tests.helpers import AUDIO, AUDIO_FILES, PeakNormalised, needs_onnx
 
-AUDIO = Path(__file__).parent / "data" / "audio"
-FILES = [str(AUDIO / name) for name in ("hello.wav", "numbers.wav", "hello_44k_stereo.wav", "hello_16k.flac")]
 # The tolerance each form is held to: the deployment form it is made of.
 TOLERANCE = {"optimized": DEPLOYMENT_TOLERANCES["folded"],
              "onnxruntime": DEPLOYMENT_TOLERANCES["onnxruntime"]}
@@ -44,7 +41,7 @@ def scores(model: object, name: str) -> torch.Tensor:
     Decoded in this process: worker processes give the same clips (test_score_cli) and cost a fork
     per call; what is compared here is the forms."""
     spec = SUBJECTS[name]
-    results = score_files(model, FILES, batch_size=3, contract=scoring_contract(spec),
+    results = score_files(model, AUDIO_FILES, batch_size=3, contract=scoring_contract(spec),
                           transform=score_transform(spec), workers=0)
     return torch.tensor([r.score for r in results])
 
@@ -80,14 +77,14 @@ def test_auto_takes_the_fastest_form_the_spec_allows_and_says_why_it_passed_othe
 
 
 def test_score_names_the_form_that_ran_on_stderr(capsys):
-    argv = ["score", FILES[0], "--variant", "skip_modules", "--form", "optimized", "--format", "json"]
+    argv = ["score", AUDIO_FILES[0], "--variant", "skip_modules", "--form", "optimized", "--format", "json"]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "score: skip_modules as optimized (folded eager, CPU batches in chunks of 2) on cpu" in err
 
 
 def test_a_form_that_cannot_run_is_a_usage_error(capsys):
-    assert main(["score", FILES[0], "--variant", "tuple_blocks", "--form", "optimized"]) == 2
+    assert main(["score", AUDIO_FILES[0], "--variant", "tuple_blocks", "--form", "optimized"]) == 2
     assert capsys.readouterr().err.strip().endswith("tuple_blocks does not list folded among its forms")
 
 
@@ -132,7 +129,7 @@ def scores_printed(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int,
     return code, scores, captured.err
 
 
-@pytest.mark.skipif(onnx_missing() is not None, reason=f"ONNX form unavailable: {onnx_missing()}")
+@needs_onnx
 def test_a_frozen_graph_never_scores_auto_falls_back_and_a_named_form_is_refused(
     loud_and_quiet: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ):
@@ -154,7 +151,7 @@ def test_a_frozen_graph_never_scores_auto_falls_back_and_a_named_form_is_refused
                                            "from eager on the first batch: max abs difference")
 
 
-@pytest.mark.skipif(onnx_missing() is not None, reason=f"ONNX form unavailable: {onnx_missing()}")
+@needs_onnx
 def test_quiet_audio_first_still_shows_a_branch_frozen_on_quiet_input(
     loud_and_quiet: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ):
@@ -188,10 +185,11 @@ def test_the_team_model_scores_like_eager_in_every_form(capsys: pytest.CaptureFi
     # [B, T] input, a GRU and log_softmax: exported at its own contract (or refused in one line), verified
     # on the first batch; the scores are eager's within the form's tolerance, or the run is refused
     hello = str(AUDIO / "hello.wav")
-    code, eager, _ = scores_printed([hello, FILES[1], "--variant", "asv", "--form", "eager"], capsys)
+    code, eager, _ = scores_printed([hello, AUDIO_FILES[1], "--variant", "asv", "--form", "eager"], capsys)
     assert code == 0 and all(s <= 0 for s in eager)
     for form in ("auto", "onnxruntime"):
-        code, scores, err = scores_printed([hello, FILES[1], "--variant", "asv", "--form", form], capsys)
+        code, scores, err = scores_printed([hello, AUDIO_FILES[1], "--variant", "asv", "--form", form],
+                                           capsys)
         if code == 2:
             assert form != "auto" and err.count("error:") == 1 and "Traceback" not in err, err
             continue
