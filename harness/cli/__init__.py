@@ -1,4 +1,5 @@
-"""Command line: ``python -m harness [--registry FILE] {report,audit,compare,migrate,score,export} ...``.
+"""Command line: ``python -m harness [--registry FILE] VERB ...``, VERB one of report, audit, compare,
+migrate, score, export, mutate, evaluate.
 
 One module per verb (``harness.cli.audit``, ``compare``, ``evaluate``, ``export``, ``migrate``,
 ``mutate``, ``report``, ``score``), each with its options (``add_parser``) and its ``run(args)``;
@@ -32,7 +33,8 @@ VERBS = (report, audit, compare, migrate, score, export, mutate, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())  # the docstring's first paragraph, one line
+    parser = argparse.ArgumentParser(prog="python -m harness", description=summary)
     parser.add_argument("--registry", metavar="FILE",
                         help="TOML file with [tool.rawnet2-harness.variants.NAME] tables "
                              "(default: ./pyproject.toml when present)")
