@@ -16,10 +16,12 @@ predicates live in ``tests.helpers.VARIANT_FIXTURES``; the fixtures several modu
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
+from harness.core.export_cache import CACHE_DIR_ENV
 from harness.rawnet2.corpus import Corpus, build_corpus
 from harness.rawnet2.registry import SUBJECTS, load_registry_file, unregister
 from tests.helpers import TEAM_REGISTRY, VARIANT_FIXTURES, restored_registry, variants
@@ -49,7 +51,16 @@ def session_export_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 def export_cache_dir(session_export_cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test writes to the user's export cache (harness.core.export_cache): the session has its own,
     shared by its tests (an export verified once serves them all); a test of the cache sets its own."""
-    monkeypatch.setenv("RAWNET2_HARNESS_CACHE_DIR", session_export_cache)
+    monkeypatch.setenv(CACHE_DIR_ENV, session_export_cache)
+
+
+@pytest.fixture
+def own_export_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own export cache directory (not yet created), for a test of the cache itself: it
+    starts empty, and what the test caches serves no other test."""
+    directory = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_DIR_ENV, str(directory))
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import torch.nn as nn
 import harness.report as report_module
 from harness.__main__ import main
 from harness.core.audits import AuditReport
+from harness.core.errors import HarnessError
 from harness.core.onnx import onnx_missing
 from harness.rawnet2.registry import SUBJECTS, VariantSpec, in_family, register, unregister
 
@@ -120,6 +121,18 @@ def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def refusal(call: Callable[[], object], *fragments: str, error: type[HarnessError] = HarnessError) -> str:
+    """The message of the ``error`` that ``call()`` raises, checked to be one line holding each fragment
+    and a refusal of bad input (exit code 2)."""
+    with pytest.raises(error) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.exit_code == 2, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
 
 
 def assert_one_error_line(err: str, *fragments: str) -> None:

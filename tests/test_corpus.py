@@ -21,7 +21,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.__main__ import main
-from harness.core.errors import HarnessError
 from harness.core.metrics import compute_eer, per_attack_eer
 from harness.core.protocols import BONAFIDE_ATTACK, KIND_2019, audio_files, read_protocol
 from harness.core.tolerances import BATCHING, assert_close
@@ -42,7 +41,7 @@ from harness.rawnet2.inputs import NUM_SAMPLES, SAMPLE_RATE
 from harness.rawnet2.registry import load_registry_file
 from harness.rawnet2.score_command import scoring_contract
 from harness.rawnet2.scoring import score_files
-from tests.helpers import CORPUS_REGISTRY, restored_registry
+from tests.helpers import CORPUS_REGISTRY, refusal, restored_registry
 from tests.team_models import band_detector
 
 STAND_IN = "band_energy"
@@ -103,15 +102,6 @@ def test_per_class_clips_of_each_class_and_attack(per_class: int) -> None:
         assert Counter(corpus.labels) == {BONAFIDE: per_class, SPOOF: per_class * len(ATTACKS)}
         assert len(set(corpus.utterances)) == len(corpus.utterances)
         assert all(utt.replace("_", "").isalnum() for utt in corpus.utterances)
-
-
-def refusal(call: object) -> str:
-    with pytest.raises(HarnessError) as caught:
-        call()
-    assert caught.value.exit_code == 2
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 def test_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:

@@ -36,11 +36,9 @@ from tests.helpers import SCORE_TINY, TINY, TINY_FILES, TinyDetector, needs_onnx
 
 
 @pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This test's own cache directory (not yet created): the user's is never touched."""
-    directory = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_DIR_ENV, str(directory))
-    return directory
+def cache_dir(own_export_cache: Path) -> Path:
+    """Every test here has its own cache directory: the cache starts empty."""
+    return own_export_cache
 
 
 def parts(**changes: object) -> dict[str, object]:

@@ -4,7 +4,6 @@ by ``auto``, and its calibration files are inputs the run never overwrites."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -16,13 +15,7 @@ pytestmark = pytest.mark.skipif(quantize_missing() is not None, reason=f"int8 ne
 INT8 = [*SCORE_TINY[:-1], "onnxruntime-int8", "--format", "json"]
 
 
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RAWNET2_HARNESS_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-def test_the_int8_form_scores_and_its_quantization_is_cached(cache, capsys) -> None:
+def test_the_int8_form_scores_and_its_quantization_is_cached(own_export_cache, capsys) -> None:
     assert main(INT8) == 0
     first = capsys.readouterr()
     assert "as onnxruntime-int8 (" in first.err and "calibrated on" in first.err
@@ -35,7 +28,7 @@ def test_the_int8_form_scores_and_its_quantization_is_cached(cache, capsys) -> N
     assert "int8" not in capsys.readouterr().err
 
 
-def test_calibration_files_are_read_never_written(cache, tmp_path, capsys) -> None:
+def test_calibration_files_are_read_never_written(own_export_cache, tmp_path, capsys) -> None:
     assert main([*INT8[:-2], "--calibrate-on", TINY_FILES[0], "--output", TINY_FILES[0]]) == 2
     assert "which this run reads" in capsys.readouterr().err
     bad = tmp_path / "bad.wav"

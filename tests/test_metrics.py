@@ -31,6 +31,7 @@ from harness.core.metrics import (
     per_attack_eer,
     score_histogram,
 )
+from tests.helpers import refusal
 
 # The published cost models, written out again here: the library's table must equal them.
 PUBLISHED_COST_MODELS = {
@@ -330,13 +331,6 @@ def test_score_histogram_shares_edges_and_counts_every_score() -> None:
 # --- errors: one line, exit code 2, naming what is wrong -------------------------------------------
 
 
-def _one_line(exc: pytest.ExceptionInfo, *words: str) -> None:
-    message = str(exc.value)
-    assert exc.value.exit_code == 2 and "\n" not in message, message
-    for word in words:
-        assert word in message, message
-
-
 @pytest.mark.parametrize(("bona", "spoof", "words"), [
     ([], [0.1], ["bona fide", "empty"]),
     ([0.1], [], ["spoof", "empty"]),
@@ -346,9 +340,7 @@ def _one_line(exc: pytest.ExceptionInfo, *words: str) -> None:
     (["x"], [0.3], ["bona fide", "numbers"]),
 ])
 def test_bad_scores_are_refused_naming_the_class(bona, spoof, words) -> None:
-    with pytest.raises(MetricError) as exc:
-        compute_eer(bona, spoof)
-    _one_line(exc, *words)
+    refusal(lambda: compute_eer(bona, spoof), *words, error=MetricError)
 
 
 GOOD_ASV = AsvErrorRates(eer=0.02, threshold=0.0, pfa=0.02, pmiss=0.02, pmiss_spoof=0.4, pfa_spoof=0.6)
@@ -356,9 +348,8 @@ GOOD_ASV = AsvErrorRates(eer=0.02, threshold=0.0, pfa=0.02, pmiss=0.02, pmiss_sp
 
 @pytest.mark.parametrize("definition", sorted(TDCF_COST_MODELS))
 def test_min_tdcf_refuses_hard_decisions(definition: str) -> None:
-    with pytest.raises(MetricError) as exc:
-        min_tdcf([1.0, 1.0, 1.0], [0.0, 0.0], GOOD_ASV, definition)
-    _one_line(exc, definition, "2 distinct", "at least 3")
+    refusal(lambda: min_tdcf([1.0, 1.0, 1.0], [0.0, 0.0], GOOD_ASV, definition), definition, "2 distinct",
+            "at least 3", error=MetricError)
     # Three distinct values are scores: accepted.
     bona, spoof = [1.0, 0.5], [0.0, 0.0]
     expected = reference_min_tdcf(bona, spoof, GOOD_ASV, definition)
@@ -378,9 +369,7 @@ def test_min_tdcf_refuses_hard_decisions(definition: str) -> None:
      ["cost without a CM is 0"]),
 ])
 def test_min_tdcf_refuses_undefined_weights(definition: str, asv: AsvErrorRates, words: list[str]) -> None:
-    with pytest.raises(MetricError) as exc:
-        min_tdcf([1.0, 2.0], [0.0, 0.5], asv, definition)
-    _one_line(exc, definition, *words)
+    refusal(lambda: min_tdcf([1.0, 2.0], [0.0, 0.5], asv, definition), definition, *words, error=MetricError)
 
 
 @pytest.mark.parametrize(("call", "words"), [
@@ -394,6 +383,4 @@ def test_min_tdcf_refuses_undefined_weights(definition: str, asv: AsvErrorRates,
     (lambda: score_histogram([0.1], [0.2], bins=0), ["bins"]),
 ])
 def test_other_bad_input_is_one_line(call, words) -> None:
-    with pytest.raises(MetricError) as exc:
-        call()
-    _one_line(exc, *words)
+    refusal(call, *words, error=MetricError)

@@ -25,6 +25,7 @@ from harness.core.protocols import (
     file_stem,
     read_protocol,
 )
+from tests.helpers import refusal
 
 # Lines as the distributions write them (ASVspoof 2019 LA/PA CM protocols, the 2021 keys' README).
 LA_2019 = """\
@@ -93,12 +94,10 @@ def write(tmp_path: Path, content: str | bytes, name: str = "protocol.txt") -> P
     return path
 
 
-def refusal(path: Path) -> str:
-    with pytest.raises(ProtocolError) as info:
-        read_protocol(path)
-    message = str(info.value)
-    assert info.value.exit_code == 2
-    assert "\n" not in message and message.startswith(f"{path}: "), message
+def read_refusal(path: Path) -> str:
+    """Reading ``path`` as a protocol is refused in one line that starts with the path."""
+    message = refusal(lambda: read_protocol(path), error=ProtocolError)
+    assert message.startswith(f"{path}: "), message
     return message
 
 
@@ -182,27 +181,27 @@ REFUSED = {
 @pytest.mark.parametrize("case", REFUSED)
 def test_refusals_are_one_line_naming_file_and_line(tmp_path: Path, case: str) -> None:
     content, expected = REFUSED[case]
-    message = refusal(write(tmp_path, content))
+    message = read_refusal(write(tmp_path, content))
     assert expected in message, message
 
 
 def test_line_numbers_count_blank_lines(tmp_path: Path) -> None:
-    message = refusal(write(tmp_path, "\n\n" + LA_2019 + "\nLA_0040 LA_E_9 - - genuine\n"))
+    message = read_refusal(write(tmp_path, "\n\n" + LA_2019 + "\nLA_0040 LA_E_9 - - genuine\n"))
     assert "line 8: key 'genuine'" in message, message
 
 
 def test_directory_and_fifo_are_refused(tmp_path: Path) -> None:
-    assert "is a directory" in refusal(tmp_path)
+    assert "is a directory" in read_refusal(tmp_path)
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    assert "FIFO" in refusal(fifo)  # never opened: a FIFO would block the read forever
-    assert "no such file" in refusal(tmp_path / "missing.txt")
+    assert "FIFO" in read_refusal(fifo)  # never opened: a FIFO would block the read forever
+    assert "no such file" in read_refusal(tmp_path / "missing.txt")
 
 
 def test_a_file_over_the_size_cap_is_refused_before_reading(tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(protocols, "MAX_TEXT_BYTES", 64)
-    message = refusal(write(tmp_path, LA_2019))
+    message = read_refusal(write(tmp_path, LA_2019))
     assert f"is {len(LA_2019)} bytes; a protocol or score file is at most 64" in message
 
 

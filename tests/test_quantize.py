@@ -35,7 +35,7 @@ from harness.core.quantize import (
     quantize_int8,
     quantize_missing,
 )
-from tests.helpers import AUDIO, needs_onnx
+from tests.helpers import AUDIO, needs_onnx, refusal
 
 pytestmark = needs_onnx
 
@@ -164,11 +164,7 @@ def test_the_tool_is_quiet_and_leaves_logging_as_it_was(capfd: pytest.CaptureFix
 
 
 def _refusal(onnx_bytes: bytes, calibration: list, **kwargs) -> str:
-    with pytest.raises(HarnessError) as caught:
-        quantize_int8(onnx_bytes, calibration, **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message and caught.value.exit_code == 2
-    return message
+    return refusal(lambda: quantize_int8(onnx_bytes, calibration, **kwargs))
 
 
 def test_an_empty_calibration_set_is_refused_in_one_line():

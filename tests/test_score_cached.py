@@ -13,8 +13,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 from harness.__main__ import main
 from harness.core.export_cache import CACHE_DIR_ENV
 from tests.helpers import SCORE_TINY, TINY_FILES, needs_onnx
@@ -32,31 +30,25 @@ def without_torch(argv: list[str], cache: Path, cwd: Path = ROOT) -> subprocess.
                           cwd=cwd, env=env, timeout=120)
 
 
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_DIR_ENV, str(directory))
-    return directory
-
-
 @needs_onnx
-def test_the_same_command_again_scores_without_torch_and_prints_the_same(cache, tmp_path, capsys) -> None:
+def test_the_same_command_again_scores_without_torch_and_prints_the_same(own_export_cache, tmp_path,
+                                                                        capsys) -> None:
     log = tmp_path / "model_path.jsonl"
     assert main([*SCORE_TINY, "--format", "json", "--no-cache"]) == 0  # the model path, leaving no record
     first = capsys.readouterr()
     assert main([*SCORE_TINY, "--output", str(log)]) == 0  # the model path, leaving the record
     assert FAST not in capsys.readouterr().err
-    again = without_torch([*SCORE_TINY, "--format", "json"], cache)
+    again = without_torch([*SCORE_TINY, "--format", "json"], own_export_cache)
     assert again.returncode == 0, again.stderr
     assert FAST in again.stderr and again.stdout == first.out
     cached_log = tmp_path / "cached.jsonl"
-    again = without_torch([*SCORE_TINY, "--output", str(cached_log)], cache)
+    again = without_torch([*SCORE_TINY, "--output", str(cached_log)], own_export_cache)
     assert again.returncode == 0, again.stderr
     assert cached_log.read_bytes() == log.read_bytes()  # header (fingerprint) and records alike
 
 
 @needs_onnx
-def test_a_changed_factory_source_sends_the_run_back_to_the_model(cache, tmp_path, capsys) -> None:
+def test_a_changed_factory_source_sends_the_run_back_to_the_model(own_export_cache, tmp_path, capsys) -> None:
     module = tmp_path / "tinymodel.py"
     module.write_text(textwrap.dedent('''
         import torch
@@ -76,18 +68,18 @@ def test_a_changed_factory_source_sends_the_run_back_to_the_model(cache, tmp_pat
     argv = ["--registry", str(registry), "score", *TINY_FILES, "--variant", "tiny", "--form", "onnxruntime"]
     assert main(argv) == 0
     capsys.readouterr()
-    assert FAST in without_torch(argv, cache).stderr
+    assert FAST in without_torch(argv, own_export_cache).stderr
     module.write_text(module.read_text() + "\n# an edit the record must see\n")
     assert main(argv) == 0
     assert FAST not in capsys.readouterr().err  # the model path ran, and exported afresh
 
 
 @needs_onnx
-def test_other_options_are_another_request(cache, capsys) -> None:
+def test_other_options_are_another_request(own_export_cache, capsys) -> None:
     assert main(SCORE_TINY) == 0
     capsys.readouterr()
     for extra in (["--score-means", "bonafide"], ["--batch-size", "1"]):
-        run = without_torch([*SCORE_TINY, *extra], cache)
+        run = without_torch([*SCORE_TINY, *extra], own_export_cache)
         if extra[0] == "--batch-size":  # batching is not part of the export: the record serves it
             assert run.returncode == 0 and FAST in run.stderr, run.stderr
         else:  # another meaning of the score: no record, and the model path needs torch

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from harness.core.score_files import (
 )
 from harness.rawnet2.scorelog import fingerprint, header_line, record_line
 from harness.rawnet2.scoring import FileScore
+from tests.helpers import refusal
 
 CM_2019 = """\
 LA_E_2834763 A11 spoof -3.1415
@@ -49,6 +51,12 @@ def write(tmp_path: Path, content: str | bytes, name: str = "scores.txt") -> Pat
     path = tmp_path / name
     path.write_bytes(content.encode() if isinstance(content, str) else content)
     return path
+
+
+def read_refusal(read: Callable[[Path], object], path: Path, expected: str) -> None:
+    """``read(path)`` is refused in one line that starts with the path and holds ``expected``."""
+    message = refusal(lambda: read(path), expected, error=ScoreFileError)
+    assert message.startswith(f"{path}: "), message
 
 
 def score_log(results: list[FileScore], means: str = "spoof", score: str = "probability") -> bytes:
@@ -159,13 +167,7 @@ REFUSED = {
 @pytest.mark.parametrize("case", REFUSED)
 def test_refusals_are_one_line_naming_file_and_line(tmp_path: Path, case: str) -> None:
     content, expected = REFUSED[case]
-    path = write(tmp_path, content)
-    with pytest.raises(ScoreFileError) as info:
-        read_scores(path)
-    message = str(info.value)
-    assert info.value.exit_code == 2
-    assert "\n" not in message and message.startswith(f"{path}: "), message
-    assert expected in message, message
+    read_refusal(read_scores, write(tmp_path, content), expected)
 
 
 def test_a_directory_is_refused(tmp_path: Path) -> None:
@@ -230,8 +232,4 @@ ASV_REFUSED = {
 @pytest.mark.parametrize("case", ASV_REFUSED)
 def test_asv_refusals_are_one_line(tmp_path: Path, case: str) -> None:
     content, expected = ASV_REFUSED[case]
-    path = write(tmp_path, content)
-    with pytest.raises(ScoreFileError) as info:
-        read_asv_scores(path)
-    message = str(info.value)
-    assert "\n" not in message and message.startswith(f"{path}: ") and expected in message, message
+    read_refusal(read_asv_scores, write(tmp_path, content), expected)
