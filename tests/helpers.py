@@ -4,7 +4,9 @@ assertions that several suites make (one error line, a directory left as it was)
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 import stat
 import sys
@@ -21,7 +23,11 @@ from harness.__main__ import main
 from harness.core.audits import AuditReport
 from harness.core.errors import HarnessError
 from harness.core.onnx import onnx_missing
+from harness.rawnet2.architecture import ReferenceSpec
 from harness.rawnet2.registry import SUBJECTS, VariantSpec, in_family, register, unregister
+
+REPO = Path(__file__).resolve().parents[1]
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # root writes where permissions say it may not
 
 TEAM_MODELS = Path(__file__).parent / "team_models"
 # A production-style model unlike the family and two correct refactors; and two broken refactors.
@@ -58,6 +64,15 @@ VARIANT_FIXTURES: dict[str, Callable[[VariantSpec], bool]] = {
 def variants(fixture: str) -> list[str]:
     """The registered names a registry fixture runs over (for hypothesis strategies and loops)."""
     return [name for name, spec in SUBJECTS.items() if VARIANT_FIXTURES[fixture](spec)]
+
+
+def function_of(name: str) -> ReferenceSpec | None:
+    """The function the family variant ``name`` computes: its spec's ``architecture``, else its
+    reference's."""
+    spec = SUBJECTS[name]
+    if spec.architecture is not None:
+        return spec.architecture
+    return function_of(spec.reference) if spec.reference is not None else None
 
 
 @contextmanager
@@ -116,11 +131,13 @@ SCORE_TINY = ["score", *TINY_FILES, "--variant", TINY, "--score", "probability",
 # --- what a run printed, changed, or measured -----------------------------------------------------
 
 
-def run_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
-    """``python -m harness ARGV`` in this process: its exit code, stdout and stderr."""
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+def run_cli(*argv: str | Path) -> tuple[int, str, str]:
+    """``python -m harness ARGV`` in this process: its exit code, stdout and stderr (captured here, so
+    that it serves where pytest's capsys does not reach, as in a unittest-style state machine)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
 
 
 def refusal(call: Callable[[], object], *fragments: str, error: type[HarnessError] = HarnessError) -> str:

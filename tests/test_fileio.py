@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from harness import HarnessError
 from harness.core.fileio import check_not_read, write_atomically, write_text_atomically
+from tests.helpers import IS_ROOT
 
 
 @given(old=st.binary(max_size=64), new=st.binary(max_size=64))
@@ -75,7 +76,6 @@ def test_existing_target_needs_force_unless_overwrite(tmp_path: Path):
 
 # --- a replaced file keeps who may read it ---------------------------------------------------------
 
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 @given(mode=st.integers(0, 0o777))

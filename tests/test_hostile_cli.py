@@ -27,10 +27,9 @@ import torch.nn as nn
 
 from harness.__main__ import INTERNAL_ERROR_EXIT, INTERRUPTED_EXIT, STDOUT_CLOSED_EXIT, main
 from harness.core.contract import MAX_INPUT_VALUES
-from tests.helpers import assert_one_error_line, snapshot
+from tests.helpers import REPO, assert_one_error_line, snapshot
 
 HERE = Path(__file__).parent
-REPO = HERE.parent
 # The models below, as MODULE:ATTR: this module by the name pytest imported it (in-process), by
 # its file name with tests/ on PYTHONPATH (subprocess).
 IN_PROCESS = __name__

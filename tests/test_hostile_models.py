@@ -34,9 +34,7 @@ from harness.core.introspect import cycles, held, held_tensors
 from harness.rawnet2.audits import audit_spec, check_example_input, in_family
 from harness.rawnet2.inputs import min_train_length
 from harness.rawnet2.registry import resolve
-from tests.helpers import assert_one_error_line, run_cli
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, assert_one_error_line, run_cli
 
 MODELS = textwrap.dedent('''
     import sys
@@ -220,16 +218,16 @@ PLAIN_CYCLES = {"ListHoldingItself": False, "DictHoldingItself": False, "TupleLo
 
 
 @pytest.mark.parametrize("name", list(PLAIN_CYCLES))
-def test_cli_audit_of_a_plain_cycle_ends_with_findings_or_a_pass_never_a_traceback(models, capsys, name):
-    code, out, err = run_cli(capsys, "audit", f"hostile_models:{name}", "--input-shape", "2,4")
+def test_cli_audit_of_a_plain_cycle_ends_with_findings_or_a_pass_never_a_traceback(models, name):
+    code, out, err = run_cli("audit", f"hostile_models:{name}", "--input-shape", "2,4")
     assert err == ""
     assert "reference cycle:" in out
     assert code == (1 if PLAIN_CYCLES[name] else 0), out
 
 
-def test_cli_audit_of_a_module_registered_inside_itself_fails_every_check_with_a_finding(models, capsys):
-    code, out, err = run_cli(capsys, "audit", "hostile_models:RegisteredInsideItself", "--input-shape", "2,4",
-                               "--format", "json")
+def test_cli_audit_of_a_module_registered_inside_itself_fails_every_check_with_a_finding(models):
+    code, out, err = run_cli("audit", "hostile_models:RegisteredInsideItself", "--input-shape", "2,4",
+                             "--format", "json")
     assert code == 1 and err == ""
     data = json.loads(out)
     assert set(data["results"].values()) <= {"fail", "n/a"} and data["results"]["registration"] == "fail"
@@ -242,8 +240,8 @@ def test_cli_audit_of_a_module_registered_inside_itself_fails_every_check_with_a
 # --- an example too small for the model's mode ----------------------------------------------------
 
 
-def test_cli_audit_refuses_an_example_too_short_for_the_family(capsys):
-    code, out, err = run_cli(capsys, "audit", "--variant", "skip_modules", "--input-shape", "1,1,1")
+def test_cli_audit_refuses_an_example_too_short_for_the_family():
+    code, out, err = run_cli("audit", "--variant", "skip_modules", "--input-shape", "1,1,1")
     assert code == 2 and out == ""
     minimum = f"use T >= {min_train_length(1)} or a batch of 2 or more"
     assert_one_error_line(err, "error: example input [1, 1, 1]: shape (1, 1, 1) is too short for a "
@@ -258,9 +256,9 @@ def test_every_family_variant_refuses_a_too_short_example_before_building_findin
     assert caught.value.exit_code == 2
 
 
-def test_a_too_short_example_is_fine_for_checks_that_run_no_forward(capsys):
-    code, out, err = run_cli(capsys, "audit", "--variant", "skip_modules", "--input-shape", "1,1,1",
-                               "--checks", "registration")
+def test_a_too_short_example_is_fine_for_checks_that_run_no_forward():
+    code, out, err = run_cli("audit", "--variant", "skip_modules", "--input-shape", "1,1,1",
+                             "--checks", "registration")
     assert code == 0 and err == "" and "registration  pass" in out
 
 
@@ -272,19 +270,19 @@ def test_the_family_minimum_is_the_shortest_example_the_audit_takes():
         check_example_input(spec, model, torch.randn(1, 1, min_train_length(1) - 1), ["mode_propagation"])
 
 
-def test_any_model_is_probed_and_a_batch_of_two_named(models, capsys):
-    code, out, err = run_cli(capsys, "audit", "hostile_models:Normalised", "--input-shape", "1,4")
+def test_any_model_is_probed_and_a_batch_of_two_named(models):
+    code, out, err = run_cli("audit", "hostile_models:Normalised", "--input-shape", "1,4")
     assert code == 2 and out == ""
     assert_one_error_line(err, "error: example input [1, 4]: too small for a train-mode forward of "
                                "hostile_models:Normalised", "Expected more than 1 value per channel",
                           "use a batch of 2 or more (a batch of 2 works)")
-    code, out, err = run_cli(capsys, "audit", "hostile_models:Normalised", "--input-shape", "2,4")
+    code, out, err = run_cli("audit", "hostile_models:Normalised", "--input-shape", "2,4")
     assert code == 0 and err == "", out
 
 
-def test_the_probe_runs_only_for_checks_that_train(models, capsys):
-    code, out, err = run_cli(capsys, "audit", "hostile_models:Normalised", "--input-shape", "1,4",
-                               "--checks", "registration,determinism,output_contract")
+def test_the_probe_runs_only_for_checks_that_train(models):
+    code, out, err = run_cli("audit", "hostile_models:Normalised", "--input-shape", "1,4",
+                             "--checks", "registration,determinism,output_contract")
     assert code == 0 and err == "", out
 
 
@@ -301,8 +299,8 @@ def test_the_family_is_known_through_references():
     ("ExitsInTrainForward", "the forward called sys.exit(0)"),
     ("ExitsWhenWalked", "the model's code called sys.exit(0)"),
 ])
-def test_sys_exit_anywhere_the_audit_runs_user_code_is_exit_2(models, capsys, name, what):
-    code, out, err = run_cli(capsys, "audit", f"hostile_models:{name}", "--input-shape", "2,4")
+def test_sys_exit_anywhere_the_audit_runs_user_code_is_exit_2(models, name, what):
+    code, out, err = run_cli("audit", f"hostile_models:{name}", "--input-shape", "2,4")
     assert code == 2 and out == ""
     assert_one_error_line(err, f"error: {what}")
 

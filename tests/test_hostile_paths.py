@@ -37,10 +37,9 @@ from harness.core.fileio import (
     describe_unreadable,
     write_text_atomically,
 )
-from tests.helpers import assert_one_error_line, refusal, replace_build_report, run_cli, snapshot
+from tests.helpers import IS_ROOT, assert_one_error_line, refusal, replace_build_report, run_cli, snapshot
 
 DEV_NULL = Path("/dev/null")
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # --- what must not change -----------------------------------------------------------------------
@@ -299,12 +298,12 @@ def no_measuring(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
 @pytest.mark.parametrize("force", [False, True], ids=["", "force"])
 @pytest.mark.parametrize("kind", list(HOSTILE))
-def test_report_output_to_a_hostile_destination(kind, force, short_dir, no_measuring, writes, capsys):
+def test_report_output_to_a_hostile_destination(kind, force, short_dir, no_measuring, writes):
     make, expected, always = HOSTILE[kind]
     target = short_dir / "out"
     make(target)
     before = snapshot(short_dir)
-    code, out, err = run_cli(capsys, "report", "--output", str(target), *(["--force"] if force else []))
+    code, out, err = run_cli("report", "--output", str(target), *(["--force"] if force else []))
     if always or not force:
         assert code == 2 and out == ""
         assert_one_error_line(err, f"error: {target}: {expected}")
@@ -316,18 +315,18 @@ def test_report_output_to_a_hostile_destination(kind, force, short_dir, no_measu
         assert besides(snapshot(short_dir), target) == besides(before, target)
 
 
-def test_report_output_dev_null_is_refused_and_dev_null_stays(no_measuring, writes, capsys):
+def test_report_output_dev_null_is_refused_and_dev_null_stays(no_measuring, writes):
     with dev_null_untouched():
         for extra in ([], ["--force"]):
-            code, out, err = run_cli(capsys, "report", "--output", str(DEV_NULL), *extra)
+            code, out, err = run_cli("report", "--output", str(DEV_NULL), *extra)
             assert code == 2 and out == ""
             assert_one_error_line(err, "error: /dev/null: is a character device, not a regular file")
     assert no_measuring == [] and writes == []
 
 
-def test_report_output_empty_path_is_refused(no_measuring, capsys, tmp_path, monkeypatch):
+def test_report_output_empty_path_is_refused(no_measuring, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, "report", "--output", "")
+    code, out, err = run_cli("report", "--output", "")
     assert code == 2 and out == ""  # not silently printed to stdout
     assert_one_error_line(err, "error: empty path ('') given for the output")
     assert no_measuring == [] and list(tmp_path.iterdir()) == []
@@ -338,28 +337,27 @@ def test_report_output_empty_path_is_refused(no_measuring, capsys, tmp_path, mon
     ("{d}", "is a directory"),
     ("{d}/missing/r.md", "does not exist"),
 ], ids=["trailing-separator", "directory", "missing-directory"])
-def test_report_output_that_names_no_file_is_refused(spelling, expected, tmp_path, no_measuring, capsys):
+def test_report_output_that_names_no_file_is_refused(spelling, expected, tmp_path, no_measuring):
     path = spelling.format(d=tmp_path)
     before = snapshot(tmp_path)
-    code, out, err = run_cli(capsys, "report", "--output", path)
+    code, out, err = run_cli("report", "--output", path)
     assert code == 2 and out == ""
     assert_one_error_line(err, expected)
     assert no_measuring == [] and snapshot(tmp_path) == before
 
 
-def test_report_into_an_unwritable_directory_fails_before_measuring(tmp_path, monkeypatch, no_measuring,
-                                                                     capsys):
+def test_report_into_an_unwritable_directory_fails_before_measuring(tmp_path, monkeypatch, no_measuring):
     unwritable(monkeypatch, tmp_path)
-    code, out, err = run_cli(capsys, "report", "--output", str(tmp_path / "r.md"))
+    code, out, err = run_cli("report", "--output", str(tmp_path / "r.md"))
     assert code == 2 and out == ""
     assert_one_error_line(err, f"error: {tmp_path}/r.md: directory '{tmp_path}' is not writable")
     assert no_measuring == [] and list(tmp_path.iterdir()) == []
 
 
-def test_report_replaces_a_regular_file_without_force(tmp_path, no_measuring, capsys):
+def test_report_replaces_a_regular_file_without_force(tmp_path, no_measuring):
     target = tmp_path / "r.md"
     target.write_text("old")
-    code, _, _ = run_cli(capsys, "report", "--output", str(target))
+    code, _, _ = run_cli("report", "--output", str(target))
     assert code == 0 and target.read_text() == "# the report\n"
     assert [p.name for p in tmp_path.iterdir()] == ["r.md"]
 
@@ -376,15 +374,15 @@ def legacy_bytes() -> bytes:
 
 @pytest.mark.parametrize("force", [False, True], ids=["", "force"])
 @pytest.mark.parametrize("kind", list(HOSTILE))
-def test_migrate_to_a_hostile_destination(kind, force, short_dir, legacy_bytes, writes, capsys):
+def test_migrate_to_a_hostile_destination(kind, force, short_dir, legacy_bytes, writes):
     make, expected, always = HOSTILE[kind]
     src = short_dir / "legacy.pt"
     src.write_bytes(legacy_bytes)
     target = short_dir / "out"
     make(target)
     before = snapshot(short_dir)
-    code, out, err = run_cli(capsys, "migrate", str(src), str(target), "--to", "skip_modules",
-                                 *(["--force"] if force else []))
+    code, out, err = run_cli("migrate", str(src), str(target), "--to", "skip_modules",
+                             *(["--force"] if force else []))
     if always or not force:
         assert code == 2 and out == ""
         assert_one_error_line(err, f"error: {target}: {expected}")
@@ -395,27 +393,26 @@ def test_migrate_to_a_hostile_destination(kind, force, short_dir, legacy_bytes, 
         assert besides(snapshot(short_dir), target) == besides(before, target)
 
 
-def test_migrate_to_dev_null_is_refused_and_dev_null_stays(tmp_path, legacy_bytes, writes, capsys):
+def test_migrate_to_dev_null_is_refused_and_dev_null_stays(tmp_path, legacy_bytes, writes):
     src = tmp_path / "legacy.pt"
     src.write_bytes(legacy_bytes)
     with dev_null_untouched():
         for extra in ([], ["--force"]):
-            code, out, err = run_cli(capsys, "migrate", str(src), str(DEV_NULL), "--to", "skip_modules",
-                                     *extra)
+            code, out, err = run_cli("migrate", str(src), str(DEV_NULL), "--to", "skip_modules", *extra)
             assert code == 2 and out == ""
             assert_one_error_line(err, "error: /dev/null: is a character device, not a regular file")
     assert writes == []
 
 
 @pytest.mark.parametrize("mode", [0o600, 0o640, 0o444])
-def test_migrate_force_over_a_private_checkpoint_keeps_it_private(tmp_path, legacy_bytes, capsys, mode):
+def test_migrate_force_over_a_private_checkpoint_keeps_it_private(tmp_path, legacy_bytes, mode):
     """``migrate ... p.pt --force`` over a ``chmod 600`` file: still 0600 (before: the umask's 0644,
     a private checkpoint made world-readable)."""
     src, target = tmp_path / "legacy.pt", tmp_path / "p.pt"
     src.write_bytes(legacy_bytes)
     target.write_bytes(b"old weights")
     os.chmod(target, mode)
-    code, _, err = run_cli(capsys, "migrate", str(src), str(target), "--to", "skip_modules", "--force")
+    code, _, err = run_cli("migrate", str(src), str(target), "--to", "skip_modules", "--force")
     assert code == 0, err
     assert stat.S_IMODE(os.lstat(target).st_mode) == mode
     assert len(load_checkpoint(target)) == 116

@@ -7,10 +7,8 @@ Two cases run the real command in a subprocess (start-up costs seconds); the res
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
-import io
 import os
 import shutil
 import stat
@@ -27,16 +25,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, rule
 
 from harness import build
-from harness.__main__ import main
 from harness.core.tolerances import EXACT, assert_close
 from harness.rawnet2.checkpoints import POLICIES, detect_layout, load_checkpoint, save_checkpoint
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.layouts import state_dict_layout
 from harness.rawnet2.registry import spec
-from tests.helpers import TEAM_MODELS, TEAM_REGISTRY
+from tests.helpers import REPO, TEAM_MODELS, TEAM_REGISTRY, assert_one_error_line, run_cli
 from tests.team_models.asv_detector import MIN_SAMPLES, AsvDetector, RefactoredDetector
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED_MODULES = ("conv1", *(f"res_block{i}" for i in range(1, 7)), "fc1", "fc2")
 SHORTCUTS = ("skip2", "skip4", "skip6")
 
@@ -56,19 +52,6 @@ def random_state(layout: str, seed: int, *, gated: bool = False) -> dict[str, to
             state[f"{name}.1.weight"].zero_()
             state[f"{name}.1.bias"].zero_()
     return state
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(["migrate", *map(str, argv)])
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_one_line_error(err: str, *fragments: str) -> None:
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, (fragment, err)
 
 
 def file_state(path: Path) -> tuple[bytes, int]:
@@ -116,10 +99,10 @@ def test_migrate_command_refuses_a_malicious_pickle_without_running_it(tmp_path:
     torch.save(CreatesAFile(), src)
     # In-process, like the rest (migrate's real process: the converting test above): a pickle that ran
     # would create the marker here as well.
-    code, out, err = run_cli(src, tmp_path / "out.pt", "--to", "skip_modules")
+    code, out, err = run_cli("migrate", src, tmp_path / "out.pt", "--to", "skip_modules")
     assert code == 2
     assert out == ""
-    assert_one_line_error(err, f"error: {src}: refused: the pickle asks for io.open")
+    assert_one_error_line(err, f"error: {src}: refused: the pickle asks for io.open")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt"]
 
 
@@ -141,20 +124,21 @@ def test_dst_that_is_the_source_is_refused(legacy_file: Path, spelling: str, for
         "hardlink": lambda: os.link(legacy_file, directory / "hard.pt") or directory / "hard.pt",
     }[spelling]()
     before = file_state(legacy_file)
-    code, out, err = run_cli(legacy_file, dst, "--to", "skip_modules", *(["--force"] if force else []))
+    code, out, err = run_cli("migrate", legacy_file, dst, "--to", "skip_modules",
+                             *(["--force"] if force else []))
     assert code == 2 and out == ""
-    assert_one_line_error(err, f"error: {dst}: is the source checkpoint {legacy_file}")
+    assert_one_error_line(err, f"error: {dst}: is the source checkpoint {legacy_file}")
     assert file_state(legacy_file) == before
 
 
 def test_existing_dst_is_refused_without_force_and_replaced_with_it(legacy_file: Path):
     dst = legacy_file.parent / "out.pt"
     dst.write_bytes(b"an older migration")
-    code, out, err = run_cli(legacy_file, dst, "--to", "skip_modules")
+    code, out, err = run_cli("migrate", legacy_file, dst, "--to", "skip_modules")
     assert code == 2 and out == ""
-    assert_one_line_error(err, f"error: {dst}: already exists; use --force")
+    assert_one_error_line(err, f"error: {dst}: already exists; use --force")
     assert dst.read_bytes() == b"an older migration"
-    code, out, err = run_cli(legacy_file, dst, "--to", "skip_modules", "--force")
+    code, out, err = run_cli("migrate", legacy_file, dst, "--to", "skip_modules", "--force")
     assert code == 0 and err == ""
     assert len(load_checkpoint(dst)) == 116
     assert sorted(p.name for p in legacy_file.parent.iterdir()) == ["legacy.pt", "out.pt"]  # no temp files
@@ -162,7 +146,8 @@ def test_existing_dst_is_refused_without_force_and_replaced_with_it(legacy_file:
 
 def test_preserve_weights_prints_each_rename(legacy_file: Path):
     dst = legacy_file.parent / "out.safetensors"
-    code, out, err = run_cli(legacy_file, dst, "--to", "skip_modules", "--policy", "preserve-weights")
+    code, out, err = run_cli("migrate", legacy_file, dst, "--to", "skip_modules", "--policy",
+                             "preserve-weights")
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0] == ("legacy -> skip_modules (policy preserve-weights): "
@@ -185,17 +170,17 @@ def test_preserve_weights_prints_each_rename(legacy_file: Path):
 )
 def test_impossible_requests_are_refused_naming_the_source(legacy_file: Path, argv, fragments):
     dst = legacy_file.parent / "out.pt"
-    code, out, err = run_cli(legacy_file, dst, *argv)
+    code, out, err = run_cli("migrate", legacy_file, dst, *argv)
     assert code == 2 and out == ""
-    assert_one_line_error(err, f"error: {legacy_file}: ", *fragments)
+    assert_one_error_line(err, f"error: {legacy_file}: ", *fragments)
     assert not dst.exists()
 
 
 def test_dst_in_a_missing_directory_is_refused(legacy_file: Path):
     dst = legacy_file.parent / "no" / "such" / "dir" / "out.pt"
-    code, _, err = run_cli(legacy_file, dst, "--to", "skip_modules")
+    code, _, err = run_cli("migrate", legacy_file, dst, "--to", "skip_modules")
     assert code == 2
-    assert_one_line_error(err, f"error: {dst}: directory", "does not exist")
+    assert_one_error_line(err, f"error: {dst}: directory", "does not exist")
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["", "force"])
@@ -203,9 +188,10 @@ def test_dst_with_a_trailing_separator_names_a_directory_and_is_refused(legacy_f
     out = legacy_file.parent / "out"
     out.mkdir()
     dst = f"{out}{os.sep}newdir{os.sep}"
-    code, stdout, err = run_cli(legacy_file, dst, "--to", "skip_modules", *(["--force"] if force else []))
+    code, stdout, err = run_cli("migrate", legacy_file, dst, "--to", "skip_modules",
+                                *(["--force"] if force else []))
     assert code == 2 and stdout == ""
-    assert_one_line_error(err, f"error: {dst}: ends with {os.sep!r}, so it names a directory, not a file")
+    assert_one_error_line(err, f"error: {dst}: ends with {os.sep!r}, so it names a directory, not a file")
     assert list(out.iterdir()) == []  # no file named newdir
 
 
@@ -214,17 +200,18 @@ def test_dst_that_is_a_directory_says_so_straight_away(legacy_file: Path, force:
     existing = legacy_file.parent / "existing_dir"
     existing.mkdir()
     (existing / "keep.txt").write_text("keep")
-    code, out, err = run_cli(legacy_file, existing, "--to", "skip_modules", *(["--force"] if force else []))
+    code, out, err = run_cli("migrate", legacy_file, existing, "--to", "skip_modules",
+                             *(["--force"] if force else []))
     assert code == 2 and out == ""
-    assert_one_line_error(err, f"error: {existing}: is a directory")
+    assert_one_error_line(err, f"error: {existing}: is a directory")
     assert "--force" not in err  # the hint would mislead: --force cannot help
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
 
 
 def test_empty_dst_is_refused(legacy_file: Path):
-    code, out, err = run_cli(legacy_file, "", "--to", "skip_modules")
+    code, out, err = run_cli("migrate", legacy_file, "", "--to", "skip_modules")
     assert code == 2 and out == ""
-    assert_one_line_error(err, "error: empty path ('') given for the output")
+    assert_one_error_line(err, "error: empty path ('') given for the output")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
@@ -232,9 +219,9 @@ def test_dst_fifo_is_refused_even_with_force_and_stays_a_fifo(legacy_file: Path)
     fifo = legacy_file.parent / "pipe.pt"
     os.mkfifo(fifo)
     for extra in ([], ["--force"]):
-        code, out, err = run_cli(legacy_file, fifo, "--to", "skip_modules", *extra)
+        code, out, err = run_cli("migrate", legacy_file, fifo, "--to", "skip_modules", *extra)
         assert code == 2 and out == ""
-        assert_one_line_error(err, f"error: {fifo}: is a FIFO (named pipe), not a regular file")
+        assert_one_error_line(err, f"error: {fifo}: is a FIFO (named pipe), not a regular file")
         assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
@@ -243,12 +230,12 @@ def test_dst_symlink_needs_force_and_then_only_the_link_is_replaced(legacy_file:
     victim.write_bytes(b"what the link points to")
     link = legacy_file.parent / "link.pt"
     link.symlink_to(victim)
-    code, out, err = run_cli(legacy_file, link, "--to", "skip_modules")
+    code, out, err = run_cli("migrate", legacy_file, link, "--to", "skip_modules")
     assert code == 2 and out == ""
-    assert_one_line_error(err, f"error: {link}: is a symbolic link (to '{victim}')", "use --force")
+    assert_one_error_line(err, f"error: {link}: is a symbolic link (to '{victim}')", "use --force")
     assert link.is_symlink()
     before = file_state(victim)
-    code, out, err = run_cli(legacy_file, link, "--to", "skip_modules", "--force")
+    code, out, err = run_cli("migrate", legacy_file, link, "--to", "skip_modules", "--force")
     assert code == 0 and err == ""
     assert not link.is_symlink() and len(load_checkpoint(link)) == 116
     assert file_state(victim) == before
@@ -326,12 +313,12 @@ class SaveMigrateLoad(RuleBasedStateMachine):
     def migrate(self, src, to, policy, suffix):
         before = file_state(src)
         dst = self.new_path(suffix)
-        code, out, err = run_cli(src, dst, "--to", to, "--policy", policy)
+        code, out, err = run_cli("migrate", src, dst, "--to", to, "--policy", policy)
         source = self.expected[src]
         assert file_state(src) == before
         if policy == "preserve-function" and to == "legacy" and not source.function_movable:
             assert code == 2 and not dst.exists()
-            assert_one_line_error(err, "are live shortcuts")
+            assert_one_error_line(err, "are live shortcuts")
             return multiple()
         assert code == 0 and err == "" and out.endswith(f"wrote {dst} ({len(load_checkpoint(dst))} keys)\n")
         # Only preserve-function writes zero-gated shortcuts; legacy files have none to keep.
@@ -352,9 +339,9 @@ class SaveMigrateLoad(RuleBasedStateMachine):
     @rule(src=files, dst=files)
     def migrate_onto_an_existing_file_is_refused(self, src, dst):
         before = file_state(dst)
-        code, _, err = run_cli(src, dst, "--to", "skip_modules")
+        code, _, err = run_cli("migrate", src, dst, "--to", "skip_modules")
         assert code == 2
-        assert_one_line_error(err, "is the source checkpoint" if src == dst else "already exists")
+        assert_one_error_line(err, "is the source checkpoint" if src == dst else "already exists")
         assert file_state(dst) == before
 
     def teardown(self) -> None:
@@ -368,13 +355,6 @@ TestSaveMigrateLoad = SaveMigrateLoad.TestCase
 
 
 # --- any registered variant: a team's production checkpoint ------------------------------------
-
-def run_main(*argv: str | Path) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
 
 def production_checkpoint(path: Path, seed: int) -> dict[str, torch.Tensor]:
     """A training loop's file: ``{"model", "epoch", "optimizer"}``, the model seeded; returns its state."""
@@ -393,7 +373,7 @@ def outputs(model: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
 def test_a_production_checkpoint_migrates_to_the_refactor_with_the_same_function(tmp_path: Path, registered):
     src, dst = tmp_path / "prod.pt", tmp_path / "out.pt"
     state = production_checkpoint(src, seed=21)
-    code, out, err = run_main("--registry", TEAM_REGISTRY, "migrate", src, dst,
+    code, out, err = run_cli("--registry", TEAM_REGISTRY, "migrate", src, dst,
                               "--to", "asv_refactor")
     assert code == 0, err
     # asv_renamed has asv's keys too, but it is held to asv (its reference): read as asv.
@@ -425,12 +405,12 @@ def test_keys_that_fit_unrelated_variants_need_from(tmp_path: Path, registered):
     src, dst = tmp_path / "prod.pt", tmp_path / "out.pt"
     torch.save({"model": AsvDetector({"gru_node": 12}).state_dict(), "epoch": 1}, src)
     refactor = ["--to", "refactor"]
-    code, out, err = run_main("--registry", registry, "migrate", src, dst, *refactor)
+    code, out, err = run_cli("--registry", registry, "migrate", src, dst, *refactor)
     assert code == 2 and out == ""
-    assert_one_line_error(err, f"error: {src}: its keys fit the state_dicts of 2 registered variants "
+    assert_one_error_line(err, f"error: {src}: its keys fit the state_dicts of 2 registered variants "
                                "(twin_a, twin_b): name the one it came from with --from")
     assert not dst.exists()
-    code, out, err = run_main("--registry", registry, "migrate", src, dst, *refactor, "--from", "twin_b")
+    code, out, err = run_cli("--registry", registry, "migrate", src, dst, *refactor, "--from", "twin_b")
     assert code == 0 and err == "" and len(load_checkpoint(dst)) == 114  # --from: nothing to detect
     assert "twin_b -> refactor: every tensor matched by structure" in out
 
@@ -471,9 +451,9 @@ def test_dst_that_is_any_file_the_run_reads_is_refused(team_copy: dict[str, Path
         "hardlink": lambda: os.link(victim, victim.parent / "hard.pt") or victim.parent / "hard.pt",
     }[spelling]()
     before = {p: file_state(p) for p in victim.parent.iterdir() if p.is_file()}
-    code, out, err = run_main("--registry", team_copy["registry"], "migrate", team_copy["checkpoint"], dst,
+    code, out, err = run_cli("--registry", team_copy["registry"], "migrate", team_copy["checkpoint"], dst,
                               "--to", "refactor", "--kwargs", f"@{team_copy['kwargs']}",
                               *(["--force"] if force else []))
     assert code == 2 and out == ""
-    assert_one_line_error(err, f"error: {dst}: is ", str(victim.name), "write the migration to a new file")
+    assert_one_error_line(err, f"error: {dst}: is ", str(victim.name), "write the migration to a new file")
     assert {p: file_state(p) for p in victim.parent.iterdir() if p.is_file()} == before  # nothing written

@@ -60,9 +60,7 @@ from harness.rawnet2.mutation import (  # noqa: E402
     variants_of,
 )
 from harness.rawnet2.registry import load_registry_file, unregister  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests.helpers import REPO  # noqa: E402
 
 # --- operators --------------------------------------------------------------------------------
 
@@ -260,14 +258,14 @@ def test_a_team_declares_its_equivalents_in_a_json_file(tmp_path: Path):
 
 
 def test_tests_are_selected_from_the_registry_and_text_pinning_is_left_out():
-    assert variants_of("fixed/skip_modules.py", root=ROOT) == ["skip_modules"]
-    assert variants_of("fixed/basic_blocks.py", root=ROOT) == ["basic_blocks"]
-    selection = selection_for("fixed/skip_modules.py", root=ROOT)
+    assert variants_of("fixed/skip_modules.py", root=REPO) == ["skip_modules"]
+    assert variants_of("fixed/basic_blocks.py", root=REPO) == ["basic_blocks"]
+    selection = selection_for("fixed/skip_modules.py", root=REPO)
     assert selection[-2:] == ["-k", "skip_modules"]
     assert all(f"--ignore={p}" in selection for p in TEXT_PINNING)
-    assert selection_for("fixed/skip_modules.py", "golden", root=ROOT)[-2:] == ["-k", "golden"]
+    assert selection_for("fixed/skip_modules.py", "golden", root=REPO)[-2:] == ["-k", "golden"]
     with pytest.raises(HarnessError, match="is the source of no registered variant; say which tests"):
-        selection_for("harness/core/errors.py", root=ROOT)
+        selection_for("harness/core/errors.py", root=REPO)
 
 
 def load_class(source: str, name: str, tmp_path: Path, module: str):
@@ -290,14 +288,14 @@ def outputs_and_gradients(model: torch.nn.Module, x: torch.Tensor, train: bool) 
 
 def declared_mutants(path: str) -> list[Mutant]:
     declarations = [e for e in EQUIVALENCES if e.path == path]
-    mutants = enumerate_mutants(path, root=ROOT, within=[d.span for d in declarations])
+    mutants = enumerate_mutants(path, root=REPO, within=[d.span for d in declarations])
     return [m for m in mutants if any(d.matches(m) for d in declarations)]
 
 
 @pytest.mark.parametrize("path", sorted({e.path for e in EQUIVALENCES}))
 def test_every_equivalence_declaration_holds_on_its_line_and_matches_mutants(path: str):
     declarations = [e for e in EQUIVALENCES if e.path == path]
-    source = (ROOT / path).read_text()
+    source = (REPO / path).read_text()
     matched = declared_mutants(path)
     for declaration in declarations:
         declaration.check(source)
@@ -311,7 +309,7 @@ def test_every_declared_equivalent_mutant_computes_the_same_outputs_and_gradient
     """Each mutant a declaration matches, built from its source with the original's weights, gives
     bit-identical outputs, input and parameter gradients in train and eval mode (and the same
     state_dict keys: nothing was registered differently)."""
-    original = load_class((ROOT / path).read_text(), "RawNet2", tmp_path, "original")
+    original = load_class((REPO / path).read_text(), "RawNet2", tmp_path, "original")
     x = torch.randn(2, 1, 24, generator=torch.Generator().manual_seed(0))
     for i, mutant in enumerate(declared_mutants(path)):
         mutated = load_class(mutant.source, "RawNet2", tmp_path, f"mutant_{i}")
@@ -419,7 +417,7 @@ def test_a_workspace_the_harness_did_not_make_is_never_deleted(tmp_path: Path):
 
 
 def test_cli_usage_errors_are_one_line_and_exit_2(capsys, tmp_path: Path, monkeypatch):
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(REPO)
     assert main(["mutate", "harness/core/errors.py", "--output", str(tmp_path / "r.json")]) == 2
     assert capsys.readouterr().err.startswith("error: harness/core/errors.py is the source of no registered")
     assert main(["mutate", "README.md", "--output", str(tmp_path / "r.json")]) == 2
@@ -711,7 +709,7 @@ def test_the_report_is_valid_json_at_every_write_and_says_why_a_mutant_did_not_r
 
 
 def test_cli_refuses_a_syntax_error_and_an_output_over_its_input_in_one_line(capsys, tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(REPO)
     bad = tmp_path / "bad.py"
     bad.write_text("import torch\n\ndef f(:\n    pass\n")
     assert main(["mutate", str(bad), "--output", str(tmp_path / "r.json")]) == 2

@@ -33,12 +33,12 @@ from harness.core.audits import FAIL
 from harness.core.introspect import batchnorms
 from harness.core.residuals import Block, find_blocks
 from harness.core.tolerances import EXACT, assert_close
-from harness.rawnet2.architecture import NONE, PROJECTION, ReferenceSpec
+from harness.rawnet2.architecture import NONE, PROJECTION
 from harness.rawnet2.audits import audit, declared_results
 from harness.rawnet2.equivalence import seed_weights
 from harness.rawnet2.inputs import last_norm_values, min_train_length
 from harness.rawnet2.layouts import PROJECTION_BLOCKS
-from tests.helpers import variants
+from tests.helpers import function_of, variants
 
 BATCHNORM_ERROR = "Expected more than 1 value per channel when training"
 
@@ -84,14 +84,6 @@ def runnable_length(name: str, train: bool, batch: int, length: int) -> int:
 
 def waveform(seed: int, batch: int, length: int) -> torch.Tensor:
     return torch.randn(batch, 1, length, generator=torch.Generator().manual_seed(seed))
-
-
-def function_of(name: str) -> ReferenceSpec | None:
-    """The function of the family ``name`` computes: its spec's ``architecture``, else its reference's."""
-    spec = SUBJECTS[name]
-    if spec.architecture is not None:
-        return spec.architecture
-    return function_of(spec.reference) if spec.reference is not None else None
 
 
 @functools.cache

@@ -37,9 +37,7 @@ from harness.rawnet2.registry import (
 )
 from harness.report import verdict
 from harness.report.build import QUICK, _departures, _reference_rows
-from tests.helpers import AUDIO, VARIANT_FIXTURES, restored_registry, variants
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import AUDIO, REPO, VARIANT_FIXTURES, restored_registry, variants
 
 # skip_modules' function, nested otherwise: stages of (branch, shortcut), the shortcut computed
 # before the branch, other names everywhere. {slope} is the LeakyReLU slope of stage 3's branch.
@@ -368,8 +366,8 @@ def test_a_team_registry_runs_the_whole_suite_on_its_model(tmp_path):
                                     ("teambuggy", "team_buggy:ProdDetector", 1)):
         registry = write_registry(tmp_path, {name: {"factory": factory, "reference": "skip_modules"}})
         run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                              "-p", "no:xdist", "--registry", str(registry), "-k", name, str(ROOT / "tests")],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                              "-p", "no:xdist", "--registry", str(registry), "-k", name, str(REPO / "tests")],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == expected, run.stdout[-3000:]
         assert " passed" in run.stdout
 

@@ -15,17 +15,16 @@ from pathlib import Path
 
 from harness.__main__ import main
 from harness.core.export_cache import CACHE_DIR_ENV
-from tests.helpers import SCORE_TINY, TINY_FILES, needs_onnx
+from tests.helpers import REPO, SCORE_TINY, TINY_FILES, needs_onnx
 
-ROOT = Path(__file__).resolve().parents[1]
 # Runs ``python -m harness ARGV`` with torch made unimportable: any import of it fails the run.
 WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None; from harness.__main__ import main; "
                  "sys.exit(main(sys.argv[1:]))")
 FAST = "(from the cache, without torch)"
 
 
-def without_torch(argv: list[str], cache: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, CACHE_DIR_ENV: str(cache), "PYTHONPATH": str(ROOT)}
+def without_torch(argv: list[str], cache: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, CACHE_DIR_ENV: str(cache), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-c", WITHOUT_TORCH, *argv], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=120)
 

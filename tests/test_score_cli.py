@@ -45,9 +45,8 @@ from harness.rawnet2.scoring import (
     score_files,
     score_waveforms,
 )
-from tests.helpers import AUDIO, AUDIO_FILES, snapshot
+from tests.helpers import AUDIO, AUDIO_FILES, REPO, snapshot
 
-REPO = Path(__file__).resolve().parent.parent
 # Stand-in models (MODULE:ATTR, so nothing declares their contract) count their calls: score them as they
 # are (the deployment forms: test_score_forms.py), as probabilities of [B, 1, 64600] clips.
 EAGER = ("--form", "eager", "--score", "probability", "--input-shape", "1,64600")

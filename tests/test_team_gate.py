@@ -20,9 +20,7 @@ import pytest
 from harness.rawnet2.audits import audit_spec
 from harness.rawnet2.equivalence import compare_specs
 from harness.rawnet2.registry import SUBJECTS, load_registry_file, read_registry_tables, unregister
-from tests.helpers import BROKEN_REGISTRY, TEAM_MODELS, TEAM_REGISTRY, restored_registry
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import BROKEN_REGISTRY, REPO, TEAM_MODELS, TEAM_REGISTRY, restored_registry
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +51,8 @@ def test_an_unregistered_batchnorm_fails_registration_and_the_checks_it_breaks(b
 def run_suite(registry: Path, *variants: str) -> subprocess.CompletedProcess:
     select = [arg for name in variants for arg in ("--variant", name)]
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "-n", "2", "--registry", str(registry), *select, "-rf", str(ROOT / "tests")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                           "-n", "2", "--registry", str(registry), *select, "-rf", str(REPO / "tests")],
+                          cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONPATH": str(TEAM_MODELS)})
 
 

@@ -22,9 +22,9 @@ from harness.__main__ import main
 from harness.core.audits import FAIL, NOT_APPLICABLE, PASS, audit
 from harness.core.residuals import find_blocks
 from harness.core.wiring import NO_RESIDUALS
-from harness.rawnet2.architecture import ReferenceSpec
 from harness.rawnet2.audits import audit_spec
 from harness.rawnet2.registry import register, unregister
+from tests.helpers import function_of
 from tests.team_models import asv_detector as team
 from tests.team_models.asv_detector import MIN_SAMPLES
 
@@ -38,11 +38,6 @@ def skip_wiring(factory, example: torch.Tensor):
 
 
 # --- the built-in family: what the declarations say, unchanged ------------------------------------
-
-
-def function_of(name: str) -> ReferenceSpec | None:
-    spec = SUBJECTS[name]
-    return spec.architecture or (function_of(spec.reference) if spec.reference else None)
 
 
 def test_family_blocks_are_found_with_the_shortcut_their_function_names(family_name: str):
