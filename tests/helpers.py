@@ -4,14 +4,13 @@ assertions that several suites make (one error line, a directory left as it was)
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import os
 import stat
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -135,7 +134,7 @@ def run_cli(*argv: str | Path) -> tuple[int, str, str]:
     """``python -m harness ARGV`` in this process: its exit code, stdout and stderr (captured here, so
     that it serves where pytest's capsys does not reach, as in a unittest-style state machine)."""
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with redirect_stdout(out), redirect_stderr(err):
         code = main([str(a) for a in argv])
     return code, out.getvalue(), err.getvalue()
 
@@ -168,7 +167,7 @@ def assert_one_error_line(err: str, *fragments: str) -> None:
         assert fragment in err, (fragment, err)
 
 
-def fingerprint(path: Path) -> tuple:
+def entry_state(path: Path) -> tuple:
     """Everything about one directory entry that a write could change (never following a link, never
     reading what is not a regular file: a FIFO would block)."""
     info = os.lstat(path)
@@ -183,14 +182,14 @@ def fingerprint(path: Path) -> tuple:
 
 
 def snapshot(*roots: Path) -> dict[str, tuple]:
-    """The ``fingerprint`` of every entry below ``roots``, by its path (links not followed): equal
+    """The ``entry_state`` of every entry below ``roots``, by its path (links not followed): equal
     before and after a run that must change nothing there."""
     state: dict[str, tuple] = {}
     for root in roots:
         for where, dirs, names in os.walk(root):
             for name in [*dirs, *names]:
                 path = Path(where) / name
-                state[str(path)] = fingerprint(path)
+                state[str(path)] = entry_state(path)
     return state
 
 
