@@ -42,25 +42,19 @@ def registered() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def session_export_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("export-cache"))
-
-
 @pytest.fixture(autouse=True)
-def export_cache_dir(session_export_cache: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test writes to the user's export cache (harness.core.export_cache): the session has its own,
-    shared by its tests (an export verified once serves them all); a test of the cache sets its own."""
-    monkeypatch.setenv(CACHE_DIR_ENV, session_export_cache)
+def export_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test has its own export cache (harness.core.export_cache), made only if the test uses
+    it: none writes to the user's, and no test's result depends on what another one cached."""
+    directory = tmp_path / "export-cache"
+    monkeypatch.setenv(CACHE_DIR_ENV, str(directory))
+    return directory
 
 
 @pytest.fixture
-def own_export_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This test's own export cache directory (not yet created), for a test of the cache itself: it
-    starts empty, and what the test caches serves no other test."""
-    directory = tmp_path / "cache"
-    monkeypatch.setenv(CACHE_DIR_ENV, str(directory))
-    return directory
+def own_export_cache(export_cache_dir: Path) -> Path:
+    """This test's export cache directory (not yet created), for a test of the cache itself."""
+    return export_cache_dir
 
 
 @pytest.fixture(scope="session")
