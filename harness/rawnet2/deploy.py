@@ -262,6 +262,8 @@ def deployment_model(model: torch.nn.Module, target: VariantSpec, form: str = "a
         raise HarnessError("--device cuda: CUDA is not available on this machine")
     model = model.to(device).eval()
     order = ["onnxruntime", "optimized", "eager"] if form == "auto" else [form]
+    if form == "auto" and INT8_FORM in target.forms:  # the team opted in (its spec lists the form)
+        order.insert(0, INT8_FORM)
     builders = {**_FORM_BUILDERS,
                 "onnxruntime": functools.partial(_onnxruntime_form, cache=cache, weights=weights),
                 INT8_FORM: functools.partial(_onnxruntime_int8_form, cache=cache, weights=weights,

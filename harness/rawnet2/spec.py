@@ -26,12 +26,16 @@ from harness.core.errors import HarnessError, error_line
 from harness.core.loading import UserCodeExit, call_user_code, load_factory
 from harness.core.modes import MODES
 from harness.rawnet2.architecture import ReferenceSpec
+from harness.rawnet2.score_request import INT8_FORM
 
 Factory = Callable[..., nn.Module]
 
 # Deployment forms a spec may list (harness.core.forms.DEPLOYMENT_FORMS); a variant whose
 # eval() misses modules cannot be folded, so it lists none.
 ALL_FORMS = ("folded", "compiled", "float64", "bfloat16_autocast", "cuda", "onnxruntime")
+# Forms a spec lists only to opt in: with onnxruntime-int8 listed, score's --form auto takes the int8
+# form first (it changes scores, so it is never a default).
+OPT_IN_FORMS = (INT8_FORM,)
 NOT_APPLICABLE_PREFIX = "n/a:"
 # The layouts a spec may declare: the guide's models', whose conversions lose or move weights
 # (harness.rawnet2.layouts describes each). Every other model is matched by structure.
@@ -85,8 +89,8 @@ class VariantSpec:
             problems.append(f"output {self.output!r} is not one of {', '.join(OUTPUT_KINDS)}")
         if bad := [m for m in self.reference_modes if m not in MODES]:
             problems.append(f"reference_modes {bad} are not among {', '.join(MODES)}")
-        if bad := [f for f in self.forms if f not in ALL_FORMS]:
-            problems.append(f"forms {bad} are not among {', '.join(ALL_FORMS)}")
+        if bad := [f for f in self.forms if f not in ALL_FORMS + OPT_IN_FORMS]:
+            problems.append(f"forms {bad} are not among {', '.join(ALL_FORMS + OPT_IN_FORMS)}")
         if self.reference == self.name:
             problems.append("a variant cannot be its own reference")
         if bad := sorted(set(self.expected_defects) - set(KNOWN_CHECKS)):
