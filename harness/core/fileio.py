@@ -1,31 +1,10 @@
 """Where the harness may write and read files: the one home for output paths and atomic writes.
 
-Output (checkpoints, reports, golden files) goes only to a regular file or a new path:
-
-* ``check_output_path(path, force=, overwrite=)`` refuses, before any work, an empty path, a
-  path ending in a separator (it names a directory), a directory, a special file (character
-  or block device, FIFO, socket), a symbolic link unless ``force`` (then the link itself is
-  replaced, never what it points to), an existing file unless ``overwrite`` or ``force``,
-  and a directory that is missing or not writable. Each refusal is one ``HarnessError``
-  line naming the path.
-* ``write_atomically`` checks the same, writes a temp file in the target directory (O_EXCL,
-  so a link planted at the temp name is never followed), flush, fsync, checks the target
-  again, ``os.replace`` (which replaces a directory entry, never writes through it), then
-  fsync of the directory; the temp file is removed on failure. ``durable=False`` leaves out
-  both fsyncs (a file rebuilt in a moment, e.g. a test fixture: still never half-written
-  under its own name, only not guaranteed to survive a power cut). Nothing is ever opened for
-  writing at the destination itself. A regular file replaced keeps its permission bits (a
-  ``chmod 600`` checkpoint stays private) and, where the process may, its owner and group;
-  a new file gets the umask's default.
-
-``check_not_read(output, reads)`` refuses, with or without ``--force``, an output that is a
-file the run reads (the checkpoint, the registry, the factory's source...): by path in any
-spelling, or by inode (a hard link).
-
-Input: ``check_regular_input(path)`` is the stat that refuses what is not a readable
-regular file (a symlink loop, a broken link, a directory, a FIFO or device) in one line;
-``describe_unreadable(path, exc)`` is the line for an ``OSError`` met while reading;
-``file_sha256(path)`` is a file's content hash (a checkpoint's identity, whatever its name).
+Output (checkpoints, reports, golden files) goes only to a regular file or a new path, checked
+before any work and written so that no reader ever sees half a file. Entry points:
+``check_output_path`` and ``write_atomically`` (output), ``check_not_read`` (an output is never
+a file the run reads), ``check_regular_input`` and ``describe_unreadable`` (input),
+``file_sha256`` (a file's content hash). The rules each enforces: docs/index.md, "Files".
 """
 
 from __future__ import annotations

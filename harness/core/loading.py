@@ -1,18 +1,9 @@
 """Running code the harness does not own: importing it, calling it, reading its arguments.
 
-User code may raise anything. An ordinary ``Exception`` is the user's to report (the audits
-turn a raising factory or forward into a finding); everything else that unwinds the stack
-(``SystemExit`` from a ``sys.exit``, ``KeyboardInterrupt``, ``GeneratorExit``, ...) would end
-the process, with ``sys.exit(0)`` even ending it *successfully*, so a CI gate would read a
-crashed audit as a pass. ``call_user_code`` turns those into a ``UserCodeExit``: a
-``HarnessError`` with exit code 2 (a usage error, never findings, never a pass).
-
-* ``load_attr("MODULE:ATTR", base=DIR)``: import and return the attribute (``DIR``, a
-  registry file's directory, put on ``sys.path`` first); ``load_factory`` also requires it
-  to be callable.
-* ``call_user_code(fn, *args, what=..., **kwargs)``: ``fn(*args, **kwargs)`` with the
-  guard above.
-* ``parse_kwargs(text)``: a JSON object given inline or as ``@FILE``.
+``call_user_code`` runs user code so that a ``sys.exit``, ``KeyboardInterrupt`` or any other
+non-``Exception`` unwinding becomes a ``UserCodeExit`` (exit 2), never a silent pass;
+``load_attr`` / ``load_factory`` import ``MODULE:ATTR``; ``parse_kwargs`` reads ``--kwargs``
+(inline JSON or ``@FILE``). Why and how: docs/registry.md, "User code".
 """
 
 from __future__ import annotations
