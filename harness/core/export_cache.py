@@ -1,38 +1,10 @@
 """A content-addressed cache of verified exports: a run pays for an export and its verification once.
 
-An entry is found by ``cache_key(parts)``, the SHA-256 of the canonical JSON (sorted keys,
-no whitespace) of everything that decides the exported bytes (``export_key_parts``):
-
-* ``spec``: the model's identity: its name, its factory as ``"module:qualname"``, its kwargs,
-  and ``source_sha256``, the SHA-256 of the factory's source file (an edited model is a new
-  model even under the same name and checkpoint);
-* ``weights``: their content: ``{"file_sha256": ..., ...}`` when they come from a file (a
-  checkpoint, the spec's registered weights; ``file_sha256``), else
-  ``{"state_dict_sha256": ...}``, the hash of the model's tensors (``state_dict_sha256``:
-  seeded random weights);
-* ``form`` (``"onnxruntime"``) and its ``settings`` (the int8 form's quantization settings);
-* ``opset``, the input contract it was verified at (``input_shape``, ``min_length``), the
-  length of the clip it was verified on, and ``exporter_sha256``, the SHA-256 of the harness's
-  export code (a checkout's version number stays put while that code changes);
-* ``versions`` of torch, onnx, onnxruntime and the harness (``importlib.metadata``: read, never
-  imported, so that a key costs no ``import torch``), and ``CACHE_FORMAT``.
-
-An entry is one file, ``KEY.entry``: a JSON header line (format, key, parts, the payload's
-size and SHA-256) and the payload. ``get`` checks all of it; an entry that is corrupt,
-truncated, written for another key or not a regular file is deleted with a one-line warning
-on stderr and reported as a miss (the caller rebuilds it): never trusted. ``put`` writes a
-temp file in the cache directory (``O_EXCL``, mode 0600), fsyncs it and renames it over the
-entry, so two runs writing the same key both leave a whole entry. Nothing is written outside
-the directory.
-
-Where the cache lives (``default_cache_dir``): ``$RAWNET2_HARNESS_CACHE_DIR``, else
-``$XDG_CACHE_HOME/rawnet2-harness``, else ``~/.cache/rawnet2-harness``; created mode 0700.
-A directory the harness cannot use (a file, a symbolic link, not a directory, another
-user's, writable by others, not writable) is refused in one ``HarnessError`` line when it
-was asked for by name (``--cache-dir``, the environment variable: the user meant it); at
-the default location it costs only the cache: a warning, and the run goes on without one
-(``open_cache``). A write that fails later (a full disk) is a warning too: the export in
-hand is used all the same.
+``export_key_parts`` lists everything that decides the exported bytes and ``cache_key`` hashes
+it; ``ExportCache.get`` / ``put`` / ``evict`` read, write and drop one checked entry;
+``open_cache`` opens the directory (``default_cache_dir`` when none is named). A bad entry is
+never trusted: it is deleted, warned about and read as a miss. The key's parts, the entry
+format and where the cache lives: docs/deployment.md, "The export cache".
 """
 
 from __future__ import annotations

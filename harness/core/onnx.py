@@ -1,20 +1,11 @@
 """ONNX export, verified before it is kept, and ONNX Runtime as a deployment form.
 
-``export_onnx(model, example_input, verify_inputs)`` exports an eval-mode copy with dynamic
-batch and time axes at a named opset, checks the graph with ``onnx.checker``, then runs it
-in ONNX Runtime on every verification input and compares with eager PyTorch within
-``DEPLOYMENT_TOLERANCES["onnxruntime"]``; only then are the bytes returned (or written,
-atomically). Refused before exporting, in one line: a model whose ``eval()`` cannot reach
-every module its forward calls (the exporter would bake their training behaviour into the
-graph), a forward that takes more than one input, a model that is not float32, an output
-that is not a tensor or a plain tuple of tensors. The tracer's ``TracerWarning`` (a Python
-branch or conversion on a tensor, frozen at the example's value) refuses the export too.
-``verification_inputs(contract)`` gives the inputs that take different branches: quiet and
-loud, batch 1 and several, the minimum, declared and a longer length.
-``OnnxRuntimeSession`` runs exported bytes like a model.
-
-onnx and onnxruntime are an optional extra (``pip install 'rawnet2-harness[onnx]'``);
-``onnx_missing()`` says why the form is unavailable where they are absent.
+``export_onnx(model, example_input, verify_inputs)`` exports an eval-mode copy, checks the graph
+and compares ONNX Runtime with eager PyTorch on every verification input before it returns (or
+writes) the bytes; what it refuses is refused in one line. ``verification_inputs(contract)``
+gives inputs that take different branches; ``OnnxRuntimeSession`` runs exported bytes like a
+model; ``onnx_missing()`` says why the form is unavailable (onnx and onnxruntime are the
+``[onnx]`` extra). The rules: docs/deployment.md.
 """
 
 from __future__ import annotations
