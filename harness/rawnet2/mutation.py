@@ -1,16 +1,10 @@
 """Mutation testing of a registered variant's source: ``python -m harness mutate PATH [--tests EXPR]``.
 
-The engine is generic (``harness.core.mutation``: mutmut plus the model operators); this
-module knows the house. The tests that judge a file are the behavioural tests of the
-variants whose source it is (``-k skip_modules`` for ``fixed/skip_modules.py``: test ids
-carry the variant's name; for a team's registry file, the variants whose factory module
-is the file, with ``--registry FILE`` passed to every pytest run), never the text-pinning
-ones (``TEXT_PINNING``). A file outside the checkout is staged into the mutation
-workspace (``harness.core.mutation.stage_outside_file``). The equivalent mutants of the
-built-in variants are declared here, each with its reason (``EQUIVALENCES``;
-``tests/test_mutation.py`` checks every one by running the mutant against the original,
-outputs and gradients, train and eval), and so are the contracts a survivor is
-attributed to (``CONTRACTS``: which tests hold each, which changes each exists to catch).
+The engine is generic (``harness.core.mutation``); this module knows the house: which tests
+judge a file (the behavioural tests of the variants whose source it is, never the
+text-pinning ones, ``TEXT_PINNING``), the built-in variants' equivalent mutants with their
+reasons (``EQUIVALENCES``) and the contracts a survivor is attributed to (``CONTRACTS``).
+How they are chosen and checked: docs/mutation.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,11 @@
 """Mutation testing of a model's source file: would the gate notice a change to it?
 
-The engine is mutmut (3.8); the harness extends it where it lacks, one module per job:
-
-- ``mutants``: the mutants of a file, named and numbered as mutmut names them, and the
-  declared equivalent ones (``Equivalence``: not run, never dropped: reported with the reason);
-- ``operators``: the model operators, appended to mutmut's operator table;
-- ``sampling``: ``--max-mutants N``, a deterministic sample spread evenly across functions;
-- ``workspace``: ``mutants/``, made only by the harness, and the staging of a model file
-  that lies outside the project (a team's own repository);
-- ``config``: ``MutationRun``, a run's settings, each number checked when it is made;
-- ``engine``: the clean run (the selection must pass unmutated), then the mutants (function
-  ones through ``mutmut_driver``, module-level ones by the harness), within a time budget;
-- ``plugin``: the pytest plugin of every run (fastest tests first, the first killer, the
-  clean run's tests and durations);
-- ``attribution``: which contract should have caught each survivor, from the tests that
-  reach its function;
-- ``report``: ``mutation-report.json`` (``MUTATION_REPORT_SCHEMA``), partial while a run
-  goes on, and the summary.
-
-Nothing here knows a particular model: which tests judge a file, which mutants are
-equivalent and which contracts exist come from the caller (``harness.rawnet2.mutation``).
+mutmut (3.8) is the engine; the harness extends it, one module per job: ``mutants``,
+``operators``, ``sampling``, ``workspace``, ``config``, ``engine`` (with ``mutmut_driver``),
+``plugin``, ``attribution`` and ``report``. Entry points: ``MutationRun`` (a run's settings),
+``run_mutation`` and ``build_report`` / ``render_summary``. Nothing here knows a particular
+model: the tests, equivalents and contracts come from the caller (``harness.rawnet2.mutation``).
+Each module's job: docs/mutation.md, "The modules".
 """
 
 from harness.core.mutation.attribution import Contract, attribute

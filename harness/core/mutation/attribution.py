@@ -1,16 +1,10 @@
 """Which contract should have caught a surviving mutant, from the tests that reach it.
 
-mutmut measures, in its first run of the selection, which tests call each function (its
-trampoline records every call); a module-level mutant is reached by every test that
-imports the module, that is every selected test. A survivor passed every test that
-reaches its function, so the tests that reach it are the ones that let it through: the
-report lists them, grouped by test function, and says which of the ``Contract``s that
-claim the change (by its operator, or by the function it is in) they include. A contract
-that claims it but has no test reaching the function is named as missing there: the
-survivor is the gap between what the change breaks and what is checked.
-
-Nothing here knows a model or a test suite: the contracts are the caller's (the house's
-are in ``harness.rawnet2.mutation``).
+``attribute`` lists the tests that reach a survivor's function (as mutmut measured them),
+grouped by test function, and which of the ``Contract``s that claim the change (by operator
+or by function) they include; a claiming contract with no test reaching the function is named
+as missing there. Nothing here knows a model or a test suite: the contracts are the caller's
+(``harness.rawnet2.mutation``). The rules: docs/mutation.md, "Survivors, attributed".
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """Running the mutants: mutmut for function mutants, the harness for module-level ones.
 
-mutmut copies the project into ``mutants/``, writes every mutant of every function there
-behind a trampoline, runs the selected tests once to learn which tests reach which
-function, then runs per mutant only those tests, in a process forked from a fork server
-(``process_isolation = "forkserver"``: the server has collected the tests and computed
-nothing, so no cache of one mutant's run leaks into another's), with ``-x`` and a
-timeout. mutmut mutates functions only: each module-level mutant (a block table, a slope
-constant) is written into the harness's own copy of the project and the same tests run in
-a subprocess.
-
-Before any mutant, the selection runs once on the unmutated code: it must pass (else one
-line naming the failing tests). Results are handed to ``MutationRun.on_update`` as they
-arrive (mutmut's per-file meta file is read every few seconds), so a caller can keep a
-partial report on disk; ``time_budget_s`` stops the run, and what never ran is reported
-as not run, never dropped.
+``check_clean`` runs the selection once on the unmutated code (it must pass); ``run_mutation``
+then runs every mutant within the time budget: function mutants through mutmut
+(``mutmut_driver``), each module-level mutant in the harness's own copy of the project.
+Results reach ``MutationRun.on_update`` as they arrive; what never ran is reported as not run,
+never dropped. How mutmut runs a mutant: docs/mutation.md, "Engine".
 """
 
 from __future__ import annotations

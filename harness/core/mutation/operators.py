@@ -1,16 +1,11 @@
 """Mutation operators for PyTorch model code: what a general-purpose mutation tool lacks.
 
-mutmut (the engine ``harness.core.mutation`` drives) mutates literals, operators,
-arguments and assignments. Model code breaks in other ways too: a residual add dropped,
-BatchNorm and activation swapped, a LeakyReLU turned into a ReLU or the identity, a
-stride or padding one short, a module no longer registered (so ``eval()``, ``.to()``,
-``state_dict()`` and the optimizer miss it), a BatchNorm that normalises with batch
-statistics in eval mode, a gradient cut with ``.detach()``. Each operator here takes a
-libcst node and yields replacement nodes, mutmut's operator protocol, so mutmut
-applies them exactly like its own (``OPERATORS`` is appended to its list).
-
-This module imports nothing but libcst: the mutmut driver loads it by file path, before
-any code under test may be imported.
+A residual add dropped, BatchNorm and activation swapped, a slope or stride changed, a module
+no longer registered, batch statistics in eval mode, a gradient cut with ``.detach()``: each
+operator takes a libcst node and yields replacement nodes (mutmut's operator protocol), and
+``OPERATORS`` is appended to mutmut's table. This module imports nothing but libcst: the
+mutmut driver loads it by file path, before any code under test may be imported. The full
+list: docs/mutation.md, "Engine".
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
 """pytest plugin for mutation runs: the fastest tests first, and the test that killed each mutant recorded.
 
-Active only where ``harness.core.mutation`` sets its environment variables, so loading it
-elsewhere changes nothing:
-
-- ``HARNESS_MUTATION_DURATIONS``: a JSON file ``{"duration_by_test": {nodeid: seconds}}``
-  (mutmut's stats file); the selected tests run fastest first, so with ``-x`` a mutant
-  costs the time of the cheapest test that kills it.
-- ``HARNESS_MUTATION_RECORDS``: a JSON-lines file. A run under a mutant
-  (``MUTANT_UNDER_TEST``, set by mutmut or the harness) appends its first failing test
-  (or collection error) as ``{"mutant", "event": "killed", "test", "message"}`` and, at
-  the end, ``{"mutant", "event": "finished", "duration_s", "tests_run"}``.
-- ``HARNESS_MUTATION_CLEAN``: a JSON-lines file. The clean run (no mutant) appends one
-  ``{"test", "outcome", "duration_s"}`` per test (its failing phase if one failed): the
-  harness checks the selection green and learns its tests and their durations from it.
-
-Under either, Hypothesis neither shrinks a failing example nor replays its database: a
-mutant only needs *a* failure, and shrinking one through dozens of model forwards turns a
-kill into a timeout (docs/mutation.md).
+Active only where ``harness.core.mutation`` sets its environment variables
+(``HARNESS_MUTATION_DURATIONS``, ``HARNESS_MUTATION_RECORDS``, ``HARNESS_MUTATION_CLEAN``), so
+loading it elsewhere changes nothing. Under a run, Hypothesis neither shrinks a failing example
+nor replays its database: a mutant only needs *a* failure. The files it reads and writes:
+docs/mutation.md, "The pytest plugin".
 """
 
 from __future__ import annotations
