@@ -1,23 +1,10 @@
 """A small labelled corpus built from the bundled recordings: real audio, labels by a rule.
 
-``build_corpus(directory)`` writes ``per_class`` bona fide clips and ``per_class`` spoofs for
-each of ``ATTACKS``, 1 s each (16,000 samples, 16 kHz mono 16-bit WAV, ``<UTT>.wav``), and
-``protocol.txt`` in the ASVspoof 2019 format (``SPEAKER UTT - ATTACK KEY``, ATTACK ``-`` for
-bona fide), so ``evaluate`` and the report's decisions have labelled data on a fresh clone
-with no network.
-
-* Bona fide (``FX_B_0001``...): a 1 s window of a bundled recording (circular, so a recording
-  shorter than 1 s repeats), shifted by ``SHIFT_STEP`` per clip and scaled to a peak from
-  ``PEAKS``. The recordings are decoded by ``harness.rawnet2.audio.decode`` and resampled
-  to 16 kHz here with a plain FFT resampler (``fft_resample``: numpy only, so the bytes do
-  not depend on a resampling library's version).
-* Spoofs (``FX_S_0001``...): bona fide clip k (before its peak is set) put through an
-  attack's transform, then scaled to clip k's peak:
-  ``LP`` (a narrow-band vocoder's output): nothing left at or above 3.5 kHz;
-  ``TL`` (a telephone channel replay): only 300 Hz to 3.4 kHz left;
-  ``NZ`` (a noisy channel): white noise added at ``NOISE_SNR_DB``, from a fixed seed.
-
-Same arguments, same bytes: there is no randomness but the seeded noise.
+``build_corpus(directory)`` writes bona fide clips and spoofs for each of ``ATTACKS`` (1 s,
+16 kHz mono WAV) and ``protocol.txt`` in the ASVspoof 2019 format, so ``evaluate`` and the
+report's decisions have labelled data on a fresh clone with no network. Same arguments, same
+bytes. ``fft_resample`` and ``wav_bytes`` are its numpy-only resampler and WAV writer. How each
+clip is made: docs/evaluate.md, "The bundled corpus".
 """
 
 from __future__ import annotations

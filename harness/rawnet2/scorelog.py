@@ -1,21 +1,11 @@
 """A score log: the JSON Lines record of ONE ``score`` run, written as it goes, resumable, never mixed.
 
-Line 1 is the header, ``{"score_log": 1, "fingerprint": {...}}``: everything that decides
-the scores (variant, factory, kwargs, the content hashes of the checkpoint and of the
-registered weights, form, device, clip length, sample rate, batch size, conversion
-policy, score transform and what a high score means, and the versions of the harness,
-torch and the decoders); ``fingerprint(...)`` makes it. Every further line is one file's
-record, ``{"file": PATH, "score": NUMBER}`` or ``{"file": PATH, "error": TEXT}``, the score
-being what the header's transform gives (a probability in [0, 1], a log-probability <= 0).
-
-``ScoreLog.open(path, fingerprint, resume=, force=)`` checks everything before anything
-on disk changes and holds an exclusive ``fcntl.flock`` on the log for the run's lifetime
-(a second run on the same log is refused). ``--resume`` takes only a UTF-8 log written
-under the same fingerprint whose records are valid, each for a file given this time and
-no more often than given; ``records()`` are what it holds, ``todo(files)`` what is left,
-``append(batch)`` writes and fsyncs a batch, ``finish(files)`` puts the records in input
-order: the finished log is byte for byte the one an uninterrupted run writes.
-``read_score_log(path)`` gives a finished log's fingerprint and records (``evaluate``).
+A header line holds the run's ``fingerprint(...)`` (everything that decides the scores), then
+one line per file. ``ScoreLog.open(path, fingerprint, resume=, force=)`` checks everything
+before anything on disk changes and locks the log for the run; ``records``, ``todo``,
+``append`` and ``finish`` resume, extend and finish it, byte for byte the log an uninterrupted
+run writes. ``read_score_log(path)`` reads a finished log (``evaluate``). The format and the
+resume rules: docs/scoring.md, "The score log".
 """
 
 from __future__ import annotations
