@@ -1,18 +1,11 @@
 """Golden outputs: fixed weights and inputs, recorded outputs, and the reference that vouches for them.
 
-``golden_model(name)`` holds the golden weights (seeded, or its reference's matched into
-it); ``golden_outputs`` runs it on ``golden_input()`` in train and eval mode;
-``golden_sources(name)`` says which variant's file holds each mode's expected outputs (a
-variant with a reference is held to the reference's). ``reference_forward`` recomputes
-the outputs with plain ``torch.nn.functional`` calls from the model's weights and the
-architecture as the fix guide describes it (``harness.rawnet2.architecture``: channels,
-strides, paddings, slopes, shortcuts written out, not read from the model): golden values
-are recorded only once they match it, so a golden file never enshrines a model bug.
-Files are small JSON (exact float32 values, readable diffs); they are written only
-on request (``pytest --update-golden``), atomically, beside the registry that declared the
-variant (``golden_path``: ``tests/golden`` for the built-ins, ``<registry dir>/golden`` for a
-team's). A model outside the family has no functional reference: a team records its own
-golden outputs once (``pytest --update-golden --variant NAME``) and reviews them as any change.
+``golden_model``, ``golden_input`` and ``golden_outputs`` make a variant's golden outputs;
+``golden_sources`` says which variant's file holds each mode's expected outputs;
+``reference_forward`` recomputes them with plain ``torch.nn.functional`` calls from the
+guide's architecture, so a golden file never enshrines a model bug; ``golden_path``,
+``write_golden``, ``read_golden`` and ``compare_golden`` keep and check the files. The rules:
+docs/equivalence.md, "Golden outputs".
 """
 
 from __future__ import annotations

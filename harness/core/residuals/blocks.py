@@ -1,19 +1,11 @@
 """Residual blocks found by dataflow in a real forward, whatever the model calls them.
 
-``find_blocks(model, x)`` traces ``model(x)`` (``harness.core.residuals.dataflow``). A
-*residual addition* is a sum (``+``, ``+=``, ``torch.add``; chains of them are one sum) with
-a summand ``m`` computed from a tensor ``X`` through parameters (the main path) and a summand
-that is ``X`` itself (identity), a module applied to ``X`` (projection) or a parameter-free
-function of ``X`` (pooling, padding), ``X`` the nearest such tensor; the shortcut is the lighter
-branch (fewer parameter values: a 1x1 projection beside 3-wide convs). The block is named by
-module path: the one module call that computes ``m`` from ``X`` (the parent adds the shortcut),
-else the module in whose own forward ``X`` is the input (it adds the shortcut itself), else the
-module that holds every module of the main path.
-
-Modules that hold no such sum but are built like the blocks that do (same class in the same
-container, or the same class tree under the same parent; a projection is none) are reported
-too, with what their output meets instead: nothing added, or a summand that is no shortcut of
-their input. Names are never used to find anything: only to name.
+``find_blocks(model, x)`` traces ``model(x)`` (``harness.core.residuals.dataflow``) and returns
+a ``Block`` per residual addition (a sum of a main path computed from a tensor through
+parameters and a shortcut of that same tensor), named by module path, plus the modules built
+like those blocks that add no such shortcut. Names are never used to find anything: only to
+name. What counts as a residual addition and how a block is named: docs/audits.md, "Residual
+blocks".
 """
 
 from __future__ import annotations
