@@ -1,16 +1,12 @@
 """Command line: ``python -m harness [--registry FILE] VERB ...``, VERB one of report, audit, compare,
 migrate, score, export, mutate, evaluate.
 
-One module per verb (``harness.cli.audit``, ``compare``, ``evaluate``, ``export``, ``migrate``,
-``mutate``, ``report``, ``score``), each with its options (``add_parser``) and its ``run(args)``;
-shared argument types and model resolution are ``harness.cli.options``. The verb modules import
-the library inside ``run``, so that the parser (and ``score`` from a warm export cache) loads
-without torch.
-
-``main`` is the top-level guard: a ``HarnessError`` becomes one line on stderr and its exit code;
-any other exception is a bug of ours and becomes one ``error: internal error in VERB: ...`` line
-and exit 2, never 1 (which means findings); ``--debug`` re-raises it for the traceback. Ctrl-C is
-exit 130; stdout closed by its reader (``| head``) is exit 141, silently.
+One module per verb (``harness.cli.audit``, ``compare``, ...), each with its options
+(``add_parser``) and its ``run(args)``, importing the library inside ``run`` so that the parser
+(and ``score`` from a warm export cache) loads without torch; shared argument types and model
+resolution are ``harness.cli.options``. ``main`` is the top-level guard: a ``HarnessError`` is
+one line on stderr and its exit code, anything else one ``internal error`` line and exit 2
+(``--debug`` re-raises it). The exit codes: docs/index.md, "Commands and exit codes".
 """
 
 from __future__ import annotations

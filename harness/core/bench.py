@@ -1,16 +1,11 @@
 """Forward-pass cost: analytic FLOPs, a measured matmul peak, and timing.
 
-``flops(model, input_shape)`` counts the multiply-accumulates of every
-convolution and linear layer the forward calls (2 FLOPs each), from the shapes
-those layers see. The shapes come from a forward on the ``meta`` device over a
-copy of the model, so nothing is computed and the model is not touched. Every
-module the model holds is hooked, registered or not, so modules kept in a plain
-tuple are counted too. Element-wise work (normalisation, activations, residual
-adds, pooling) is not counted: it is memory-bound and a small share of a
-convolutional model's arithmetic (docs/benchmarks.md has the figure).
-
-The same timed forms, inputs and throughput figures serve the report
-(``harness.report``) and the pytest-benchmark suite (``tests/benchmarks``).
+``flops(model, input_shape)`` counts 2 FLOPs per multiply-accumulate of every convolution and
+linear layer the forward calls, registered or not, from the shapes a ``meta``-device forward of
+a copy gives them (nothing computed, the model untouched); element-wise work is not counted.
+The same timed forms, inputs and throughput figures serve the report (``harness.report``) and
+the pytest-benchmark suite (``tests/benchmarks``). Why and the measured figures:
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Clips in, detection scores out: batches of decoded files through a model, in input order.
 
-A model is fed at its input contract (``harness.core.contract.InputContract``: a ``[B, T]``
-model gets ``[B, T]``, the RawNet2 family ``[B, 1, T]``) and its output becomes one score
-per file through its ``ScoreTransform`` (``probability``, ``sigmoid[k]``, ``softmax[k]``,
-``log_softmax[k]``). An output the transform cannot read stops the run (``ForwardFailed``);
-a row that is not finite is that file's error.
-
-Files are decoded by ``DataLoader`` worker processes, in order, while the model scores the
-batch before (``iter_scores``), so a file costs its forward and not its forward plus its
-decode. The workers die with the process that started them (``PR_SET_PDEATHSIG``), even
-when it is killed with SIGKILL. In eval mode a file's score does not depend on its batch
-mates (up to ``harness.core.tolerances.BATCHING``) unless the variant declares so.
+A model is fed at its input contract (``harness.core.contract.InputContract``) and its output
+becomes one score per file through its ``ScoreTransform``; an output the transform cannot read
+stops the run (``ForwardFailed``), a row that is not finite is that file's error.
+``iter_scores`` decodes files in ``DataLoader`` worker processes, in order, while the model
+scores the batch before. The rules (workers, batching): docs/scoring.md.
 """
 
 from __future__ import annotations
