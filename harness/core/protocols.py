@@ -1,17 +1,10 @@
 """Labelled protocols for ``evaluate``: which utterances are bona fide, which attack made each spoof,
 and where each utterance's audio is.
 
-``read_protocol(path)`` reads the shape from the lines, no flag: an ASVspoof 2019 CM protocol
-(``SPEAKER UTT ENV ATTACK KEY``), an ASVspoof 2021 key (LA: ``SPEAKER UTT CODEC TRANSMISSION
-ATTACK KEY TRIM SUBSET``; PA: twelve columns, the key tenth; DF: the LA columns and more after
-them) or a CSV whose header holds ``file`` and ``label`` (In-the-Wild's ``meta.csv``). Anything
-else, and every hostile file (not UTF-8, NUL bytes, a line or a file over its cap, a duplicate
-utterance, a protocol without bona fide or without spoof lines, an utterance id that is a path),
-is one ``ProtocolError`` line naming the file and the line. ``audio_files(protocol, root)`` finds
-each utterance's audio, listing each folder once.
-
-``read_text_lines`` (the checked read) and ``gc_paused`` (the collector off while millions of rows
-are made) serve ``harness.core.score_files`` too.
+``read_protocol(path)`` reads the shape from the lines (ASVspoof 2019, the 2021 LA/PA/DF keys, a
+CSV with ``file`` and ``label``; docs/evaluate.md lists them and every refusal), one
+``ProtocolError`` line otherwise. ``audio_files(protocol, root)`` finds each utterance's audio.
+``read_text_lines`` and ``gc_paused`` serve ``harness.core.score_files`` too.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
-"""``python -m harness score FILE...``: a variant's detection scores for audio files, at its own contract.
+"""``score``'s model path: a variant's detection scores for audio files, at its own contract.
 
-The variant is fed at its input contract (``[B, 1, T]`` for the RawNet2 family at the
-ASVspoof length, ``[B, T]`` for a team's ``input_shape = [T]``) and its output becomes a
-score through its declared transform; a variant with none, a model that is not float32,
-or one whose output the transform cannot read is refused before any file is decoded.
-The deployment form (``harness.rawnet2.deploy.deployment_model``) must match eager on the
-run's first batch, as it is and made loud, before it scores anything (``VerifiedForm``).
-Results go to stdout (a table, or JSON) or, with ``--output``, to a score log
-(``harness.rawnet2.scorelog``) that ``--resume`` finishes after a kill. Nothing the run
-reads (audio, checkpoint, registered weights, registry, ``--kwargs @FILE``, the factory's
-source) may be its output. The ONNX Runtime form's verified export is kept in the export cache
-(``harness.core.export_cache``; ``--cache-dir``, ``--no-cache``): a second run skips the export.
+``run_score(request)`` refuses, before any file is decoded, what cannot be scored; builds the
+model and its deployment form, which must match eager on the run's first batch (``VerifiedForm``);
+and writes the scores to stdout or a resumable score log (docs/scoring.md). An ONNX Runtime run
+leaves its export and a request record in the export cache, so the next run of the command can
+score without torch (``harness.rawnet2.score_cached``).
 """
 
 from __future__ import annotations
