@@ -35,16 +35,9 @@ from harness.core.tolerances import BATCHING, EXACT, assert_close
 from harness.rawnet2.audio import SAMPLE_RATE, load_clip
 from harness.rawnet2.registry import in_family
 from harness.rawnet2.score_command import RANDOM_WEIGHTS_SEED, score_transform, scoring_contract
+from harness.rawnet2.score_results import PROGRESS_MIN_FILES, FileScore, Progress
 from harness.rawnet2.scorelog import header_line, parse_score_log
-from harness.rawnet2.scoring import (
-    PROGRESS_MIN_FILES,
-    FileScore,
-    ForwardFailed,
-    Progress,
-    iter_scores,
-    score_files,
-    score_waveforms,
-)
+from harness.rawnet2.scoring import ForwardFailed, iter_scores, score_files, score_waveforms
 from tests.helpers import AUDIO, AUDIO_FILES, REPO, snapshot
 
 # Stand-in models (MODULE:ATTR, so nothing declares their contract) count their calls: score them as they

@@ -27,8 +27,8 @@ from harness.core.contract import ScoreTransform
 from harness.core.errors import HarnessError
 from harness.rawnet2.audio import SAMPLE_RATE
 from harness.rawnet2.registry import SUBJECTS, unregister
+from harness.rawnet2.score_results import FileScore, render_table, write_stdout
 from harness.rawnet2.scorelog import header_line, parse_score_log, read_score_log
-from harness.rawnet2.scoring import FileScore, render_table, write_stdout
 
 MODELS = '''
 import os

@@ -41,8 +41,9 @@ from harness.rawnet2.score_command import (
     scoring_contract,
     scoring_model,
 )
+from harness.rawnet2.score_results import PROGRESS_MIN_FILES, FileScore, Progress
 from harness.rawnet2.scorelog import ScoreLog, fingerprint
-from harness.rawnet2.scoring import PROGRESS_MIN_FILES, FileScore, Progress, iter_scores
+from harness.rawnet2.scoring import iter_scores
 
 Say = Callable[[str], None]
 

@@ -24,17 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError, error_line
+from harness.rawnet2 import score_results
 from harness.rawnet2.audio import NUM_SAMPLES, UnusableAudio, load_clip_checked
-from harness.rawnet2.score_results import (  # noqa: F401 - re-exported: scoring's public names
-    PROBABILITY,
-    PROGRESS_MIN_FILES,
-    FileScore,
-    Progress,
-    describe_scores,
-    render_table,
-    shown_name,
-    write_stdout,
-)
+from harness.rawnet2.score_results import PROBABILITY, FileScore
 
 # The RawNet2 family's scoring input: one channel of the ASVspoof evaluation length.
 FAMILY_SCORING_CONTRACT = InputContract((1, NUM_SAMPLES))
@@ -240,3 +232,14 @@ def score_files(model: Callable[[torch.Tensor], object], files: Sequence[str], *
         if progress is not None:
             progress(len(results), len(files), failed)
     return results
+
+
+# The results' display helpers live in score_results (no torch there); importable from here as before.
+_IN_SCORE_RESULTS = ("PROGRESS_MIN_FILES", "Progress", "describe_scores", "render_table", "shown_name",
+                     "write_stdout")
+
+
+def __getattr__(name: str) -> object:
+    if name in _IN_SCORE_RESULTS:
+        return getattr(score_results, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
