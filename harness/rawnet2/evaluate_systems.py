@@ -28,7 +28,6 @@ from harness.core.errors import HarnessError, error_line
 from harness.core.evaluation import SystemScores
 from harness.core.fileio import check_regular_input
 from harness.core.text import first_few
-from harness.rawnet2.audio import SAMPLE_RATE
 from harness.rawnet2.checkpoints import _runnable, load_into
 from harness.rawnet2.deploy import factory_name
 from harness.rawnet2.equivalence import copy_weights
@@ -42,7 +41,7 @@ from harness.rawnet2.score_command import (
     scoring_model,
 )
 from harness.rawnet2.score_results import PROGRESS_MIN_FILES, FileScore, Progress
-from harness.rawnet2.scorelog import ScoreLog, fingerprint
+from harness.rawnet2.scorelog import ScoreLog, run_fingerprint
 from harness.rawnet2.scoring import iter_scores
 
 Say = Callable[[str], None]
@@ -174,11 +173,10 @@ def _scores(name: str, target: VariantSpec, model: nn.Module, form: str, files: 
     check_scorable(model, target, contract, transform)
     log, results = None, list[FileScore]()
     if plan.log_dir is not None:
-        options = {"batch_size": plan.batch_size, "policy": plan.policy, "input_shape": list(contract.shape)}
-        print_ = fingerprint(
+        print_ = run_fingerprint(
             variant=target.name, factory=factory_name(target), kwargs=target.kwargs,
             checkpoint=plan.checkpoint, weights=target.weights_path, form=form, device=plan.device,
-            length=contract.length, sample_rate=SAMPLE_RATE, transform=transform, options=options)
+            contract=contract, transform=transform, batch_size=plan.batch_size, policy=plan.policy)
         log = ScoreLog.open(os.fspath(plan.log_dir / f"{_file_safe(name)}.jsonl"), print_, resume=True)
     try:
         todo = log.todo(files) if log is not None else list(files)

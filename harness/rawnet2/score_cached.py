@@ -29,11 +29,11 @@ from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError
 from harness.core.export_cache import ExportCache, cache_key, file_sha256, open_cache, versions
 from harness.core.fileio import check_not_read
-from harness.rawnet2.audio import SAMPLE_RATE, UnusableAudio, load_clip_checked
+from harness.rawnet2.audio import UnusableAudio, load_clip_checked
 from harness.rawnet2.score_request import ScoreRequest
 from harness.rawnet2.score_results import FileScore
 from harness.rawnet2.score_run import ScoreRun, sigterm_raises
-from harness.rawnet2.scorelog import ScoreLog, fingerprint
+from harness.rawnet2.scorelog import ScoreLog, run_fingerprint
 
 REQUEST_FORMAT = 1
 # Source trees whose every byte decides a score: the harness, and the model code it ships.
@@ -143,12 +143,10 @@ def _run(request: ScoreRequest, record: dict, onnx: bytes, parts: dict) -> int:
         if request.checkpoint is not None:
             reads.append(("the checkpoint", request.checkpoint))
         check_not_read(output, reads)
-        options = {"batch_size": request.batch_size, "policy": request.policy,
-                   "input_shape": list(contract.shape)}
-        print_ = fingerprint(variant=record["name"], factory=record["factory"], kwargs=record["kwargs"],
-                             checkpoint=request.checkpoint, weights=record["weights"], form=request.form,
-                             device=request.device, length=contract.length, sample_rate=SAMPLE_RATE,
-                             transform=transform, options=options)
+        print_ = run_fingerprint(variant=record["name"], factory=record["factory"], kwargs=record["kwargs"],
+                                 checkpoint=request.checkpoint, weights=record["weights"], form=request.form,
+                                 device=request.device, contract=contract, transform=transform,
+                                 batch_size=request.batch_size, policy=request.policy)
         log = ScoreLog.open(output, print_, resume=request.resume, force=request.force)
     session = inference_session(onnx)
     for line in record.get("warnings", []):

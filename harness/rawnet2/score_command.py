@@ -24,7 +24,7 @@ from harness.core.errors import HarnessError, error_line
 from harness.core.export_cache import ExportCache, cache_key, open_cache
 from harness.core.fileio import check_not_read, check_regular_input
 from harness.core.tolerances import DEPLOYMENT_TOLERANCES, Tolerance, all_close, max_abs_diff
-from harness.rawnet2.audio import NUM_SAMPLES, SAMPLE_RATE
+from harness.rawnet2.audio import NUM_SAMPLES
 from harness.rawnet2.checkpoints import get_audio_model
 from harness.rawnet2.deploy import (
     CACHED_EXPORT,
@@ -38,7 +38,7 @@ from harness.rawnet2.score_cached import remember
 from harness.rawnet2.score_request import ScoreRequest
 from harness.rawnet2.score_results import RANDOM_WEIGHTS_SEED, random_weights_warning
 from harness.rawnet2.score_run import ScoreRun, sigterm_raises
-from harness.rawnet2.scorelog import ScoreLog, fingerprint
+from harness.rawnet2.scorelog import ScoreLog, run_fingerprint
 from harness.rawnet2.scoring import (
     ForwardFailed,
     iter_scores,
@@ -275,12 +275,10 @@ def run_score(request: ScoreRequest) -> int:
     if output is not None:  # before the model loads: a bad path, a locked or foreign log stops the run here
         if request.checkpoint is not None:
             check_regular_input(request.checkpoint)
-        options = {"batch_size": request.batch_size, "policy": request.policy,
-                   "input_shape": list(contract.shape)}
-        print_ = fingerprint(
+        print_ = run_fingerprint(
             variant=target.name, factory=factory_name(target), kwargs=target.kwargs,
             checkpoint=request.checkpoint, weights=target.weights_path, form=form, device=device,
-            length=contract.length, sample_rate=SAMPLE_RATE, transform=transform, options=options)
+            contract=contract, transform=transform, batch_size=request.batch_size, policy=request.policy)
         log = ScoreLog.open(output, print_, resume=resume, force=force)
     cache = score_cache(request, form, device)  # before the model loads: a --cache-dir refused stops it here
     with log if log is not None else contextlib.nullcontext():

@@ -22,10 +22,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.core.contract import ScoreTransform
+from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError
 from harness.core.fileio import check_output_path, file_sha256, fsync_directory
 from harness.core.text import first_few
+from harness.rawnet2.audio import SAMPLE_RATE
 from harness.rawnet2.score_results import FileScore
 
 LOG_FORMAT = 1
@@ -82,6 +83,17 @@ def fingerprint(*, variant: str, factory: str, kwargs: Mapping[str, object], che
         **{key: options[key] for key in sorted(options or {})},
         **_versions(),
     }
+
+
+def run_fingerprint(*, variant: str, factory: str, kwargs: Mapping[str, object], checkpoint: str | None,
+                    weights: str | os.PathLike | None, form: str, device: str, contract: InputContract,
+                    transform: ScoreTransform, batch_size: int, policy: str) -> dict[str, object]:
+    """``fingerprint`` of a ``score`` or ``evaluate`` run: its clips at ``contract`` (16 kHz), and the
+    batch size and conversion policy that change a score."""
+    options = {"batch_size": batch_size, "policy": policy, "input_shape": list(contract.shape)}
+    return fingerprint(variant=variant, factory=factory, kwargs=kwargs, checkpoint=checkpoint,
+                       weights=weights, form=form, device=device, length=contract.length,
+                       sample_rate=SAMPLE_RATE, transform=transform, options=options)
 
 
 def header_line(print_: Mapping[str, object]) -> bytes:
