@@ -16,7 +16,7 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from harness.core.checkpoints import load_checkpoint
-from harness.core.errors import HarnessError, error_line
+from harness.core.errors import HarnessError
 from harness.core.evaluation import SystemScores
 from harness.core.fileio import check_regular_input
 from harness.core.text import first_few
@@ -36,6 +36,7 @@ from harness.rawnet2.registry import VariantSpec, resolve, spec
 from harness.rawnet2.score_command import (
     RANDOM_WEIGHTS_SEED,
     check_scorable,
+    has_random_weights,
     score_transform,
     scoring_contract,
     scoring_model,
@@ -96,8 +97,8 @@ def _weighted_models(specs: Sequence[VariantSpec], plan: ScoringPlan,
                      say: Say) -> list[tuple[nn.Module, str]]:
     """Each variant's eval-mode model and where its weights came from, in words."""
     first = specs[0]
-    if plan.checkpoint is not None:
-        state = load_checkpoint(plan.checkpoint)
+    state = load_checkpoint(plan.checkpoint) if plan.checkpoint is not None else None  # read once
+    if state is not None:
         try:
             model, lines = load_into(first, state, policy=plan.policy)
         except HarnessError as exc:
@@ -106,8 +107,8 @@ def _weighted_models(specs: Sequence[VariantSpec], plan: ScoringPlan,
     else:
         with torch.random.fork_rng():
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = _built(first)
-        if first.weights is None and any(True for _ in model.parameters()):
+            model = first.build_or_refuse()
+        if has_random_weights(None, first, model):
             say(f"warning: no --checkpoint: {first.name} has random weights (seed {RANDOM_WEIGHTS_SEED}) "
                 "and every other variant a copy of them; the metrics mean nothing, the flips still count")
             origin = f"random weights (seed {RANDOM_WEIGHTS_SEED})"
@@ -118,32 +119,31 @@ def _weighted_models(specs: Sequence[VariantSpec], plan: ScoringPlan,
         models = [(_runnable(model, first).eval(), origin)]
     loaded = [(first.name, models[0][0])]
     for target in specs[1:]:
-        model, origin = _weights_for(target, loaded, plan)
+        model, origin = _weights_for(target, loaded, plan, state)
         models.append((model, origin))
         loaded.append((target.name, model))
     return models
 
 
-def _weights_for(target: VariantSpec, loaded: list[tuple[str, nn.Module]],
-                 plan: ScoringPlan) -> tuple[nn.Module, str]:
+def _weights_for(target: VariantSpec, loaded: list[tuple[str, nn.Module]], plan: ScoringPlan,
+                 state: Mapping[str, torch.Tensor] | None) -> tuple[nn.Module, str]:
     """The checkpoint through ``target``'s layout conversion; else a copy, matched by structure, of
     the first model already loaded that it fits (the canonical layout's, loaded for it, last)."""
     why = ""
-    if plan.checkpoint is not None:
+    if state is not None:
         try:
-            model, lines = load_into(target, load_checkpoint(plan.checkpoint), policy=plan.policy)
+            model, lines = load_into(target, state, policy=plan.policy)
             return model.eval(), f"weights from {plan.checkpoint} ({lines[0]})"
         except HarnessError as exc:
             why = f" (the checkpoint does not load into it: {exc})"
     sources = list(loaded)
-    if plan.checkpoint is not None and all(name != CANONICAL_LAYOUT for name, _ in loaded):
+    if state is not None and all(name != CANONICAL_LAYOUT for name, _ in loaded):
         with contextlib.suppress(HarnessError):
-            state = load_checkpoint(plan.checkpoint)
             canonical, _ = load_into(spec(CANONICAL_LAYOUT), state, policy=plan.policy)
             sources.append((CANONICAL_LAYOUT, canonical.eval()))
     problems = []
     for name, source in sources:
-        model = _built(target)
+        model = target.build_or_refuse()
         try:
             copy_weights(source, model, contract=target.input_contract())
         except HarnessError as exc:
@@ -153,15 +153,6 @@ def _weights_for(target: VariantSpec, loaded: list[tuple[str, nn.Module]],
                 f"weights copied from {name}'s loaded model by structural matching, proven bit for bit{why}")
     raise HarnessError(f"{target.name}: cannot hold the weights of {', '.join(n for n, _ in sources)}{why}: "
                        + "; ".join(problems))
-
-
-def _built(target: VariantSpec) -> nn.Module:
-    try:
-        return target.build()
-    except HarnessError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the user's factory: a model that cannot be built is refused
-        raise HarnessError(f"cannot build {target.name}: {error_line(exc)}") from None
 
 
 # --- scores ---------------------------------------------------------------------------------------------
@@ -186,13 +177,15 @@ def _scores(name: str, target: VariantSpec, model: nn.Module, form: str, files: 
             say(f"evaluate: {name} as {ran}" + (f"; resuming {log.path}: {kept} of {len(files)} files "
                                                   "already scored" if kept else ""))
             progress = Progress(len(files), done=kept, enabled=len(files) >= PROGRESS_MIN_FILES)
+            failed = 0  # counted as the chunks come: a corpus has hundreds of thousands of files
             try:
                 for chunk in iter_scores(scorer, todo, batch_size=plan.batch_size, contract=contract,
                                          transform=transform):
                     if log is not None:
                         log.append(chunk)
                     results.extend(chunk)
-                    progress.update(kept + len(results), sum(r.error is not None for r in results))
+                    failed += sum(r.error is not None for r in chunk)
+                    progress.update(kept + len(results), failed)
             finally:
                 progress.close()
         if log is not None:

@@ -127,9 +127,15 @@ def build_score_model(request: ScoreRequest, target: VariantSpec) -> nn.Module:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's factory: a model that cannot be built is refused
         raise HarnessError(f"cannot build {target.name}: {error_line(exc)}") from None
-    if request.checkpoint is None and target.weights is None and any(True for _ in model.parameters()):
+    if has_random_weights(request.checkpoint, target, model):
         print(random_weights_warning(target.name), file=sys.stderr)
     return model
+
+
+def has_random_weights(checkpoint: str | None, target: VariantSpec, model: nn.Module) -> bool:
+    """Whether ``model`` scores with the seeded random weights: no checkpoint, no registered weights,
+    and parameters to hold them."""
+    return checkpoint is None and target.weights is None and any(True for _ in model.parameters())
 
 
 def check_scorable(model: nn.Module, target: VariantSpec, contract: InputContract,
@@ -300,8 +306,8 @@ def run_score(request: ScoreRequest) -> int:
                          name=target.name, factory=factory_name(target), kwargs=target.kwargs,
                          weights=None if target.weights_path is None else os.fspath(target.weights_path),
                          ran=ran, transform=transform, contract=contract,
-                         warnings=[random_weights_warning(target.name)] if request.checkpoint is None
-                         and target.weights is None and any(True for _ in model.parameters()) else [])
+                         warnings=[random_weights_warning(target.name)]
+                         if has_random_weights(request.checkpoint, target, model) else [])
             run = ScoreRun(request.files, target.name, transform, request.format, functools.partial(
                 iter_scores, scorer, batch_size=request.batch_size, contract=contract, transform=transform))
             with sigterm_raises():
