@@ -47,7 +47,8 @@ def test_the_same_command_again_scores_without_torch_and_prints_the_same(own_exp
 
 
 @needs_onnx
-def test_a_changed_factory_source_sends_the_run_back_to_the_model(own_export_cache, tmp_path, capsys) -> None:
+def test_a_changed_factory_source_sends_the_run_back_to_the_model(own_export_cache, registered, tmp_path,
+                                                                 capsys) -> None:
     module = tmp_path / "tinymodel.py"
     module.write_text(textwrap.dedent('''
         import torch
