@@ -84,7 +84,10 @@ def remember(cache: ExportCache, request: ScoreRequest, *, export_key: str, read
     parts = request_parts(request)
     if parts is None:
         return
-    record = {"export_key": export_key, "reads": {os.path.abspath(p): file_sha256(p) for p in reads},
+    # The checkpoint, registry and --kwargs file are hashed into the request's key already.
+    keyed = {part["path"] for part in parts.values() if isinstance(part, dict) and "path" in part}
+    others = {os.path.abspath(p) for p in reads} - keyed
+    record = {"export_key": export_key, "reads": {p: file_sha256(p) for p in sorted(others)},
               "name": name, "factory": factory, "kwargs": dict(kwargs), "weights": weights, "ran": ran,
               "score": str(transform), "score_means": transform.means, "input_shape": list(contract.shape),
               "min_length": contract.min_length, "warnings": list(warnings)}
