@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from harness.__main__ import INTERNAL_ERROR_EXIT, INTERRUPTED_EXIT, STDOUT_CLOSED_EXIT, main
 from harness.core.contract import MAX_INPUT_VALUES
-from tests.helpers import REPO, assert_one_error_line, snapshot
+from tests.helpers import REPO, assert_one_error_line, restored_registry, snapshot
 
 HERE = Path(__file__).parent
 # The models below, as MODULE:ATTR: this module by the name pytest imported it (in-process), by
@@ -136,7 +136,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def run_in_process(argv: list[str], capfd: pytest.CaptureFixture) -> tuple[int, str]:
     try:
-        code = main(argv)
+        with restored_registry():  # a --registry run registers its variants: undone for the next test
+            code = main(argv)
     except SystemExit as exc:  # argparse's refusals
         code = exc.code
     return code, capfd.readouterr().err
