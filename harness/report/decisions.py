@@ -24,7 +24,6 @@ from harness.core.errors import HarnessError, error_line
 from harness.core.forms import DEPLOYMENT_FORMS
 from harness.core.metrics import MetricError, compute_eer
 from harness.core.protocols import Protocol, audio_files, read_protocol
-from harness.core.weights import seed_weights as seed_any
 from harness.rawnet2.audio import load_clip
 from harness.rawnet2.corpus import BUNDLED_AUDIO, build_corpus
 from harness.rawnet2.deploy import deployment_model
@@ -83,15 +82,15 @@ def decisions_section(subjects: Sequence[str], *, quick: bool, forms: Sequence[s
             if not variant.runs or variant.score_transform is None:
                 continue
             x = corpus_clips(variant, audio, quick)
-            pair = _reference_pair(variant)
-            if pair is not None:
-                progress(f"decisions: {name} vs {pair[0]}")
+            reference = _held_to(variant)
+            if reference is not None:
+                progress(f"decisions: {name} vs {reference}")
                 try:
-                    ref_model, model, how = _paired_models(pair[0], name, next(iter(x)))
-                    rows.append(flips_between(pair[0], name, "variant", how, ref_model, model, spec(pair[0]),
-                                              variant, x, audio))
+                    ref_model, model, how = _paired_models(reference, name, next(iter(x)))
+                    rows.append(flips_between(reference, name, "variant", how, ref_model, model,
+                                              spec(reference), variant, x, audio))
                 except HarnessError as exc:
-                    not_run.append(f"decisions {name} vs {pair[0]}: {exc}")
+                    not_run.append(f"decisions {name} vs {reference}: {exc}")
             model = seed_weights(variant.build_or_refuse(), 0).eval()
             for form in (f for f in forms if f in variant.forms):
                 if quick and form in QUICK_SKIPS:
@@ -117,14 +116,14 @@ def decisions_section(subjects: Sequence[str], *, quick: bool, forms: Sequence[s
             "n_spoof": int((~audio.is_bonafide).sum()), "quick": quick, "rows": rows, "not_run": not_run}
 
 
-def _reference_pair(variant: VariantSpec) -> tuple[str] | None:
+def _held_to(variant: VariantSpec) -> str | None:
     """The variant it is held to: its declared reference, else (in the family) the canonical layout."""
     from harness.rawnet2.layouts import CANONICAL_LAYOUT
 
     if variant.reference is not None:
-        return (variant.reference,)
+        return variant.reference
     if in_family(variant) and variant.name != CANONICAL_LAYOUT:
-        return (CANONICAL_LAYOUT,)
+        return CANONICAL_LAYOUT
     return None
 
 
@@ -137,7 +136,7 @@ def _paired_models(ref: str, name: str, x: torch.Tensor) -> tuple[nn.Module, nn.
     ref_spec, other = spec(ref), spec(name)
     ref_model = ref_spec.build_or_refuse()
     if ref_spec.weights is None:
-        seed_any(ref_model, 0)
+        seed_weights(ref_model, 0)
     model = other.build_or_refuse()
     copy_weights(ref_model, model, contract=other.input_contract())
     return ref_model.eval(), model.eval(), "structural match (proven)"
