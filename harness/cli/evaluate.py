@@ -71,12 +71,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when the gate passes, 1 when a condition fails, 2 refused (nothing written)."""
-    from harness.core.evaluation import GATE_FAILED, GATE_PASSED, Gate, SystemScores, evaluate
+    from harness.core.evaluation import (
+        GATE_FAILED,
+        GATE_PASSED,
+        Gate,
+        SystemScores,
+        evaluate,
+        score_file_system,
+    )
     from harness.core.fileio import check_not_read, check_output_path, write_text_atomically
     from harness.core.protocols import audio_files, read_protocol
     from harness.core.score_files import read_asv_scores, read_scores
-    from harness.rawnet2.evaluate_systems import ScoringPlan, variant_systems
-    from harness.report.evaluate_command import file_system, score_log_dir
+    from harness.rawnet2.evaluate_systems import ScoringPlan, score_log_dir, variant_systems
     from harness.report.evaluation_render import render_evaluation
 
     variants, score_args = list(args.variant or []), list(args.scores or [])
@@ -106,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         plan = ScoringPlan(checkpoint=args.checkpoint, policy=args.policy, device=args.device,
                            batch_size=args.batch_size, log_dir=score_log_dir(args.output))
         systems += variant_systems(variants, forms, files, protocol.utterances, plan)
-    systems += [file_system(name, found, protocol, args.higher_means) for name, found in score_files]
+    systems += [score_file_system(name, found, protocol, args.higher_means) for name, found in score_files]
     gate = Gate(max_eer_increase_pp=args.max_eer_increase, max_flips=args.max_flips)
     document = evaluate(protocol, systems, reference=args.reference, threshold=args.threshold, asv=asv,
                         asv_path=args.asv_scores, tdcf=args.tdcf, gate=gate)

@@ -5,7 +5,7 @@ metrics (``harness.core.metrics``: EER, min t-DCF, per-attack EER) and every pai
 into decision flips at one threshold (``harness.core.decisions``), then applies the gate.
 The result is the document ``harness.report.evaluation_schema`` describes. Scores are
 oriented first (higher = bona fide); a system that says a high score means spoof is negated,
-and the document says so.
+and the document says so. ``score_file_system`` makes a system of a score file.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from harness.core.metrics import (
     score_histogram,
 )
 from harness.core.protocols import Protocol
-from harness.core.score_files import AsvScores
+from harness.core.score_files import AsvScores, ScoreFile
 from harness.core.text import first_few
 
 TOOL = "rawnet2-harness evaluate"
 FORMAT_VERSION = 1
 ORIENTATION = "higher score = bona fide (the ASVspoof convention)"
 SCORE_MEANINGS = ("bonafide", "spoof")
+DEFAULT_HIGHER_MEANS = "bonafide"  # what a score file's high score means when nothing says (ASVspoof's)
 # Exit codes: every gate condition holds / one fails (usage errors are HarnessError's 2).
 GATE_PASSED, GATE_FAILED = 0, 1
 
@@ -79,6 +80,24 @@ def oriented_scores(protocol: Protocol, system: SystemScores) -> tuple[np.ndarra
         raise HarnessError(f"{system.name}: the score of {bad} is not finite")
     not_in_protocol = len(scores) - len(protocol.utterances)  # every protocol id has a score (above)
     return (-values if system.score_means == "spoof" else values), not_in_protocol
+
+
+def score_file_system(name: str, found: ScoreFile, protocol: Protocol,
+                      higher_means: str | None) -> SystemScores:
+    """A score file as a system, oriented by what it says or ``--higher-means`` (never both disagreeing)."""
+    said = found.score_means
+    if said is not None and higher_means is not None and said != higher_means:
+        raise HarnessError(f"--scores {name}={found.path}: the file says a high score means {said}; "
+                           f"--higher-means {higher_means} contradicts it")
+    means = said or higher_means or DEFAULT_HIGHER_MEANS
+    wanted = set(protocol.utterances)
+    if failed := [u for u in found.failed if u in wanted]:
+        raise HarnessError(f"--scores {name}={found.path}: records an error instead of a score for "
+                           f"{len(failed)} protocol utterance(s): {first_few(failed)}")
+    how = ("as the file says" if said is not None else "--higher-means" if higher_means is not None
+           else f"the default, {DEFAULT_HIGHER_MEANS}")
+    return SystemScores(name=name, scores=found.scores, score_means=means,
+                        source=f"scores from {found.path} ({found.kind}; a high score means {means}: {how})")
 
 
 def evaluate(protocol: Protocol, systems: Sequence[SystemScores], *, reference: str | None = None,

@@ -46,6 +46,8 @@ from harness.rawnet2.scorelog import ScoreLog, run_fingerprint
 from harness.rawnet2.scoring import iter_scores
 
 Say = Callable[[str], None]
+# Where the score logs of ``--output DIR/NAME.EXT`` go: DIR/NAME.scores/, one log per variant system.
+LOG_DIR_SUFFIX = ".scores"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,18 @@ class ScoringPlan:
     device: str = "cpu"
     batch_size: int = 8
     log_dir: Path | None = None  # score logs kept here (one per system), resumed when present
+
+
+def score_log_dir(output: str | None) -> Path | None:
+    """``DIR/NAME.scores`` beside ``--output DIR/NAME.EXT`` (made here; never through a link)."""
+    if output is None:
+        return None
+    path = Path(output)
+    folder = path.with_name(path.stem + LOG_DIR_SUFFIX)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise HarnessError(f"{folder}: the score-log folder of --output {output} exists and is not a folder")
+    folder.mkdir(mode=0o755, exist_ok=True)
+    return folder
 
 
 def system_name(variant: str, form: str, forms: Sequence[str]) -> str:
