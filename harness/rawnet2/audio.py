@@ -255,6 +255,15 @@ def load_clip_checked(
     return fit_length(resample(decoded.samples, decoded.sample_rate), length), out_of_range(decoded.peak)
 
 
+def decoded_clip(source: str | os.PathLike, length: int = NUM_SAMPLES) -> tuple[np.ndarray | str, str | None]:
+    """``(clip, warning)`` for a usable file, ``(reason, None)`` for one that is not: what a scoring
+    run records per file instead of stopping."""
+    try:
+        return load_clip_checked(source, length)
+    except UnusableAudio as exc:
+        return str(exc), None
+
+
 def out_of_range(peak: float) -> str | None:
     """The warning for samples beyond full scale, which only float formats can hold. They are
     scored as they are (the model sees what the file holds; clipping would be a guess)."""

@@ -29,9 +29,9 @@ from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError
 from harness.core.export_cache import ExportCache, cache_key, file_sha256, open_cache, versions
 from harness.core.fileio import check_not_read
-from harness.rawnet2.audio import UnusableAudio, load_clip_checked
+from harness.rawnet2.audio import decoded_clip
 from harness.rawnet2.score_request import ScoreRequest
-from harness.rawnet2.score_results import FileScore
+from harness.rawnet2.score_results import FileScore, scored_chunks
 from harness.rawnet2.score_run import ScoreRun, sigterm_raises
 from harness.rawnet2.scorelog import ScoreLog, run_fingerprint
 
@@ -167,35 +167,12 @@ def _run(request: ScoreRequest, record: dict, onnx: bytes, parts: dict) -> int:
 
 def _chunks(session: object, files: Sequence[str], *, batch_size: int, contract: InputContract,
             transform: ScoreTransform) -> Iterator[list[FileScore]]:
-    """``iter_scores``' chunks (up to a batch of ``batch_size`` usable files, the failed ones among
-    them), decoded here in order and scored by ONNX Runtime."""
+    """``iter_scores``' chunks, decoded here in order and scored by ONNX Runtime."""
     name = session.get_inputs()[0].name
-    current: list[FileScore | None] = []  # this chunk's results in file order (None: not scored yet)
-    pending: list[tuple[int, str, np.ndarray, str | None]] = []  # (place in current, file, clip, warning)
 
-    def flush() -> list[FileScore]:
-        if pending:
-            shape = contract.batch_shape(len(pending), contract.length)
-            batch = np.stack([clip for _, _, clip, _ in pending]).reshape(shape)
-            scores = transform.numpy_scores(session.run(None, {name: batch})[0]).tolist()
-            for (place, path, _, warning), score in zip(pending, scores, strict=True):
-                current[place] = (FileScore(path, score=score, warning=warning) if np.isfinite(score) else
-                                  FileScore(path, error=f"the model gave a non-finite score ({score})",
-                                            warning=warning))
-            pending.clear()
-        chunk = list(current)
-        current.clear()
-        return chunk
+    def score_batch(clips: np.ndarray) -> list[float]:
+        batch = clips.reshape(contract.batch_shape(len(clips), contract.length))
+        return transform.numpy_scores(session.run(None, {name: batch})[0]).tolist()
 
-    for path in files:
-        try:
-            clip, warning = load_clip_checked(path, contract.length)
-        except UnusableAudio as exc:
-            current.append(FileScore(path, error=str(exc)))
-        else:
-            pending.append((len(current), path, clip, warning))
-            current.append(None)
-        if len(pending) == batch_size:
-            yield flush()
-    if current:
-        yield flush()
+    decoded = ((index, *decoded_clip(path, contract.length)) for index, path in enumerate(files))
+    yield from scored_chunks(files, decoded, batch_size=batch_size, score_batch=score_batch)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+import numpy as np
 from tqdm import tqdm
 
 from harness.core.contract import ScoreTransform
@@ -38,6 +39,44 @@ class FileScore:
         if self.error is not None:
             return {"file": self.file, "error": self.error}
         return {"file": self.file, "score": self.score}
+
+
+def scored_chunks(files: Sequence[str], decoded: Iterable[tuple[int, np.ndarray | str, str | None]], *,
+                  batch_size: int, score_batch: Callable[[np.ndarray], Sequence[float]],
+                  ) -> Iterator[list[FileScore]]:
+    """Results in input order, a chunk per forward: the files after the previous chunk up to the last
+    file of one batch of ``batch_size`` usable files (the failed files among them included; the last
+    chunk ends at the last file). ``decoded`` gives ``(index, clip or reason, warning)`` in order;
+    ``score_batch`` scores stacked clips ``[B, T]``, whatever runs the model; a score that is not
+    finite is that file's error."""
+    done: dict[int, FileScore] = {}
+    pending: list[tuple[int, np.ndarray, str | None]] = []
+    start = 0
+
+    def flush(end: int) -> list[FileScore]:
+        nonlocal start
+        if pending:
+            scores = score_batch(np.stack([clip for _, clip, _ in pending]))
+            for (index, _, warning), score in zip(pending, scores, strict=True):
+                if math.isfinite(score):
+                    done[index] = FileScore(files[index], score=score, warning=warning)
+                else:
+                    reason = f"the model gave a non-finite score ({score})"
+                    done[index] = FileScore(files[index], error=reason, warning=warning)
+            pending.clear()
+        chunk = [done.pop(i) for i in range(start, end)]
+        start = end
+        return chunk
+
+    for index, item, warning in decoded:
+        if isinstance(item, str):
+            done[index] = FileScore(files[index], error=item)
+        else:
+            pending.append((index, item, warning))
+        if len(pending) == batch_size:
+            yield flush(index + 1)
+    if start < len(files):
+        yield flush(len(files))
 
 
 def random_weights_warning(name: str) -> str:

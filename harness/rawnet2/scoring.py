@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from harness.core.contract import InputContract, ScoreTransform
 from harness.core.errors import HarnessError, error_line
 from harness.rawnet2 import score_results
-from harness.rawnet2.audio import NUM_SAMPLES, UnusableAudio, load_clip_checked
-from harness.rawnet2.score_results import PROBABILITY, FileScore
+from harness.rawnet2.audio import NUM_SAMPLES, decoded_clip
+from harness.rawnet2.score_results import PROBABILITY, FileScore, scored_chunks
 
 # The RawNet2 family's scoring input: one channel of the ASVspoof evaluation length.
 FAMILY_SCORING_CONTRACT = InputContract((1, NUM_SAMPLES))
@@ -132,11 +132,7 @@ class ClipFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | str, str | None]:
-        try:
-            clip, warning = load_clip_checked(self.files[index], self.length)
-        except UnusableAudio as exc:
-            return index, str(exc), None
-        return index, clip, warning
+        return (index, *decoded_clip(self.files[index], self.length))
 
 
 def _as_is(item: object) -> object:
@@ -168,49 +164,22 @@ def iter_scores(model: Callable[[torch.Tensor], object], files: Sequence[str], *
                 workers: int | None = None, contract: InputContract = FAMILY_SCORING_CONTRACT,
                 transform: ScoreTransform = PROBABILITY) -> Iterator[list[FileScore]]:
     """Score ``files`` (clips of ``contract.length`` samples), yielding results in input order as
-    each forward is done.
-
-    Each chunk is the files after the previous chunk up to the last file of one batch of
-    ``batch_size`` usable files (the failed files among them included; the last chunk ends
-    at the last file). While the model scores a batch, ``workers`` processes (default:
-    ``decode_workers``) decode the next one; the clips, batches and so the scores are the
-    same with any number of workers.
+    each forward is done, in ``score_results.scored_chunks``' chunks. While the model scores a
+    batch, ``workers`` processes (default: ``decode_workers``) decode the next one; the clips,
+    batches and so the scores are the same with any number of workers.
     """
     if batch_size < 1:
         raise HarnessError(f"batch size must be at least 1, got {batch_size}")
     files = list(files)
     if workers is None:
         workers = decode_workers(len(files), batch_size)
-    done: dict[int, FileScore] = {}
-    pending: list[tuple[int, np.ndarray, str | None]] = []
-    start = 0
+    decoded = decoded_in_order(files, workers=workers, ahead=batch_size, length=contract.length)
 
-    def flush(end: int) -> list[FileScore]:
-        nonlocal start
-        if pending:
-            batch = torch.from_numpy(np.stack([clip for _, clip, _ in pending]))
-            scores = score_waveforms(model, batch, contract=contract, transform=transform).tolist()
-            for (index, _, warning), score in zip(pending, scores, strict=True):
-                if math.isfinite(score):
-                    done[index] = FileScore(files[index], score=score, warning=warning)
-                else:
-                    reason = f"the model gave a non-finite score ({score})"
-                    done[index] = FileScore(files[index], error=reason, warning=warning)
-            pending.clear()
-        chunk = [done.pop(i) for i in range(start, end)]
-        start = end
-        return chunk
+    def score_batch(clips: np.ndarray) -> list[float]:
+        scores = score_waveforms(model, torch.from_numpy(clips), contract=contract, transform=transform)
+        return scores.tolist()
 
-    for index, item, warning in decoded_in_order(files, workers=workers, ahead=batch_size,
-                                                 length=contract.length):
-        if isinstance(item, str):
-            done[index] = FileScore(files[index], error=item)
-        else:
-            pending.append((index, item, warning))
-        if len(pending) == batch_size:
-            yield flush(index + 1)
-    if start < len(files):
-        yield flush(len(files))
+    yield from scored_chunks(files, decoded, batch_size=batch_size, score_batch=score_batch)
 
 
 def score_files(model: Callable[[torch.Tensor], object], files: Sequence[str], *, batch_size: int = 8,
