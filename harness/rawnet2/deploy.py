@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -115,33 +115,53 @@ def weights_identity(model: torch.nn.Module, *, checkpoint: str | os.PathLike | 
 def _onnxruntime_form(model: torch.nn.Module, target: VariantSpec, device: str, *,
                       cache: ExportCache | None = None,
                       weights: Mapping[str, object] | None = None) -> tuple[object, str]:
-    from harness.core.onnx import OnnxRuntimeSession, onnx_missing
+    version = _check_onnxruntime(target, device)
+    ran = "onnxruntime ({how}; onnxruntime " + version + ") on cpu"
+    key, parts = _cache_key(model, target, cache, weights)
+    example, verify = _inputs(target)
+
+    def export() -> bytes:
+        return export_onnx(model, example, verify[-1:]).onnx_bytes  # verified on a full-length clip
+
+    session, hit = _session(cache, key, parts, export)
+    # A cached export was verified against eager when it was stored; score verifies the first batch again.
+    return session, ran.format(how=f"{CACHED_EXPORT}, verified when made" if hit else "exported, verified")
+
+
+def _check_onnxruntime(target: VariantSpec, device: str, needed_by: str = "") -> str:
+    """ONNX Runtime's version where the form can run for ``target`` on ``device``, else why not."""
+    from harness.core.onnx import onnx_missing
 
     if missing := onnx_missing():
         raise _Unavailable(missing)
     if "onnxruntime" not in target.forms:
-        raise _Unavailable(f"{target.name} does not list onnxruntime among its forms")
+        raise _Unavailable(f"{target.name} does not list onnxruntime among its forms{needed_by}")
     if device != "cpu":
         raise _Unavailable("ONNX Runtime runs on the CPU here (the wheel has no GPU provider)")
     import onnxruntime
 
-    ran = "onnxruntime ({how}; onnxruntime " + onnxruntime.__version__ + ") on cpu"
-    key, parts = _cache_key(model, target, cache, weights)
+    return onnxruntime.__version__
+
+
+def _session(cache: ExportCache | None, key: str | None, parts: Mapping[str, object] | None,
+             build: Callable[[], bytes]) -> tuple[object, bool]:
+    """A session of the cache entry ``key`` when it loads (True), else of ``build()``'s bytes, stored
+    under ``key`` (False). An entry ONNX Runtime cannot load is rebuilt and replaced."""
+    from harness.core.onnx import OnnxRuntimeSession
+
     if key is not None and (cached := cache.get(key)) is not None:
         try:
-            # Verified against eager when it was stored; score verifies the first batch again.
-            return OnnxRuntimeSession(cached), ran.format(how=f"{CACHED_EXPORT}, verified when made")
+            return OnnxRuntimeSession(cached), True
         except Exception as exc:  # noqa: BLE001 - onnxruntime's failure types: rebuilt, the entry replaced
             print(f"warning: export cache entry {key[:12]}... does not load in ONNX Runtime "
                   f"({error_line(exc)}): exporting again", file=sys.stderr)
-    example, verify = _inputs(target)
     try:
-        exported = export_onnx(model, example, verify[-1:])  # verified on a full-length clip
+        data = build()
     except HarnessError as exc:
         raise _Unavailable(str(exc)) from None
     if key is not None:
-        cache.put(key, exported.onnx_bytes, parts)
-    return OnnxRuntimeSession(exported.onnx_bytes), ran.format(how="exported, verified")
+        cache.put(key, data, parts)
+    return OnnxRuntimeSession(data), False
 
 
 def _cache_key(model: torch.nn.Module, target: VariantSpec, cache: ExportCache | None,
@@ -185,39 +205,23 @@ def calibration_clips(target: VariantSpec, files: Sequence[str | os.PathLike] | 
 def _onnxruntime_int8_form(model: torch.nn.Module, target: VariantSpec, device: str, *,
                            cache: ExportCache | None = None, weights: Mapping[str, object] | None = None,
                            calibrate_on: Sequence[str | os.PathLike] | None = None) -> tuple[object, str]:
-    from harness.core.onnx import OnnxRuntimeSession, onnx_missing
     from harness.core.quantize import INT8_SETTINGS, calibration_batches, calibration_digest, quantize_int8
 
-    if missing := onnx_missing():
-        raise _Unavailable(missing)
-    if "onnxruntime" not in target.forms:
-        raise _Unavailable(f"{target.name} does not list onnxruntime among its forms (the int8 form "
-                           "quantizes that export)")
-    if device != "cpu":
-        raise _Unavailable("ONNX Runtime runs on the CPU here (the wheel has no GPU provider)")
-    import onnxruntime
-
+    version = _check_onnxruntime(target, device, " (the int8 form quantizes that export)")
     clips = calibration_clips(target, calibrate_on)  # a file that does not decode: the user's error, exit 2
     batches = calibration_batches(clips, CALIBRATION_BATCH)
     settings = {**INT8_SETTINGS, "calibration_sha256": calibration_digest(batches)}
     ran = (INT8_FORM + " ({how}; static int8 QDQ calibrated on " + str(len(clips)) + " clips; scores differ "
-           "from eager: judge it by decisions; onnxruntime " + onnxruntime.__version__ + ") on cpu")
+           "from eager: judge it by decisions; onnxruntime " + version + ") on cpu")
     key, parts = _cache_key(model, target, cache, weights, form=INT8_FORM, settings=settings)
-    if key is not None and (cached := cache.get(key)) is not None:
-        try:
-            return OnnxRuntimeSession(cached), ran.format(how=CACHED_EXPORT)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's failure types: rebuilt, the entry replaced
-            print(f"warning: export cache entry {key[:12]}... does not load in ONNX Runtime "
-                  f"({error_line(exc)}): exporting again", file=sys.stderr)
     example, verify = _inputs(target)
-    try:
+
+    def quantized() -> bytes:
         exported = export_onnx(model, example, verify[-1:])  # the float32 graph, verified as onnxruntime's
-        quantized = quantize_int8(exported.onnx_bytes, batches)
-    except HarnessError as exc:
-        raise _Unavailable(str(exc)) from None
-    if key is not None:
-        cache.put(key, quantized, parts)
-    return OnnxRuntimeSession(quantized), ran.format(how="exported, verified in float32, quantized")
+        return quantize_int8(exported.onnx_bytes, batches)
+
+    session, hit = _session(cache, key, parts, quantized)
+    return session, ran.format(how=CACHED_EXPORT if hit else "exported, verified in float32, quantized")
 
 
 def _optimized_form(model: torch.nn.Module, target: VariantSpec, device: str) -> tuple[object, str]:
