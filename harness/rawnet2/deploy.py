@@ -1,9 +1,10 @@
-"""Deploying a registered variant: ``python -m harness export MODEL OUT.onnx``.
+"""Deploying a registered variant: its verified ONNX export (``export_variant``, the library side of
+``python -m harness export``) and the forms ``score`` runs in (``deployment_model``).
 
 The export itself (verified with ``onnx.checker`` and ONNX Runtime vs eager before anything
 is written) is generic: ``harness.core.onnx``. Here: which inputs a variant is exported
-with and verified on (its own input contract, up to the clip length ``score`` feeds it),
-and the forms ``score`` runs in. ``score``'s ONNX Runtime form is kept in the export cache
+with and verified on (its own input contract, up to the clip length ``score`` feeds it).
+``score``'s ONNX Runtime form is kept in the export cache
 (``harness.core.export_cache``): a run pays for the export and its verification once.
 """
 
